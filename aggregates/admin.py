@@ -1,0 +1,132 @@
+from django import forms
+from django.contrib import admin, messages
+
+from aggregates.models import Aggregate, ApiToken, Domain, Source, Version
+from aggregates.schemas import key_rule
+from aggregates.tokens import create_token
+
+
+@admin.register(Domain)
+class DomainAdmin(admin.ModelAdmin):
+    list_display = ["key", "aggregate_count", "latest_position", "created_at"]
+    search_fields = ["key"]
+    readonly_fields = ["latest_position", "aggregate_count", "created_at"]
+
+    def get_readonly_fields(self, request, obj=None):
+        # A domain's key is its identity for publishers and tokens: fixed once made.
+        return [*self.readonly_fields, "key"] if obj else self.readonly_fields
+
+    def has_delete_permission(self, request, obj=None):
+        return False  # only `manage.py prune` deletes, and only whole aggregates
+
+
+class ReadOnlyAdmin(admin.ModelAdmin):
+    """History is append-only: the admin shows it and never changes it."""
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+    def has_delete_permission(self, request, obj=None):
+        return False
+
+
+@admin.register(Aggregate)
+class AggregateAdmin(ReadOnlyAdmin):
+    list_display = ["key", "domain", "version", "counts", "updated_at"]
+    list_filter = ["domain"]
+    list_select_related = ["domain"]
+    search_fields = ["key"]
+    date_hierarchy = "updated_at"
+    ordering = ["-updated_at"]
+
+
+@admin.register(Version)
+class VersionAdmin(ReadOnlyAdmin):
+    list_display = ["number", "aggregate_key", "domain", "position", "collection", "at"]
+    list_filter = ["domain"]
+    list_select_related = ["aggregate", "domain", "source"]
+    search_fields = ["aggregate__key"]
+    ordering = ["-id"]
+
+    @admin.display(description="aggregate", ordering="aggregate__key")
+    def aggregate_key(self, version: Version) -> str:
+        return version.aggregate.key
+
+    @admin.display(description="collection", ordering="source__collection")
+    def collection(self, version: Version) -> str:
+        return version.source.collection
+
+
+@admin.register(Source)
+class SourceAdmin(ReadOnlyAdmin):
+    list_display = ["collection", "aggregate_key", "version_number", "keys", "key"]
+    list_filter = ["aggregate__domain"]
+    list_select_related = ["aggregate", "version"]
+    search_fields = ["aggregate__key", "collection", "key"]
+    ordering = ["-id"]
+
+    @admin.display(description="aggregate", ordering="aggregate__key")
+    def aggregate_key(self, source: Source) -> str:
+        return source.aggregate.key
+
+    @admin.display(description="version", ordering="version__number")
+    def version_number(self, source: Source) -> int:
+        return source.version.number
+
+
+class TokenForm(forms.ModelForm):
+    domains = forms.CharField(
+        required=False,
+        help_text="Domain keys this token is limited to, separated by spaces or "
+        "commas; empty means every domain.",
+    )
+
+    class Meta:
+        model = ApiToken
+        fields = ["name", "scope", "domains", "revoked_at"]
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        if self.instance.pk:
+            self.initial["domains"] = " ".join(self.instance.domains)
+
+    def clean_domains(self) -> list[str]:
+        keys = self.cleaned_data["domains"].replace(",", " ").split()
+        check = key_rule(100)
+        for key in keys:
+            try:
+                check(key)
+            except ValueError as exc:
+                raise forms.ValidationError(f"{key!r} {exc}") from None
+        return sorted(set(keys))
+
+
+@admin.register(ApiToken)
+class ApiTokenAdmin(admin.ModelAdmin):
+    form = TokenForm
+    list_display = [
+        "name",
+        "prefix",
+        "scope",
+        "domain_list",
+        "created_at",
+        "revoked_at",
+    ]
+    list_filter = ["scope", "revoked_at"]
+    search_fields = ["name", "prefix"]
+
+    @admin.display(description="domains")
+    def domain_list(self, token: ApiToken) -> str:
+        return ", ".join(token.domains) or "all"
+
+    def save_model(self, request, obj, form, change):
+        if change:
+            super().save_model(request, obj, form, change)
+            return
+        token, raw = create_token(name=obj.name, scope=obj.scope, domains=obj.domains)
+        obj.pk = token.pk
+        obj.refresh_from_db()
+        messages.warning(request, f"The new token, shown this once; copy it now: {raw}")

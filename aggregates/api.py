@@ -1,0 +1,408 @@
+"""The JSON API (SPEC §3), served by Django Ninja with async views.
+
+Views stay thin: check the token's scope, run one store function off the event loop,
+answer JSON. Errors of every kind leave through the handlers at the bottom in the
+one shape {"error", "detail", "fields"?}.
+"""
+
+import json
+import logging
+from typing import Any
+
+from django.core.exceptions import RequestDataTooBig
+from django.http import Http404, HttpRequest, JsonResponse
+from ninja import NinjaAPI, Query
+from ninja.errors import AuthenticationError, HttpError, ValidationError
+from ninja.parser import Parser
+from ninja.security import HttpBearer
+from pydantic import BaseModel, Field
+from pydantic import ValidationError as PydanticValidationError
+
+from aggregates import db, store
+from aggregates.errors import ApiError, error_response
+from aggregates.models import ApiToken
+from aggregates.schemas import (
+    MAX_BATCH,
+    AggregateList,
+    AggregateState,
+    AggregateVersions,
+    BatchAnswer,
+    DomainIn,
+    DomainList,
+    DomainOut,
+    DomainVersions,
+    Error,
+    SourceAnswer,
+    SourceIn,
+)
+
+logger = logging.getLogger("botlnek.api")
+MAX_BODY = 1024 * 1024
+
+
+def _reject_constant(name: str) -> None:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+class JsonParser(Parser):
+    """Strict JSON bodies: the right Content-Type, at most 1 MiB, no NaN/Infinity."""
+
+    def parse_body(self, request: HttpRequest) -> Any:
+        return parse_json(request)
+
+
+def parse_json(request: HttpRequest) -> Any:
+    content_type = request.content_type or ""
+    if content_type != "application/json" and not content_type.endswith("+json"):
+        raise ApiError(
+            415,
+            "unsupported_media_type",
+            "send the body as JSON with 'Content-Type: application/json'",
+        )
+    body = request.body
+    if len(body) > MAX_BODY:
+        raise _too_large()
+    try:
+        return json.loads(body, parse_constant=_reject_constant)
+    except (ValueError, RecursionError) as exc:
+        raise ApiError(
+            400, "invalid_json", f"the body is not valid JSON: {exc}"
+        ) from None
+
+
+def _too_large() -> ApiError:
+    return ApiError(
+        413, "payload_too_large", f"the body must be at most {MAX_BODY} bytes"
+    )
+
+
+class BearerToken(HttpBearer):
+    """Documents the scheme; ApiGatewayMiddleware already matched the token."""
+
+    def authenticate(self, request: HttpRequest, token: str) -> ApiToken | None:
+        return getattr(request, "api_token", None)
+
+
+api = NinjaAPI(
+    title="Botlnek",
+    version="1",
+    description="Aggregates asynchronous data-availability events. See SPEC §3.",
+    parser=JsonParser(),
+    auth=BearerToken(),
+    urls_namespace="api",
+)
+
+ERRORS = {400: Error, 401: Error, 403: Error, 404: Error, 413: Error, 415: Error}
+
+
+class Page(BaseModel):
+    limit: int = Field(100, ge=1, le=1000)
+
+
+def _token(request: HttpRequest) -> ApiToken:
+    return request.auth  # type: ignore[attr-defined]
+
+
+def _require_read(request: HttpRequest, domain: str) -> None:
+    if not _token(request).can_read(domain):
+        raise ApiError(403, "forbidden", f"this token may not read domain {domain!r}")
+
+
+def _require_write(request: HttpRequest, domain: str | None) -> None:
+    token = _token(request)
+    if token.can_write(domain):
+        return
+    if token.scope != ApiToken.Scope.WRITE:
+        raise ApiError(
+            403, "forbidden", "this token has read scope; writing needs write"
+        )
+    target = "every domain" if domain is None else f"domain {domain!r}"
+    raise ApiError(403, "forbidden", f"this token may not write to {target}")
+
+
+def _json(data: Any, status: int = 200) -> JsonResponse:
+    return JsonResponse(data, status=status, json_dumps_params={"ensure_ascii": False})
+
+
+# Domains
+
+
+@api.post(
+    "/domains",
+    response={200: DomainOut, 201: DomainOut, 409: Error, **ERRORS},
+    summary="Create a domain",
+)
+async def create_domain(request: HttpRequest, payload: DomainIn):
+    _require_write(request, None)
+    domain, created = await db.write(store.create_domain, payload.key, payload.attrs)
+    return _json(store.domain_json(domain), 201 if created else 200)
+
+
+def _domains_for(token: ApiToken) -> list[dict]:
+    domains = store.Domain.objects.all()
+    if token.domains:
+        domains = domains.filter(key__in=token.domains)
+    return [store.domain_json(domain) for domain in domains]
+
+
+@api.get("/domains", response={200: DomainList, **ERRORS}, summary="List domains")
+async def list_domains(request: HttpRequest):
+    return _json({"domains": await db.read(_domains_for, _token(request))})
+
+
+@api.get("/domains/{domain}", response={200: DomainOut, **ERRORS}, summary="A domain")
+async def get_domain(request: HttpRequest, domain: str):
+    _require_read(request, domain)
+    return _json(store.domain_json(await db.read(store.get_domain, domain)))
+
+
+# Aggregates and their versions
+
+
+class AggregatePage(Page):
+    cursor: str | None = None
+    prefix: str | None = Field(None, max_length=200)
+
+
+def _aggregate_page(domain: str, query: AggregatePage) -> dict:
+    return store.list_aggregates(
+        store.get_domain(domain),
+        limit=query.limit,
+        cursor=query.cursor,
+        prefix=query.prefix,
+    )
+
+
+@api.get(
+    "/domains/{domain}/aggregates",
+    response={200: AggregateList, **ERRORS},
+    summary="Aggregates of a domain, most recently updated first",
+)
+async def list_aggregates(
+    request: HttpRequest, domain: str, query: Query[AggregatePage]
+):
+    _require_read(request, domain)
+    return _json(await db.read(_aggregate_page, domain, query))
+
+
+class AsOf(BaseModel):
+    version: int | None = Field(None, ge=1)
+
+
+def _state(domain: str, key: str, as_of: int | None) -> dict:
+    return store.aggregate_state(store.get_aggregate(domain, key), as_of)
+
+
+@api.get(
+    "/domains/{domain}/aggregates/{aggregate}",
+    response={200: AggregateState, **ERRORS},
+    summary="An aggregate's state, latest or as of a version",
+)
+async def get_aggregate(
+    request: HttpRequest, domain: str, aggregate: str, query: Query[AsOf]
+):
+    _require_read(request, domain)
+    return _json(await db.read(_state, domain, aggregate, query.version))
+
+
+class AfterVersion(Page):
+    after: int = Field(0, ge=0)
+
+
+def _aggregate_versions(domain: str, key: str, query: AfterVersion) -> dict:
+    versions = store.aggregate_versions(
+        store.get_aggregate(domain, key), after=query.after, limit=query.limit
+    )
+    return {"versions": versions}
+
+
+@api.get(
+    "/domains/{domain}/aggregates/{aggregate}/versions",
+    response={200: AggregateVersions, **ERRORS},
+    summary="An aggregate's versions after version N, oldest first",
+)
+async def list_aggregate_versions(
+    request: HttpRequest, domain: str, aggregate: str, query: Query[AfterVersion]
+):
+    _require_read(request, domain)
+    return _json(await db.read(_aggregate_versions, domain, aggregate, query))
+
+
+class AfterPosition(Page):
+    after_position: int = Field(0, ge=0)
+
+
+def _domain_versions(key: str, query: AfterPosition) -> dict:
+    domain = store.get_domain(key)
+    versions = store.domain_versions(
+        domain, after_position=query.after_position, limit=query.limit
+    )
+    return {"versions": versions, "latest_position": domain.latest_position}
+
+
+@api.get(
+    "/domains/{domain}/versions",
+    response={200: DomainVersions, **ERRORS},
+    summary="Catch-up: every version of a domain after a position",
+)
+async def list_domain_versions(
+    request: HttpRequest, domain: str, query: Query[AfterPosition]
+):
+    _require_read(request, domain)
+    return _json(await db.read(_domain_versions, domain, query))
+
+
+# Sources
+
+_SOURCE_SCHEMA = SourceIn.model_json_schema()
+_SOURCES_BODY = {
+    "required": True,
+    "content": {
+        "application/json": {
+            "schema": {
+                "oneOf": [
+                    _SOURCE_SCHEMA,
+                    {"type": "array", "items": _SOURCE_SCHEMA, "maxItems": MAX_BATCH},
+                ]
+            }
+        }
+    },
+}
+
+
+def _validate_sources(payload: Any) -> tuple[list[store.NewSource], bool]:
+    """The sources of a body holding one object or a batch, and whether a batch."""
+    batch = isinstance(payload, list)
+    items = payload if batch else [payload]
+    if batch and len(items) > MAX_BATCH:
+        raise ApiError(
+            413,
+            "payload_too_large",
+            f"a batch holds at most {MAX_BATCH} sources, not {len(items)}",
+        )
+    if batch and not items:
+        raise ApiError(400, "invalid", "a batch must hold at least one source")
+    sources = []
+    fields: dict[str, str] = {}
+    for index, item in enumerate(items):
+        where = f"[{index}]." if batch else ""
+        try:
+            valid = SourceIn.model_validate(item)
+        except PydanticValidationError as exc:
+            fields.update(_field_errors(exc.errors(), prefix=where))
+            continue
+        sources.append(store.NewSource(**valid.model_dump()))
+    if fields:
+        raise ApiError(400, "invalid", _summary(fields), fields)
+    return sources, batch
+
+
+@api.post(
+    "/sources",
+    response={200: SourceAnswer | BatchAnswer, 201: SourceAnswer, 409: Error, **ERRORS},
+    summary="Register a source, or a batch of them all or nothing",
+    openapi_extra={"requestBody": _SOURCES_BODY},
+)
+async def post_sources(request: HttpRequest):
+    sources, batch = _validate_sources(parse_json(request))
+    for domain in {source.domain for source in sources}:
+        _require_write(request, domain)
+    try:
+        results = await db.write(store.register_sources, sources)
+    except store.StoreError as exc:
+        if batch and exc.index is not None:
+            field = f"[{exc.index}].{exc.field}"
+            detail = f"item {exc.index}: {exc.detail}; nothing was written"
+            raise ApiError(exc.status, exc.code, detail, {field: exc.detail}) from None
+        raise
+    if batch:
+        return _json({"results": [r.as_json() for r in results]})
+    (result,) = results
+    return _json(result.as_json(), 201 if result.created else 200)
+
+
+# Errors in one shape
+
+
+_MESSAGES = {
+    "missing": "is required",
+    "extra_forbidden": "is not a known field",
+    "string_type": "must be a string",
+    "dict_type": "must be a JSON object",
+    "model_type": "must be a JSON object",
+    "model_attributes_type": "must be a JSON object",
+    "int_type": "must be an integer",
+    "int_parsing": "must be an integer",
+    "greater_than_equal": "must be at least {ge}",
+    "less_than_equal": "must be at most {le}",
+    "string_too_long": "must be at most {max_length} characters",
+}
+
+
+def _field_errors(errors: list[dict], *, prefix: str = "") -> dict[str, str]:
+    fields = {}
+    for error in errors:
+        loc = [str(part) for part in error.get("loc", ())]
+        while loc and loc[0] in {"body", "payload", "query", "path"}:
+            loc = loc[1:]
+        name = prefix + ".".join(loc) if loc else (prefix.rstrip(".") or "body")
+        template = _MESSAGES.get(error.get("type", ""))
+        if template:
+            message = template.format(**error.get("ctx", {}))
+        else:
+            message = str(error.get("msg", "is invalid")).removeprefix("Value error, ")
+        fields.setdefault(name, message)
+    return fields
+
+
+def _summary(fields: dict[str, str]) -> str:
+    name, message = next(iter(fields.items()))
+    more = f" (and {len(fields) - 1} more)" if len(fields) > 1 else ""
+    return f"{name} {message}{more}"
+
+
+@api.exception_handler(ApiError)
+def _api_error(request, exc: ApiError):
+    return exc.response()
+
+
+@api.exception_handler(store.StoreError)
+def _store_error(request, exc: store.StoreError):
+    fields = {exc.field: exc.detail} if exc.field else None
+    return error_response(exc.status, exc.code, exc.detail, fields)
+
+
+@api.exception_handler(ValidationError)
+def _validation_error(request, exc: ValidationError):
+    fields = _field_errors(exc.errors)
+    return error_response(400, "invalid", _summary(fields), fields)
+
+
+@api.exception_handler(AuthenticationError)
+def _unauthenticated(request, exc: AuthenticationError):
+    return error_response(401, "unauthorized", "send 'Authorization: Bearer <token>'")
+
+
+@api.exception_handler(HttpError)
+def _http_error(request, exc: HttpError):
+    if isinstance(exc.__cause__, ApiError):  # raised by JsonParser
+        return exc.__cause__.response()
+    return error_response(exc.status_code, "error", str(exc))
+
+
+@api.exception_handler(RequestDataTooBig)
+def _too_big(request, exc: RequestDataTooBig):
+    return _too_large().response()
+
+
+@api.exception_handler(Http404)
+def _not_found(request, exc: Http404):
+    return error_response(404, "not_found", str(exc) or "not found")
+
+
+@api.exception_handler(Exception)
+def _server_error(request, exc: Exception):
+    logger.exception("unhandled error on %s %s", request.method, request.path)
+    return error_response(
+        500, "internal_error", "the server failed on this request; retrying is safe"
+    )

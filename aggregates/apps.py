@@ -1,0 +1,6 @@
+from django.apps import AppConfig
+
+
+class AggregatesConfig(AppConfig):
+    name = "aggregates"
+    default_auto_field = "django.db.models.BigAutoField"

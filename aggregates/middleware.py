@@ -1,0 +1,81 @@
+"""The API's gateway: authenticate first, then let routing run, then shape errors."""
+
+import json
+import logging
+
+from asgiref.sync import markcoroutinefunction
+
+from django.db import DatabaseError
+from django.http import HttpRequest, HttpResponse
+
+from aggregates import db
+from aggregates.errors import error_response
+from aggregates.tokens import find_token
+
+logger = logging.getLogger("botlnek.api")
+
+# API paths anyone may read: the OpenAPI document and its browsable docs.
+PUBLIC_API_PATHS = {"/api/openapi.json", "/api/docs"}
+_REASONS = {
+    404: ("not_found", "no such path in the API; see /api/docs"),
+    405: ("method_not_allowed", "this path does not accept {method}"),
+}
+
+
+def bearer_token(request: HttpRequest) -> str | None:
+    scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        return None
+    return token.strip()
+
+
+class ApiGatewayMiddleware:
+    """Authenticates every /api/ request before routing and gives every API error
+    response, the framework's own 404 and 405 included, the SPEC's JSON shape."""
+
+    sync_capable = False
+    async_capable = True
+
+    def __init__(self, get_response):
+        self.get_response = get_response
+        markcoroutinefunction(self)
+
+    async def __call__(self, request: HttpRequest) -> HttpResponse:
+        path = request.path_info
+        if not path.startswith("/api/") or path in PUBLIC_API_PATHS:
+            return await self.get_response(request)
+        raw = bearer_token(request)
+        if raw is None:
+            return _unauthorized("send 'Authorization: Bearer <token>'")
+        try:
+            token = await db.read(find_token, raw)
+        except DatabaseError:
+            logger.exception("token lookup failed")
+            return error_response(
+                503, "unavailable", "the database is unreachable; retry shortly"
+            )
+        if token is None:
+            return _unauthorized("the token is unknown or revoked")
+        request.api_token = token
+        response = await self.get_response(request)
+        if response.status_code in _REASONS and not _is_json(response):
+            error, detail = _REASONS[response.status_code]
+            return error_response(
+                response.status_code, error, detail.format(method=request.method)
+            )
+        return response
+
+
+def _unauthorized(detail: str) -> HttpResponse:
+    response = error_response(401, "unauthorized", detail)
+    response["WWW-Authenticate"] = "Bearer"
+    return response
+
+
+def _is_json(response: HttpResponse) -> bool:
+    if not response.get("Content-Type", "").startswith("application/json"):
+        return False
+    try:
+        return "error" in json.loads(response.content)
+    except (ValueError, AttributeError):
+        return False

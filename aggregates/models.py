@@ -1,0 +1,144 @@
+"""Tables for domains, aggregates, their append-only versions and sources, and tokens.
+
+Rows of Aggregate, Version and Source are written only by aggregates.store.
+"""
+
+from django.db import models
+from django.utils import timezone
+
+
+class Domain(models.Model):
+    key = models.CharField(max_length=100, unique=True)
+    attrs = models.JSONField(default=dict, blank=True)
+    # Counters kept by the write path under this row's lock: the lock is what makes
+    # positions gapless and in commit order.
+    latest_position = models.BigIntegerField(default=0, editable=False)
+    aggregate_count = models.BigIntegerField(default=0, editable=False)
+    created_at = models.DateTimeField(default=timezone.now, editable=False)
+
+    class Meta:
+        ordering = ["key"]
+
+    def __str__(self) -> str:
+        return self.key
+
+
+class Aggregate(models.Model):
+    domain = models.ForeignKey(
+        Domain, on_delete=models.CASCADE, related_name="aggregates"
+    )
+    key = models.CharField(max_length=200)
+    version = models.PositiveIntegerField(default=0)
+    # Sources per collection, e.g. {"A": 2, "B": 1}; kept by the write path.
+    counts = models.JSONField(default=dict)
+    created_at = models.DateTimeField()
+    updated_at = models.DateTimeField()
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["domain", "key"], name="aggregate_unique_key_in_domain"
+            ),
+        ]
+        indexes = [
+            models.Index(
+                fields=["domain", "-updated_at", "-id"], name="aggregate_recent_idx"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.domain_id}/{self.key}"
+
+
+class Version(models.Model):
+    aggregate = models.ForeignKey(
+        Aggregate, on_delete=models.CASCADE, related_name="versions"
+    )
+    # Denormalized from the aggregate so that positions are unique per domain.
+    domain = models.ForeignKey(Domain, on_delete=models.CASCADE, related_name="+")
+    number = models.PositiveIntegerField()
+    position = models.BigIntegerField()
+    at = models.DateTimeField()
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["aggregate", "number"], name="version_unique_number"
+            ),
+            models.UniqueConstraint(
+                fields=["domain", "position"], name="version_unique_position"
+            ),
+            models.CheckConstraint(
+                condition=models.Q(number__gte=1) & models.Q(position__gte=1),
+                name="version_numbers_start_at_one",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"v{self.number} @{self.position}"
+
+
+class Source(models.Model):
+    version = models.OneToOneField(
+        Version, on_delete=models.CASCADE, related_name="source"
+    )
+    aggregate = models.ForeignKey(
+        Aggregate, on_delete=models.CASCADE, related_name="sources"
+    )
+    collection = models.CharField(max_length=200)
+    key = models.CharField(max_length=64, help_text="SHA-256 of the canonical keys")
+    keys = models.JSONField(default=dict)
+    attrs = models.JSONField(default=dict)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                # key before collection: the write path looks sources up by
+                # (aggregate, key) and this index serves it.
+                fields=["aggregate", "key", "collection"],
+                name="source_unique_identity",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.collection}:{self.key[:12]}"
+
+
+class ApiToken(models.Model):
+    class Scope(models.TextChoices):
+        READ = "read", "read"
+        WRITE = "write", "write (implies read)"
+
+    name = models.CharField(max_length=100)
+    # Only the SHA-256 of the token is kept; the prefix helps people tell tokens apart.
+    digest = models.CharField(max_length=64, unique=True, editable=False)
+    prefix = models.CharField(max_length=12, editable=False)
+    scope = models.CharField(max_length=5, choices=Scope.choices, default=Scope.READ)
+    domains = models.JSONField(
+        default=list,
+        blank=True,
+        help_text="Domain keys this token is limited to; empty means every domain.",
+    )
+    created_at = models.DateTimeField(default=timezone.now, editable=False)
+    revoked_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.prefix}…)"
+
+    @property
+    def is_active(self) -> bool:
+        return self.revoked_at is None
+
+    def can_read(self, domain_key: str) -> bool:
+        return self.is_active and (not self.domains or domain_key in self.domains)
+
+    def can_write(self, domain_key: str | None) -> bool:
+        """Write access to a domain; None asks for write access to every domain."""
+        if not self.is_active or self.scope != self.Scope.WRITE:
+            return False
+        if domain_key is None:
+            return not self.domains
+        return not self.domains or domain_key in self.domains

@@ -1,0 +1,193 @@
+"""Request and response shapes of the JSON API; validation happens here, once."""
+
+import json
+import re
+from typing import Annotated, Any
+
+from ninja import Schema
+from pydantic import AfterValidator, ConfigDict, Field
+
+KEY_CHARS = "A-Z a-z 0-9 . _ : @ + = -"
+_KEY_RE = re.compile(r"[A-Za-z0-9._:@+=-]+")
+MAX_ATTRS_BYTES = 64 * 1024
+MAX_DEPTH = 64
+MAX_BATCH = 1000
+
+
+def key_rule(max_length: int):
+    def check(value: str) -> str:
+        if not 1 <= len(value) <= max_length or not _KEY_RE.fullmatch(value):
+            raise ValueError(
+                f"must be 1-{max_length} characters from {KEY_CHARS} "
+                "(no / and no spaces)"
+            )
+        return value
+
+    return check
+
+
+DomainKey = Annotated[str, AfterValidator(key_rule(100))]
+Key = Annotated[str, AfterValidator(key_rule(200))]
+
+
+def _check_json_value(value: Any) -> None:
+    """Reject NUL characters anywhere and nesting deeper than MAX_DEPTH."""
+    stack = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if depth > MAX_DEPTH:
+            raise ValueError(f"must not nest deeper than {MAX_DEPTH} levels")
+        if isinstance(item, str):
+            if "\x00" in item:
+                raise ValueError("must not contain the NUL character (U+0000)")
+        elif isinstance(item, dict):
+            for key, child in item.items():
+                if "\x00" in key:
+                    raise ValueError("must not contain the NUL character (U+0000)")
+                stack.append((child, depth + 1))
+        elif isinstance(item, list):
+            stack.extend((child, depth + 1) for child in item)
+
+
+def canonical_json(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+def _check_keys(value: dict[str, str]) -> dict[str, str]:
+    _check_json_value(value)
+    return value
+
+
+def _check_attrs(value: dict[str, Any]) -> dict[str, Any]:
+    _check_json_value(value)
+    size = len(canonical_json(value).encode())
+    if size > MAX_ATTRS_BYTES:
+        raise ValueError(
+            f"must be at most {MAX_ATTRS_BYTES} bytes serialized, not {size}"
+        )
+    return value
+
+
+class StrictSchema(Schema):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+
+class SourceIn(StrictSchema):
+    domain: DomainKey
+    aggregate: Key
+    collection: Key
+    keys: Annotated[dict[str, str], AfterValidator(_check_keys)] = Field(
+        default_factory=dict
+    )
+    attrs: Annotated[dict[str, Any], AfterValidator(_check_attrs)] = Field(
+        default_factory=dict
+    )
+
+
+class DomainIn(StrictSchema):
+    key: DomainKey
+    attrs: Annotated[dict[str, Any], AfterValidator(_check_attrs)] = Field(
+        default_factory=dict
+    )
+
+
+class SourceAnswer(Schema):
+    created: bool
+    domain: str
+    aggregate: str
+    collection: str
+    key: str
+    version: int
+    position: int
+    at: str
+
+
+class BatchAnswer(Schema):
+    results: list[SourceAnswer]
+
+
+class DomainOut(Schema):
+    key: str
+    attrs: dict[str, Any]
+    aggregates: int
+    latest_position: int
+    created_at: str
+
+
+class DomainList(Schema):
+    domains: list[DomainOut]
+
+
+class AggregateSummary(Schema):
+    key: str
+    version: int
+    created_at: str
+    updated_at: str
+    counts: dict[str, int]
+
+
+class AggregateList(Schema):
+    aggregates: list[AggregateSummary]
+    next_cursor: str | None
+
+
+class VersionRef(Schema):
+    version: int
+    position: int
+    at: str
+    collection: str
+    key: str
+
+
+class SourceEntry(Schema):
+    version: int
+    key: str
+    keys: dict[str, str]
+    attrs: dict[str, Any]
+
+
+class AggregateState(Schema):
+    domain: str
+    key: str
+    version: int
+    created_at: str
+    updated_at: str
+    versions: list[VersionRef]
+    collections: dict[str, list[SourceEntry]]
+
+
+class FrameSource(Schema):
+    collection: str
+    key: str
+    keys: dict[str, str]
+    attrs: dict[str, Any]
+
+
+class VersionFrame(Schema):
+    domain: str
+    aggregate: str
+    version: int
+    position: int
+    at: str
+    source: FrameSource
+
+
+class AggregateVersions(Schema):
+    versions: list[VersionFrame]
+
+
+class DomainVersions(Schema):
+    versions: list[VersionFrame]
+    latest_position: int
+
+
+class Error(Schema):
+    error: str
+    detail: str
+    fields: dict[str, str] | None = None
+
+
+class Health(Schema):
+    status: str
+    database: str
+    channel_layer: str

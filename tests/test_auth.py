@@ -1,0 +1,121 @@
+"""Tokens: 401 for missing or unknown, 403 for scope or domain, checked before routing."""
+
+import pytest
+from django.core.management import call_command
+
+from aggregates.models import ApiToken, Version
+from aggregates.tokens import create_token, digest, revoke_token
+from tests.conftest import ApiClient
+
+SOURCE = {"domain": "c-inputs", "aggregate": "a", "collection": "A"}
+
+
+@pytest.mark.parametrize(
+    "header",
+    [None, "Bearer", "Bearer ", "Bearer bk_bogus", "Basic dXNlcjpwdw==", "bk_x"],
+)
+def test_missing_or_unknown_token_is_401(domain, header):
+    client = ApiClient(None)
+    headers = {"Authorization": header} if header else {}
+    for response in (
+        client.client.get("/api/domains", headers=headers),
+        client.client.post(
+            "/api/sources", SOURCE, content_type="application/json", headers=headers
+        ),
+        # Authentication comes before the route and the method.
+        client.client.get("/api/no-such-path", headers=headers),
+        client.client.delete("/api/sources", headers=headers),
+    ):
+        assert response.status_code == 401
+        assert response.json()["error"] == "unauthorized"
+        assert response["WWW-Authenticate"] == "Bearer"
+    assert Version.objects.count() == 0
+
+
+def test_revoked_token_is_401(domain):
+    token, raw = create_token(name="gone", scope="write")
+    revoke_token(token)
+    assert ApiClient(raw).get("/api/domains").status_code == 401
+
+
+def test_read_token_cannot_write(domain, read_token):
+    client = ApiClient(read_token)
+    assert client.get("/api/domains/c-inputs").status_code == 200
+    response = client.post("/api/sources", SOURCE)
+    assert response.status_code == 403
+    assert "read scope" in response.json()["detail"]
+    assert client.post("/api/domains", {"key": "new"}).status_code == 403
+    assert Version.objects.count() == 0
+
+
+def test_domain_limited_token(domain):
+    _, raw = create_token(name="limited", scope="write", domains=["other"])
+    client = ApiClient(raw)
+    # 403 whether or not the domain exists.
+    assert client.get("/api/domains/c-inputs").status_code == 403
+    assert client.get("/api/domains/does-not-exist").status_code == 403
+    assert client.get("/api/domains/c-inputs/versions").status_code == 403
+    assert client.post("/api/sources", SOURCE).status_code == 403
+    assert (
+        client.post("/api/sources", [{**SOURCE, "domain": "other"}, SOURCE]).status_code
+        == 403
+    )
+    # Creating domains needs a token for every domain.
+    assert client.post("/api/domains", {"key": "other"}).status_code == 403
+    assert client.get("/api/domains").json() == {"domains": []}
+    assert Version.objects.count() == 0
+
+
+def test_domain_limited_token_works_in_its_domain(domain):
+    _, raw = create_token(name="limited", scope="write", domains=["c-inputs"])
+    client = ApiClient(raw)
+    assert client.post("/api/sources", SOURCE).status_code == 201
+    assert [d["key"] for d in client.get("/api/domains").json()["domains"]] == [
+        "c-inputs"
+    ]
+
+
+def test_openapi_docs_and_probes_need_no_token(transactional_db):
+    client = ApiClient(None).client
+    schema = client.get("/api/openapi.json")
+    assert schema.status_code == 200
+    assert "/api/sources" in schema.json()["paths"]
+    assert client.get("/api/docs").status_code == 200
+    assert client.get("/livez").json() == {"status": "ok"}
+    health = client.get("/healthz")
+    assert health.status_code == 200
+    assert health.json() == {"status": "ok", "database": "ok", "channel_layer": "ok"}
+
+
+def test_token_is_stored_hashed(transactional_db):
+    token, raw = create_token(name="t", scope="read")
+    stored = ApiToken.objects.get(pk=token.pk)
+    assert stored.digest == digest(raw)
+    assert raw not in str(ApiToken.objects.values().get(pk=token.pk))
+
+
+def test_token_command_create_list_revoke(transactional_db, capsys):
+    call_command(
+        "token", "create", "--scope", "write", "--domain", "c-inputs", "--name", "ci"
+    )
+    raw = capsys.readouterr().out.strip().splitlines()[-1]
+    assert raw.startswith("bk_")
+    token = ApiToken.objects.get(digest=digest(raw))
+    assert (token.name, token.scope, token.domains) == ("ci", "write", ["c-inputs"])
+
+    call_command("token", "list")
+    listing = capsys.readouterr().out
+    assert token.prefix in listing and raw not in listing
+
+    call_command("token", "revoke", str(token.pk))
+    token.refresh_from_db()
+    assert token.revoked_at is not None
+    assert ApiClient(raw).get("/api/domains").status_code == 401
+
+
+def test_token_command_rejects_bad_domain(transactional_db):
+    from django.core.management.base import CommandError
+
+    with pytest.raises(CommandError, match="characters from"):
+        call_command("token", "create", "--scope", "read", "--domain", "a b")
+    assert ApiToken.objects.count() == 0

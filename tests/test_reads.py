@@ -1,0 +1,131 @@
+"""Read endpoints: listing, pagination, catch-up, and query counts flat in size."""
+
+import pytest
+
+from aggregates import api as api_module
+from aggregates.store import NewSource, register_sources
+
+
+def fill(aggregate: str, count: int, domain: str = "c-inputs") -> None:
+    register_sources(
+        [
+            NewSource(domain, aggregate, "AB"[i % 2], {"i": str(i)}, {"n": i})
+            for i in range(count)
+        ]
+    )
+
+
+def test_domain_listing_counts(api, domain):
+    fill("d1", 3)
+    fill("d2", 2)
+    body = api.get("/api/domains/c-inputs").json()
+    assert body["key"] == "c-inputs"
+    assert (body["aggregates"], body["latest_position"]) == (2, 5)
+    assert body["created_at"].endswith("Z")
+    assert api.get("/api/domains").json()["domains"] == [body]
+
+
+def test_aggregates_newest_first_with_cursor_pages(api, domain):
+    for i in range(7):
+        fill(f"2026-11-{i:02d}", 1)
+    fill("2026-11-02", 2)  # one new source: updated last, so it comes first
+    seen = []
+    cursor = None
+    while True:
+        params = {"limit": 3} | ({"cursor": cursor} if cursor else {})
+        page = api.get("/api/domains/c-inputs/aggregates", **params).json()
+        seen += [a["key"] for a in page["aggregates"]]
+        cursor = page["next_cursor"]
+        if cursor is None:
+            break
+    assert seen == ["2026-11-02"] + [f"2026-11-{i:02d}" for i in (6, 5, 4, 3, 1, 0)]
+    first = api.get("/api/domains/c-inputs/aggregates", limit=1).json()["aggregates"]
+    assert first == [
+        {
+            "key": "2026-11-02",
+            "version": 2,
+            "created_at": first[0]["created_at"],
+            "updated_at": first[0]["updated_at"],
+            "counts": {"A": 1, "B": 1},
+        }
+    ]
+
+
+def test_aggregates_by_key_prefix(api, domain):
+    for key in ["2026-10-31", "2026-11-01", "2026-11-02", "other"]:
+        fill(key, 1)
+    page = api.get("/api/domains/c-inputs/aggregates", prefix="2026-11").json()
+    assert [a["key"] for a in page["aggregates"]] == ["2026-11-02", "2026-11-01"]
+
+
+def test_aggregate_versions_after(api, domain):
+    fill("d1", 5)
+    body = api.get(
+        "/api/domains/c-inputs/aggregates/d1/versions", after=2, limit=2
+    ).json()
+    frames = body["versions"]
+    assert [f["version"] for f in frames] == [3, 4]
+    assert frames[0] == {
+        "domain": "c-inputs",
+        "aggregate": "d1",
+        "version": 3,
+        "position": 3,
+        "at": frames[0]["at"],
+        "source": {
+            "collection": "A",
+            "key": frames[0]["source"]["key"],
+            "keys": {"i": "2"},
+            "attrs": {"n": 2},
+        },
+    }
+
+
+def test_domain_catch_up_in_position_order(api, domain):
+    fill("d1", 2)
+    fill("d2", 2)
+    fill("d1", 3)  # the first two are duplicates: one new version
+    body = api.get("/api/domains/c-inputs/versions", after_position=1).json()
+    assert body["latest_position"] == 5
+    assert [
+        (f["aggregate"], f["version"], f["position"]) for f in body["versions"]
+    ] == [
+        ("d1", 2, 2),
+        ("d2", 1, 3),
+        ("d2", 2, 4),
+        ("d1", 3, 5),
+    ]
+    empty = api.get("/api/domains/c-inputs/versions", after_position=5).json()
+    assert empty == {"versions": [], "latest_position": 5}
+
+
+@pytest.mark.parametrize(
+    ("read", "args"),
+    [
+        (api_module._state, ("c-inputs", "big", None)),
+        (api_module._state, ("c-inputs", "big", 3)),
+        (
+            api_module._aggregate_versions,
+            ("c-inputs", "big", api_module.AfterVersion()),
+        ),
+        (api_module._domain_versions, ("c-inputs", api_module.AfterPosition())),
+        (api_module._aggregate_page, ("c-inputs", api_module.AggregatePage())),
+        (api_module._domains_for, ()),
+    ],
+)
+def test_reads_run_a_constant_number_of_queries(
+    domain, read_token, read, args, django_assert_max_num_queries
+):
+    from aggregates.models import ApiToken
+
+    token = ApiToken.objects.get()
+    args = args or (token,)
+    fill("big", 3)
+    fill("other", 1)
+    with django_assert_max_num_queries(3) as small:
+        read(*args)
+    fill("big", 300)
+    for i in range(30):
+        fill(f"more-{i}", 2)
+    with django_assert_max_num_queries(3) as large:
+        read(*args)
+    assert len(large.captured_queries) == len(small.captured_queries)
