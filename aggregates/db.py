@@ -1,7 +1,9 @@
 """Running ORM work from async code on long-lived worker threads.
 
-Each call runs in one hop to a worker thread and gives its connection back afterwards
-(to the pool on PostgreSQL), as Django does at the end of a request. Writes on SQLite
+Each call runs in one hop to a worker thread. Afterwards a PostgreSQL connection goes
+back to the pool, as Django does at the end of a request; a SQLite connection stays
+open in its long-lived thread, since reopening it (and rerunning its PRAGMAs) costs
+more than the query it served. Writes on SQLite
 go through a single thread: one writer at a time, queued in the process, instead of
 many threads busy-waiting on SQLite's lock (whose retries are unfair and make p99
 explode).
@@ -13,7 +15,7 @@ from functools import cache
 from typing import ParamSpec, TypeVar
 
 from asgiref.sync import sync_to_async
-from django.db import close_old_connections, connection
+from django.db import connection, connections
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -34,7 +36,9 @@ def _call(func: Callable[P, R], *args: P.args, **kwargs: P.kwargs) -> R:
     try:
         return func(*args, **kwargs)
     finally:
-        close_old_connections()
+        for conn in connections.all(initialized_only=True):
+            if conn.vendor != "sqlite" or conn.in_atomic_block:
+                conn.close()
 
 
 async def read(func: Callable[P, R], *args: P.args, **kwargs: P.kwargs) -> R:

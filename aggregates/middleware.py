@@ -4,7 +4,6 @@ import json
 import logging
 
 from asgiref.sync import markcoroutinefunction
-
 from django.db import DatabaseError
 from django.http import HttpRequest, HttpResponse
 

@@ -1,4 +1,4 @@
-"""Tokens: 401 for missing or unknown, 403 for scope or domain, checked before routing."""
+"""Tokens: 401 missing or unknown, 403 scope or domain; checked before routing."""
 
 import pytest
 from django.core.management import call_command

@@ -1,5 +1,7 @@
 """Registering sources: versions, positions, idempotency, conflicts, batches."""
 
+import itertools
+
 import pytest
 
 from aggregates import events
@@ -30,7 +32,7 @@ def test_seed_example_grows_one_source_per_version(api, domain):
     states = [api.get(path, version=n).json() for n in (1, 2, 3)]
     assert [s["version"] for s in states] == [1, 2, 3]
     assert [len(s["versions"]) for s in states] == [1, 2, 3]
-    for older, newer in zip(states, states[1:], strict=False):
+    for older, newer in itertools.pairwise(states):
         # Version N+1 holds everything version N held plus exactly one source.
         assert newer["versions"][:-1] == older["versions"]
         assert sum(map(len, newer["collections"].values())) == (

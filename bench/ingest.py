@@ -1,0 +1,265 @@
+"""Ingest benchmark: starts the server as a user would and measures, in one run,
+single posts from 16 concurrent clients (wrk) next to the bare request rate of the
+same server, batch ingest, and ingest into aggregates already holding 10,000 and
+100,000 sources. Writes bench/results-ingest.md.
+
+    python bench/ingest.py [--db sqlite postgres] [--runs 3] [--duration 5]
+
+Needs wrk (Debian: apt-get install wrk); PostgreSQL figures need the server at
+$BENCH_POSTGRES_URL (default postgres://postgres@127.0.0.1:5432/botlnek_bench, which
+this script drops and creates).
+"""
+
+import argparse
+import json
+import os
+import platform
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import httpx
+
+ROOT = Path(__file__).resolve().parent.parent
+PORT = 8765
+URL = f"http://127.0.0.1:{PORT}"
+POSTGRES_URL = os.environ.get(
+    "BENCH_POSTGRES_URL", "postgres://postgres@127.0.0.1:5432/botlnek_bench"
+)
+
+
+def manage(env: dict, *args: str) -> str:
+    return subprocess.run(
+        [sys.executable, "manage.py", *args],
+        cwd=ROOT,
+        env=env,
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
+
+
+def fresh_postgres() -> None:
+    import psycopg
+
+    url = urlsplit(POSTGRES_URL)
+    name = url.path.lstrip("/")
+    admin = url._replace(path="/postgres").geturl()
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        conn.execute(f'CREATE DATABASE "{name}"')
+
+
+class Server:
+    def __init__(self, db: str, data_dir: str):
+        self.env = {**os.environ, "BOTLNEK_DATA_DIR": data_dir, "BOTLNEK_DEBUG": "0"}
+        self.env.pop("BOTLNEK_DATABASE_URL", None)
+        if db == "postgres":
+            fresh_postgres()
+            self.env["BOTLNEK_DATABASE_URL"] = POSTGRES_URL
+        manage(self.env, "migrate", "-v0")
+        self.token = manage(
+            self.env, "token", "create", "--scope", "write", "--name", "bench"
+        ).splitlines()[-1]
+        self.log = open(Path(data_dir) / "daphne.log", "wb")  # noqa: SIM115
+        self.process = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "daphne",
+                "-b",
+                "127.0.0.1",
+                "-p",
+                str(PORT),
+                "botlnek_site.asgi:application",
+            ],
+            cwd=ROOT,
+            env=self.env,
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+        )
+        self.http = httpx.Client(
+            base_url=URL, headers={"Authorization": f"Bearer {self.token}"}, timeout=60
+        )
+        for _ in range(200):
+            try:
+                self.http.get("/livez")
+                break
+            except httpx.TransportError:
+                time.sleep(0.1)
+        assert self.http.post("/api/domains", json={"key": "bench"}).status_code == 201
+
+    def stop(self) -> None:
+        self.http.close()
+        self.process.terminate()
+        self.process.wait(timeout=20)
+        self.log.close()
+
+
+def wrk(server: Server, path: str, duration: int, aggregate: str | None, run: str):
+    args = ["wrk", "-t2", "-c16", f"-d{duration}s", "--latency", URL + path]
+    env = {
+        **os.environ,
+        "BENCH_TOKEN": server.token,
+        "BENCH_DOMAIN": "bench",
+        "BENCH_AGGREGATE": aggregate or "",
+        "BENCH_RUN": run,
+    }
+    if aggregate:
+        args[1:1] = ["-s", str(ROOT / "bench" / "post.lua")]
+    out = subprocess.run(args, env=env, check=True, capture_output=True, text=True)
+    text = out.stdout
+    bad = re.search(r"Non-2xx or 3xx responses: (\d+)", text)
+    if bad:
+        raise RuntimeError(f"{bad.group(1)} failed requests:\n{text}")
+    rate = float(re.search(r"Requests/sec:\s+([\d.]+)", text).group(1))
+    return rate, _ms(text, "50%"), _ms(text, "99%")
+
+
+def _ms(text: str, percentile: str) -> float:
+    value, unit = re.search(rf"{percentile}\s+([\d.]+)(us|ms|s)", text).groups()
+    return float(value) * {"us": 0.001, "ms": 1, "s": 1000}[unit]
+
+
+def batches(server: Server, aggregate: str, count: int, run: str) -> float:
+    """Post `count` batches of 1,000 new sources; answer sources per second."""
+    bodies = [
+        json.dumps(
+            [
+                {
+                    "domain": "bench",
+                    "aggregate": aggregate,
+                    "collection": "AB"[i % 2],
+                    "keys": {"run": run, "batch": str(b), "i": str(i)},
+                    "attrs": {"path": f"s3://bench/{b}/{i}"},
+                }
+                for i in range(1000)
+            ]
+        )
+        for b in range(count)
+    ]
+    headers = {"Content-Type": "application/json"}
+    started = time.perf_counter()
+    for body in bodies:
+        response = server.http.post("/api/sources", content=body, headers=headers)
+        assert response.status_code == 200, response.text
+    return count * 1000 / (time.perf_counter() - started)
+
+
+def median(rows):
+    return tuple(statistics.median(column) for column in zip(*rows, strict=True))
+
+
+def bench_db(db: str, runs: int, duration: int, sizes: list[int]) -> dict:
+    with tempfile.TemporaryDirectory() as data_dir:
+        server = Server(db, data_dir)
+        try:
+            wrk(server, "/livez", 2, None, "warm")  # warm up
+            wrk(server, "/api/sources", 2, "warm", "warm")
+            result = {"db": db}
+            result["livez"] = median(
+                [wrk(server, "/livez", duration, None, "") for _ in range(runs)]
+            )
+            result["healthz"] = median(
+                [wrk(server, "/healthz", duration, None, "") for _ in range(runs)]
+            )
+            result["fresh"] = median(
+                [
+                    wrk(server, "/api/sources", duration, f"fresh-{r}", f"f{r}")
+                    for r in range(runs)
+                ]
+            )
+            result["batch"] = statistics.median(
+                [batches(server, f"batch-{r}", 10, f"b{r}") for r in range(runs)]
+            )
+            for size in sizes:
+                batches(server, f"big-{size}", size // 1000, "fill")
+                result[f"big-{size}"] = median(
+                    [
+                        wrk(server, "/api/sources", duration, f"big-{size}", f"g{r}")
+                        for r in range(runs)
+                    ]
+                )
+            return result
+        finally:
+            server.stop()
+
+
+def versions() -> str:
+    from importlib.metadata import version
+
+    names = ["django", "channels", "daphne", "django-ninja", "psycopg"]
+    return ", ".join(f"{n} {version(n)}" for n in names)
+
+
+def report(results: list[dict], runs: int, duration: int, sizes: list[int]) -> str:
+    lines = [
+        "# Ingest benchmark",
+        "",
+        f"Run {datetime.now(UTC):%Y-%m-%d %H:%M} UTC on {os.cpu_count()} cores, "
+        f"Python {platform.python_version()}, {versions()}. One daphne process, "
+        f"`BOTLNEK_DEBUG=0`; wrk -t2 -c16 on the same machine; each figure is the "
+        f"median of {runs} runs of {duration} s. Produced by `python bench/ingest.py`.",
+        "",
+        "| database | what | rate | p50 ms | p99 ms | vs /livez | p99/p50 |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in results:
+        bare = r["livez"][0]
+        rows = [
+            ("bare `/livez`", r["livez"]),
+            ("`/healthz`", r["healthz"]),
+            ("single posts, fresh aggregate", r["fresh"]),
+        ]
+        rows += [
+            (f"single posts, aggregate of {s:,} sources", r[f"big-{s}"]) for s in sizes
+        ]
+        for name, (rate, p50, p99) in rows:
+            lines.append(
+                f"| {r['db']} | {name} | {rate:,.0f} req/s | {p50:.1f} | {p99:.1f} | "
+                f"{rate / bare:.2f}× | {p99 / p50:.1f} |"
+            )
+        lines.append(
+            f"| {r['db']} | batches of 1,000, one client | {r['batch']:,.0f} sources/s"
+            " | | | | |"
+        )
+    lines += ["", "Ratios of the big aggregates to the fresh one:", ""]
+    for r in results:
+        for s in sizes:
+            lines.append(
+                f"- {r['db']}, {s:,} sources: "
+                f"{r[f'big-{s}'][0] / r['fresh'][0]:.2f}× the fresh rate"
+            )
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--db",
+        nargs="+",
+        default=["sqlite", "postgres"],
+        choices=["sqlite", "postgres"],
+    )
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--duration", type=int, default=5)
+    parser.add_argument("--sizes", type=int, nargs="*", default=[10_000, 100_000])
+    parser.add_argument("--out", default=str(ROOT / "bench" / "results-ingest.md"))
+    args = parser.parse_args()
+    results = []
+    for db in args.db:
+        print(f"benchmarking {db} …", file=sys.stderr, flush=True)
+        results.append(bench_db(db, args.runs, args.duration, args.sizes))
+    text = report(results, args.runs, args.duration, args.sizes)
+    print(text)
+    Path(args.out).write_text(text)
+
+
+if __name__ == "__main__":
+    main()
