@@ -3,7 +3,7 @@ from django.contrib import admin, messages
 
 from aggregates.models import Aggregate, ApiToken, Domain, Source, Version
 from aggregates.schemas import key_rule
-from aggregates.tokens import create_token
+from aggregates.tokens import create_token, forget_all
 
 
 @admin.register(Domain)
@@ -125,6 +125,7 @@ class ApiTokenAdmin(admin.ModelAdmin):
     def save_model(self, request, obj, form, change):
         if change:
             super().save_model(request, obj, form, change)
+            forget_all()  # a revocation or a narrower scope applies at once
             return
         token, raw = create_token(name=obj.name, scope=obj.scope, domains=obj.domains)
         obj.pk = token.pk

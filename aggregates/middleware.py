@@ -7,9 +7,8 @@ from asgiref.sync import markcoroutinefunction
 from django.db import DatabaseError
 from django.http import HttpRequest, HttpResponse
 
-from aggregates import db
+from aggregates import db, tokens
 from aggregates.errors import error_response
-from aggregates.tokens import find_token
 
 logger = logging.getLogger("botlnek.api")
 
@@ -46,8 +45,12 @@ class ApiGatewayMiddleware:
         raw = bearer_token(request)
         if raw is None:
             return _unauthorized("send 'Authorization: Bearer <token>'")
+        token = tokens.cached_token(raw)
         try:
-            token = await db.read(find_token, raw)
+            if token is None:
+                token = await db.read(tokens.find_token, raw)
+                if token is not None:
+                    tokens.remember(raw, token)
         except DatabaseError:
             logger.exception("token lookup failed")
             return error_response(

@@ -3,12 +3,18 @@
 Rows of Aggregate, Version and Source are written only by aggregates.store.
 """
 
+from django.core.validators import RegexValidator
 from django.db import models
 from django.utils import timezone
 
+KEY_VALIDATOR = RegexValidator(
+    r"^[A-Za-z0-9._:@+=-]+$",
+    "Use only A-Z a-z 0-9 . _ : @ + = - (no / and no spaces).",
+)
+
 
 class Domain(models.Model):
-    key = models.CharField(max_length=100, unique=True)
+    key = models.CharField(max_length=100, unique=True, validators=[KEY_VALIDATOR])
     attrs = models.JSONField(default=dict, blank=True)
     # Counters kept by the write path under this row's lock: the lock is what makes
     # positions gapless and in commit order.

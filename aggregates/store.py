@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from django.db import transaction
+from django.db import connection, transaction
 from django.db.models import Q
 from django.utils import timezone
 
@@ -101,30 +101,43 @@ def register_sources(items: Sequence[NewSource]) -> list[Registration]:
     if not items:
         return []
     identities = [(item, item.key) for item in items]
-    with transaction.atomic():
-        domains = _lock_domains(identities)
+    with transaction.atomic(), connection.cursor() as cursor:
+        sql = _WriteSql(cursor)
+        domains = sql.lock_domains(sorted({item.domain for item in items}))
+        for index, item in enumerate(items):
+            if item.domain not in domains:
+                raise UnknownDomain(
+                    f"domain {item.domain!r} does not exist; create it with "
+                    "POST /api/domains first",
+                    index=index,
+                    field="domain",
+                )
         now = timezone.now()
-        aggregates = _aggregates_for(domains, identities, now)
-        known = _existing_sources(aggregates, identities)
+        aggregates = sql.aggregates(domains, {(i.domain, i.aggregate) for i in items})
+        sql.create_aggregates(
+            [aggregate for aggregate in aggregates.values() if aggregate.id is None],
+            now,
+        )
+        known = sql.existing_sources(
+            aggregates.values(), {key for _, key in identities}
+        )
 
         results: list[Registration] = []
-        new_versions: list[Version] = []
-        new_sources: list[Source] = []
-        touched: dict[int, Aggregate] = {}
+        new_versions: list[_NewVersion] = []
         for index, (item, key) in enumerate(identities):
             aggregate = aggregates[item.domain, item.aggregate]
-            identity = (aggregate.pk, item.collection, key)
+            identity = (aggregate.id, item.collection, key)
             if identity in known:
-                source, version = known[identity]
-                if source.attrs != item.attrs:
+                existing = known[identity]
+                if existing.attrs != item.attrs:
                     raise Conflict(
                         f"a source with these keys already exists in collection "
                         f"{item.collection!r} of aggregate {item.aggregate!r} "
-                        f"(version {version.number}) with different attrs",
+                        f"(version {existing.number}) with different attrs",
                         index=index,
                         field="attrs",
                     )
-                results.append(_registration(False, item, key, version))
+                results.append(_registration(False, item, key, existing))
                 continue
             domain = domains[item.domain]
             domain.latest_position += 1
@@ -132,46 +145,32 @@ def register_sources(items: Sequence[NewSource]) -> list[Registration]:
             aggregate.counts[item.collection] = (
                 aggregate.counts.get(item.collection, 0) + 1
             )
-            aggregate.updated_at = now
-            touched[aggregate.pk] = aggregate
-            version = Version(
+            aggregate.touched = True
+            version = _NewVersion(
+                item=item,
+                key=key,
                 aggregate=aggregate,
                 domain=domain,
                 number=aggregate.version,
                 position=domain.latest_position,
                 at=now,
             )
-            source = Source(
-                version=version,
-                aggregate=aggregate,
-                collection=item.collection,
-                key=key,
-                keys=item.keys,
-                attrs=item.attrs,
-            )
             new_versions.append(version)
-            new_sources.append(source)
-            known[identity] = (source, version)
+            known[identity] = version
             results.append(_registration(True, item, key, version))
 
         if new_versions:
-            Version.objects.bulk_create(new_versions)
-            for source in new_sources:
-                source.version_id = source.version.pk
-            Source.objects.bulk_create(new_sources)
-            _save_aggregates(list(touched.values()))
-            for domain in domains.values():
-                Domain.objects.filter(pk=domain.pk).update(
-                    latest_position=domain.latest_position,
-                    aggregate_count=domain.aggregate_count,
-                )
+            sql.insert_versions(new_versions)
+            sql.save_counters(
+                [a for a in aggregates.values() if a.touched], domains.values(), now
+            )
             committed = [
                 events.VersionCommitted(
-                    domain=v.domain.key,
-                    aggregate=v.aggregate.key,
+                    domain=v.item.domain,
+                    aggregate=v.item.aggregate,
                     version=v.number,
                     position=v.position,
-                    version_id=v.pk,
+                    version_id=v.id,
                 )
                 for v in new_versions
             ]
@@ -179,104 +178,236 @@ def register_sources(items: Sequence[NewSource]) -> list[Registration]:
     return results
 
 
-def _save_aggregates(aggregates: list[Aggregate]) -> None:
-    if len(aggregates) > 1:
-        Aggregate.objects.bulk_update(aggregates, ["version", "counts", "updated_at"])
-        return
-    # One aggregate (every single post): a plain UPDATE costs a fraction of
-    # bulk_update's CASE expressions.
-    (aggregate,) = aggregates
-    Aggregate.objects.filter(pk=aggregate.pk).update(
-        version=aggregate.version,
-        counts=aggregate.counts,
-        updated_at=aggregate.updated_at,
-    )
-
-
-def _registration(created: bool, item: NewSource, key: str, v: Version) -> Registration:
+def _registration(created: bool, item: NewSource, key: str, version) -> Registration:
     return Registration(
         created=created,
         domain=item.domain,
         aggregate=item.aggregate,
         collection=item.collection,
         key=key,
-        version=v.number,
-        position=v.position,
-        at=v.at,
+        version=version.number,
+        position=version.position,
+        at=version.at,
     )
 
 
-def _lock_domains(identities: list[tuple[NewSource, str]]) -> dict[str, Domain]:
-    wanted = sorted({item.domain for item, _ in identities})
-    # A consistent lock order keeps batches that span domains from deadlocking.
-    domains = {
-        d.key: d
-        for d in Domain.objects.select_for_update()
-        .filter(key__in=wanted)
-        .order_by("key")
-    }
-    for index, (item, _) in enumerate(identities):
-        if item.domain not in domains:
-            raise UnknownDomain(
-                f"domain {item.domain!r} does not exist; create it with "
-                "POST /api/domains first",
-                index=index,
-                field="domain",
-            )
-    return domains
+# The write path's SQL. It is written out rather than built by the ORM because the
+# ORM's query compilation cost several times the queries themselves (~0.5 ms against
+# ~0.05 ms per statement, measured), and every post runs about eight of them while
+# holding the domain lock. Statements are plain SQL that SQLite and PostgreSQL share.
+
+_DOMAIN = Domain._meta.db_table
+_AGGREGATE = Aggregate._meta.db_table
+_VERSION = Version._meta.db_table
+_SOURCE = Source._meta.db_table
 
 
-def _aggregates_for(
-    domains: dict[str, Domain],
-    identities: list[tuple[NewSource, str]],
-    now: datetime,
-) -> dict[tuple[str, str], Aggregate]:
-    """Every aggregate the items name, creating the missing ones."""
-    wanted = {(item.domain, item.aggregate) for item, _ in identities}
-    # Two IN lists fetch a superset; one OR per item would overflow SQLite's
-    # expression depth on a 1,000-source batch.
-    found = {
-        (aggregate.domain_id, aggregate.key): aggregate
-        for aggregate in Aggregate.objects.filter(
-            domain__in=[domains[d] for d, _ in wanted], key__in={a for _, a in wanted}
+@dataclass(slots=True)
+class _DomainRow:
+    id: int
+    key: str
+    latest_position: int
+    aggregate_count: int
+
+
+@dataclass(slots=True)
+class _AggregateRow:
+    id: int | None
+    domain: _DomainRow
+    key: str
+    version: int
+    counts: dict[str, int]
+    touched: bool = False
+
+
+@dataclass(slots=True)
+class _ExistingSource:
+    attrs: dict[str, Any]
+    number: int
+    position: int
+    at: datetime
+
+
+@dataclass(slots=True)
+class _NewVersion:
+    item: NewSource
+    key: str
+    aggregate: _AggregateRow
+    domain: _DomainRow
+    number: int
+    position: int
+    at: datetime
+    id: int | None = None
+
+    @property
+    def attrs(self) -> dict[str, Any]:
+        return self.item.attrs
+
+
+def _placeholders(count: int) -> str:
+    return ", ".join(["%s"] * count)
+
+
+def _json_value(value: Any) -> Any:
+    """A JSON column as Python: SQLite and Django's psycopg setup return text."""
+    return json.loads(value) if isinstance(value, str | bytes) else value
+
+
+class _WriteSql:
+    def __init__(self, cursor):
+        self.cursor = cursor
+        self.ops = connection.ops
+        self.lock = " FOR UPDATE" if connection.features.has_select_for_update else ""
+
+    def _json(self, value: Any) -> Any:
+        return self.ops.adapt_json_value(value, None)
+
+    def _time(self, value: datetime) -> Any:
+        return self.ops.adapt_datetimefield_value(value)
+
+    def lock_domains(self, keys: list[str]) -> dict[str, _DomainRow]:
+        # Sorted keys give batches spanning domains one lock order: no deadlocks.
+        self.cursor.execute(
+            f'SELECT "id", "key", "latest_position", "aggregate_count" FROM "{_DOMAIN}"'
+            f' WHERE "key" IN ({_placeholders(len(keys))}) ORDER BY "key"{self.lock}',
+            keys,
         )
-    }
-    result = {}
-    missing = []
-    for domain_key, aggregate_key in sorted(wanted):
-        domain = domains[domain_key]
-        aggregate = found.get((domain.pk, aggregate_key))
-        if aggregate is None:
-            aggregate = Aggregate(
-                domain=domain, key=aggregate_key, created_at=now, updated_at=now
+        return {row[1]: _DomainRow(*row) for row in self.cursor.fetchall()}
+
+    def aggregates(
+        self, domains: dict[str, _DomainRow], wanted: set[tuple[str, str]]
+    ) -> dict[tuple[str, str], _AggregateRow]:
+        """Every aggregate named, the missing ones with id None."""
+        domain_ids = sorted({domains[d].id for d, _ in wanted})
+        keys = sorted({a for _, a in wanted})
+        # Two IN lists fetch a superset: one OR per item would overflow SQLite's
+        # expression depth on a 1,000-source batch.
+        self.cursor.execute(
+            f'SELECT "id", "domain_id", "key", "version", "counts" FROM "{_AGGREGATE}"'
+            f' WHERE "domain_id" IN ({_placeholders(len(domain_ids))})'
+            f' AND "key" IN ({_placeholders(len(keys))})',
+            [*domain_ids, *keys],
+        )
+        found = {(row[1], row[2]): row for row in self.cursor.fetchall()}
+        result = {}
+        for domain_key, key in sorted(wanted):
+            domain = domains[domain_key]
+            row = found.get((domain.id, key))
+            if row is None:
+                result[domain_key, key] = _AggregateRow(None, domain, key, 0, {})
+            else:
+                counts = _json_value(row[4])
+                result[domain_key, key] = _AggregateRow(
+                    row[0], domain, key, row[3], counts
+                )
+        return result
+
+    def create_aggregates(self, rows: list[_AggregateRow], now: datetime) -> None:
+        if not rows:
+            return
+        at = self._time(now)
+        self.cursor.execute(
+            f'INSERT INTO "{_AGGREGATE}" ("domain_id", "key", "version", "counts",'
+            ' "created_at", "updated_at") VALUES '
+            + ", ".join(["(%s, %s, 0, %s, %s, %s)"] * len(rows))
+            + ' RETURNING "id"',
+            [
+                value
+                for row in rows
+                for value in (row.domain.id, row.key, self._json({}), at, at)
+            ],
+        )
+        # Rows come back in VALUES order, as Django's bulk_create also relies on.
+        for row, (new_id,) in zip(rows, self.cursor.fetchall(), strict=True):
+            row.id = new_id
+            row.domain.aggregate_count += 1
+
+    def existing_sources(
+        self, aggregates: Iterable[_AggregateRow], keys: set[str]
+    ) -> dict[tuple[int, str, str], _ExistingSource]:
+        ids = sorted(a.id for a in aggregates if a.version)  # new ones hold nothing
+        if not ids:
+            return {}
+        ordered_keys = sorted(keys)
+        self.cursor.execute(
+            f'SELECT s."aggregate_id", s."collection", s."key", s."attrs", v."number",'
+            f' v."position", v."at" FROM "{_SOURCE}" s'
+            f' JOIN "{_VERSION}" v ON v."id" = s."version_id"'
+            f' WHERE s."aggregate_id" IN ({_placeholders(len(ids))})'
+            f' AND s."key" IN ({_placeholders(len(ordered_keys))})',
+            [*ids, *ordered_keys],
+        )
+        return {
+            (aggregate_id, collection, key): _ExistingSource(
+                _json_value(attrs), number, position, _aware(at)
             )
-            missing.append(aggregate)
-            domain.aggregate_count += 1
-        aggregate.domain = domain
-        result[domain_key, aggregate_key] = aggregate
-    if missing:
-        Aggregate.objects.bulk_create(missing)
-    return result
+            for aggregate_id, collection, key, attrs, number, position, at in (
+                self.cursor.fetchall()
+            )
+        }
+
+    def insert_versions(self, versions: list[_NewVersion]) -> None:
+        self.cursor.execute(
+            f'INSERT INTO "{_VERSION}" ("aggregate_id", "domain_id", "number",'
+            ' "position", "at") VALUES '
+            + ", ".join(["(%s, %s, %s, %s, %s)"] * len(versions))
+            + ' RETURNING "id"',
+            [
+                value
+                for v in versions
+                for value in (
+                    v.aggregate.id,
+                    v.domain.id,
+                    v.number,
+                    v.position,
+                    self._time(v.at),
+                )
+            ],
+        )
+        for version, (new_id,) in zip(versions, self.cursor.fetchall(), strict=True):
+            version.id = new_id
+        self.cursor.execute(
+            f'INSERT INTO "{_SOURCE}" ("version_id", "aggregate_id", "collection",'
+            ' "key", "keys", "attrs") VALUES '
+            + ", ".join(["(%s, %s, %s, %s, %s, %s)"] * len(versions)),
+            [
+                value
+                for v in versions
+                for value in (
+                    v.id,
+                    v.aggregate.id,
+                    v.item.collection,
+                    v.key,
+                    self._json(v.item.keys),
+                    self._json(v.item.attrs),
+                )
+            ],
+        )
+
+    def save_counters(
+        self,
+        aggregates: list[_AggregateRow],
+        domains: Iterable[_DomainRow],
+        now: datetime,
+    ) -> None:
+        at = self._time(now)
+        self.cursor.executemany(
+            f'UPDATE "{_AGGREGATE}" SET "version" = %s, "counts" = %s,'
+            ' "updated_at" = %s WHERE "id" = %s',
+            [(a.version, self._json(a.counts), at, a.id) for a in aggregates],
+        )
+        self.cursor.executemany(
+            f'UPDATE "{_DOMAIN}" SET "latest_position" = %s, "aggregate_count" = %s'
+            ' WHERE "id" = %s',
+            [(d.latest_position, d.aggregate_count, d.id) for d in domains],
+        )
 
 
-def _existing_sources(
-    aggregates: dict[tuple[str, str], Aggregate],
-    identities: Iterable[tuple[NewSource, str]],
-) -> dict[tuple[int, str, str], tuple[Source, Version]]:
-    """Sources already registered under any of the items' identities."""
-    aggregate_ids = set()
-    hashes = set()
-    for item, key in identities:
-        aggregate = aggregates[item.domain, item.aggregate]
-        if aggregate.version:  # a new aggregate holds nothing yet
-            aggregate_ids.add(aggregate.pk)
-            hashes.add(key)
-    if not aggregate_ids:
-        return {}
-    candidates = Source.objects.filter(
-        aggregate_id__in=aggregate_ids, key__in=hashes
-    ).select_related("version")
-    return {(s.aggregate_id, s.collection, s.key): (s, s.version) for s in candidates}
+def _aware(value: datetime | str) -> datetime:
+    """A timestamp column read by raw SQL, as an aware UTC datetime."""
+    if isinstance(value, str):
+        value = datetime.fromisoformat(value)
+    return value if value.tzinfo else value.replace(tzinfo=UTC)
 
 
 # Reads. Each runs a fixed number of queries whatever the size of the aggregate.

@@ -3,6 +3,8 @@
 import hashlib
 import hmac
 import secrets
+import threading
+import time
 
 from django.utils import timezone
 
@@ -30,6 +32,35 @@ def create_token(
     return token, raw
 
 
+# Tokens found recently, by digest, so that a request costs no database round trip
+# for authentication. Only found tokens are kept (a new token works at once); a
+# revoked one stops working within CACHE_SECONDS on every server process.
+CACHE_SECONDS = 5.0
+_cache: dict[str, tuple[float, ApiToken]] = {}
+_cache_lock = threading.Lock()
+
+
+def cached_token(raw: str) -> ApiToken | None:
+    """The token find_token() found for `raw` lately, if any."""
+    wanted = digest(raw)
+    hit = _cache.get(wanted)
+    if hit is not None and hit[0] > time.monotonic():
+        return hit[1]
+    return None
+
+
+def remember(raw: str, token: ApiToken) -> None:
+    with _cache_lock:
+        if len(_cache) > 10_000:
+            _cache.clear()
+        _cache[digest(raw)] = (time.monotonic() + CACHE_SECONDS, token)
+
+
+def forget_all() -> None:
+    with _cache_lock:
+        _cache.clear()
+
+
 def find_token(raw: str) -> ApiToken | None:
     """The active token whose secret is `raw`, or None."""
     if not raw.startswith(TOKEN_PREFIX) or len(raw) > 200:
@@ -46,3 +77,4 @@ def revoke_token(token: ApiToken) -> None:
     if token.revoked_at is None:
         token.revoked_at = timezone.now()
         token.save(update_fields=["revoked_at"])
+    forget_all()  # this process at once; others within CACHE_SECONDS

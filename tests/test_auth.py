@@ -107,6 +107,7 @@ def test_token_command_create_list_revoke(transactional_db, capsys):
     listing = capsys.readouterr().out
     assert token.prefix in listing and raw not in listing
 
+    assert ApiClient(raw).get("/api/domains").status_code == 200  # now cached
     call_command("token", "revoke", str(token.pk))
     token.refresh_from_db()
     assert token.revoked_at is not None
@@ -119,3 +120,36 @@ def test_token_command_rejects_bad_domain(transactional_db):
     with pytest.raises(CommandError, match="characters from"):
         call_command("token", "create", "--scope", "read", "--domain", "a b")
     assert ApiToken.objects.count() == 0
+
+
+def test_token_revoked_in_the_admin_stops_working_at_once(
+    transactional_db, admin_client
+):
+    token, raw = create_token(name="t", scope="read")
+    assert ApiClient(raw).get("/api/domains").status_code == 200
+    response = admin_client.post(
+        f"/admin/aggregates/apitoken/{token.pk}/change/",
+        {
+            "name": "t",
+            "scope": "read",
+            "domains": "",
+            "revoked_at_0": "2026-01-01",
+            "revoked_at_1": "00:00:00",
+        },
+    )
+    assert response.status_code == 302, response.content
+    assert ApiClient(raw).get("/api/domains").status_code == 401
+
+
+def test_token_created_in_the_admin_is_shown_once(transactional_db, admin_client):
+    response = admin_client.post(
+        "/admin/aggregates/apitoken/add/",
+        {"name": "loader", "scope": "write", "domains": "c-inputs, other"},
+        follow=True,
+    )
+    shown = [m.message for m in response.context["messages"]]
+    raw = shown[0].rsplit(" ", 1)[-1]
+    token = ApiToken.objects.get()
+    assert token.digest == digest(raw)
+    assert token.domains == ["c-inputs", "other"]
+    assert raw not in admin_client.get("/admin/aggregates/apitoken/").content.decode()

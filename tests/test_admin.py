@@ -1,0 +1,85 @@
+"""The admin: domains and tokens editable; history read-only; lists flat in size."""
+
+import pytest
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
+
+from aggregates import store
+from aggregates.store import NewSource, register_sources
+
+PAGES = [
+    "/admin/aggregates/domain/",
+    "/admin/aggregates/aggregate/",
+    "/admin/aggregates/version/",
+    "/admin/aggregates/source/",
+    "/admin/aggregates/apitoken/",
+]
+
+
+def fill(count: int, prefix: str) -> None:
+    register_sources(
+        [
+            NewSource("c-inputs", f"{prefix}-{i % 5}", "AB"[i % 2], {"i": str(i)})
+            for i in range(count)
+        ]
+    )
+
+
+@pytest.fixture
+def history(db):
+    store.create_domain("c-inputs", {})
+    fill(10, "small")
+
+
+@pytest.mark.parametrize("page", PAGES)
+def test_list_pages_run_the_same_queries_whatever_the_size(admin_client, history, page):
+    with CaptureQueriesContext(connection) as small:
+        assert admin_client.get(page).status_code == 200
+    fill(90, "large")
+    with CaptureQueriesContext(connection) as large:
+        response = admin_client.get(page)
+    assert response.status_code == 200
+    assert len(large.captured_queries) == len(small.captured_queries)
+
+
+@pytest.mark.parametrize("model", ["aggregate", "version", "source"])
+def test_history_is_read_only(admin_client, history, model):
+    assert admin_client.get(f"/admin/aggregates/{model}/add/").status_code == 403
+    from django.apps import apps
+
+    obj = apps.get_model("aggregates", model).objects.first()
+    page = admin_client.get(f"/admin/aggregates/{model}/{obj.pk}/change/")
+    assert page.status_code == 200
+    assert b'name="_save"' not in page.content
+    assert (
+        admin_client.post(f"/admin/aggregates/{model}/{obj.pk}/delete/").status_code
+        == 403
+    )
+
+
+def test_domains_can_be_added_but_not_deleted(admin_client, history):
+    response = admin_client.post(
+        "/admin/aggregates/domain/add/", {"key": "new-domain", "attrs": "{}"}
+    )
+    assert response.status_code == 302
+    from aggregates.models import Domain
+
+    domain = Domain.objects.get(key="new-domain")
+    assert (
+        admin_client.post(f"/admin/aggregates/domain/{domain.pk}/delete/").status_code
+        == 403
+    )
+
+
+def test_anonymous_visitor_is_sent_to_login(client):
+    response = client.get("/admin/")
+    assert response.status_code == 302
+    assert response["Location"].startswith("/admin/login/")
+
+
+def test_admin_rejects_a_bad_domain_key(admin_client, history):
+    response = admin_client.post(
+        "/admin/aggregates/domain/add/", {"key": "bad key", "attrs": "{}"}
+    )
+    assert response.status_code == 200
+    assert b"no / and no spaces" in response.content

@@ -1,0 +1,62 @@
+"""Settings come from BOTLNEK_* variables and fail loudly on bad values."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+from django.core.exceptions import ImproperlyConfigured
+
+from botlnek_site.env import env_bool, env_int, env_list
+from tests.conftest import ROOT
+
+
+def test_env_helpers_parse_and_reject(monkeypatch):
+    monkeypatch.setenv("X_BOOL", "yes")
+    monkeypatch.setenv("X_INT", "12")
+    monkeypatch.setenv("X_LIST", "a.example, b.example,,")
+    assert env_bool("X_BOOL") is True
+    assert env_int("X_INT", 1) == 12
+    assert env_list("X_LIST", []) == ["a.example", "b.example"]
+    monkeypatch.setenv("X_BOOL", "maybe")
+    with pytest.raises(ImproperlyConfigured, match="X_BOOL"):
+        env_bool("X_BOOL")
+    monkeypatch.setenv("X_INT", "many")
+    with pytest.raises(ImproperlyConfigured, match="X_INT must be an integer"):
+        env_int("X_INT", 1)
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "message"),
+    [
+        ("BOTLNEK_DEBUG", "maybe", "BOTLNEK_DEBUG must be 1 or 0"),
+        ("BOTLNEK_DATABASE_URL", "mysql://x/y", "must be sqlite:// or postgres://"),
+        ("BOTLNEK_DB_POOL_SIZE", "1", "BOTLNEK_DB_POOL_SIZE must be at least 2"),
+    ],
+)
+def test_bad_setting_stops_the_server_with_its_name(tmp_path, variable, value, message):
+    env = {**os.environ, "BOTLNEK_DATA_DIR": str(tmp_path), variable: value}
+    if variable == "BOTLNEK_DB_POOL_SIZE":
+        env["BOTLNEK_DATABASE_URL"] = "postgres://postgres@127.0.0.1:5432/x"
+    result = subprocess.run(
+        [sys.executable, "manage.py", "check"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode != 0
+    assert message in result.stderr
+
+
+def test_secret_key_is_generated_once_into_the_data_dir(tmp_path):
+    env = {**os.environ, "BOTLNEK_DATA_DIR": str(tmp_path)}
+    env.pop("BOTLNEK_SECRET_KEY", None)
+    code = "from django.conf import settings; print(settings.SECRET_KEY)"
+    run = [sys.executable, "-c", f"import django; django.setup(); {code}"]
+    env["DJANGO_SETTINGS_MODULE"] = "botlnek_site.settings"
+    first = subprocess.run(run, cwd=ROOT, env=env, capture_output=True, text=True)
+    second = subprocess.run(run, cwd=ROOT, env=env, capture_output=True, text=True)
+    assert first.stdout == second.stdout and len(first.stdout.strip()) >= 50
+    assert (tmp_path / "secret_key").stat().st_mode & 0o077 == 0
