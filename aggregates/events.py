@@ -18,7 +18,6 @@ class VersionCommitted:
     aggregate: str
     version: int
     position: int
-    version_id: int
 
 
 Listener = Callable[[Sequence[VersionCommitted]], None]

@@ -100,7 +100,10 @@ def _database() -> dict:
         # A pool, not CONN_MAX_AGE: under ASGI persistent connections leak one per
         # request thread (see PERFORMANCE-NOTES).
         config["CONN_MAX_AGE"] = 0
-        config.setdefault("OPTIONS", {})["pool"] = {
+        # Server-side binding lets psycopg prepare the write path's statements once
+        # per pooled connection instead of PostgreSQL planning them on every post.
+        config.setdefault("OPTIONS", {})["server_side_binding"] = True
+        config["OPTIONS"]["pool"] = {
             "min_size": 1,
             "max_size": env_int("BOTLNEK_DB_POOL_SIZE", 20, minimum=2),
             "timeout": 10,

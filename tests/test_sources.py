@@ -204,3 +204,14 @@ def test_unicode_is_stored_and_returned_unchanged(api, domain):
     source = state["collections"]["A"][0]
     assert source["keys"] == {"name": text}
     assert source["attrs"] == {"t": text, "n": [1.5, None, True]}
+
+
+def test_same_identity_twice_in_a_batch_with_other_attrs_is_a_conflict(api, domain):
+    batch = [
+        {"domain": "c-inputs", "aggregate": "d1", "collection": "A", "attrs": {"v": 1}},
+        {"domain": "c-inputs", "aggregate": "d1", "collection": "A", "attrs": {"v": 2}},
+    ]
+    response = api.post("/api/sources", batch)
+    assert response.status_code == 409
+    assert list(response.json()["fields"]) == ["[1].attrs"]
+    assert Version.objects.count() == 0
