@@ -291,7 +291,11 @@ def _validate_sources(payload: Any) -> tuple[list[store.NewSource], bool]:
         except PydanticValidationError as exc:
             fields.update(_field_errors(exc.errors(), prefix=where))
             continue
-        sources.append(store.NewSource(**valid.model_dump()))
+        sources.append(
+            store.NewSource(
+                valid.domain, valid.aggregate, valid.collection, valid.keys, valid.attrs
+            )
+        )
     if fields:
         raise ApiError(400, "invalid", _summary(fields), fields)
     return sources, batch
