@@ -163,28 +163,31 @@ def bench_db(db: str, runs: int, duration: int, sizes: list[int]) -> dict:
             wrk(server, "/livez", 2, None, "warm")  # warm up
             wrk(server, "/api/sources", 2, "warm", "warm")
             result = {"db": db}
-            result["livez"] = median(
-                [wrk(server, "/livez", duration, None, "") for _ in range(runs)]
-            )
-            result["healthz"] = median(
-                [wrk(server, "/healthz", duration, None, "") for _ in range(runs)]
-            )
-            result["fresh"] = median(
-                [
-                    wrk(server, "/api/sources", duration, f"fresh-{r}", f"f{r}")
-                    for r in range(runs)
-                ]
-            )
-            result["batch"] = statistics.median(
-                [batches(server, f"batch-{r}", 10, f"b{r}") for r in range(runs)]
-            )
             for size in sizes:
                 batches(server, f"big-{size}", size // 1000, "fill")
-                result[f"big-{size}"] = median(
-                    [
+            # Rounds interleave the figures, so that drift in a noisy machine's
+            # speed lands on all of them alike rather than on whichever ran last.
+            rounds: dict[str, list] = {}
+            for r in range(runs):
+                rounds.setdefault("livez", []).append(
+                    wrk(server, "/livez", duration, None, "")
+                )
+                rounds.setdefault("healthz", []).append(
+                    wrk(server, "/healthz", duration, None, "")
+                )
+                rounds.setdefault("fresh", []).append(
+                    wrk(server, "/api/sources", duration, f"fresh-{r}", f"f{r}")
+                )
+                for size in sizes:
+                    rounds.setdefault(f"big-{size}", []).append(
                         wrk(server, "/api/sources", duration, f"big-{size}", f"g{r}")
-                        for r in range(runs)
-                    ]
+                    )
+                rounds.setdefault("batch", []).append(
+                    batches(server, f"batch-{r}", 10, f"b{r}")
+                )
+            for name, rows in rounds.items():
+                result[name] = (
+                    statistics.median(rows) if name == "batch" else median(rows)
                 )
             return result
         finally:
