@@ -5,6 +5,7 @@ commit. Live delivery (websockets, SSE) hangs off this function; the database st
 the source of truth, so a notification here only says "something changed".
 """
 
+import asyncio
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -40,3 +41,26 @@ def versions_committed(committed: Sequence[VersionCommitted]) -> None:
             logger.exception(
                 "listener %r failed for %d versions", listener, len(committed)
             )
+
+
+# The server's event loop, so that listeners running on the writer thread can hand
+# work to it instead of blocking the write (see bind_server_loop).
+_server_loop: asyncio.AbstractEventLoop | None = None
+
+
+def server_loop() -> asyncio.AbstractEventLoop | None:
+    loop = _server_loop
+    return loop if loop is not None and loop.is_running() else None
+
+
+def bind_server_loop(app):
+    """Wrap the ASGI application so the loop serving it is known to listeners."""
+
+    async def bound(scope, receive, send):
+        global _server_loop
+        loop = asyncio.get_running_loop()
+        if _server_loop is not loop:
+            _server_loop = loop
+        await app(scope, receive, send)
+
+    return bound

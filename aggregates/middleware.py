@@ -81,3 +81,29 @@ def _is_json(response: HttpResponse) -> bool:
         return "error" in json.loads(response.content)
     except (ValueError, AttributeError):
         return False
+
+
+class WebsocketAuthMiddleware:
+    """Programs authenticate with a bearer token on the handshake, and need no Origin
+    (a token is no ambient credential a foreign page could borrow). Browsers use
+    their session, and their Origin must be an allowed host."""
+
+    def __init__(self, inner):
+        from channels.auth import AuthMiddlewareStack
+        from channels.security.websocket import AllowedHostsOriginValidator
+
+        self.inner = inner
+        self.browser = AllowedHostsOriginValidator(AuthMiddlewareStack(inner))
+
+    async def __call__(self, scope, receive, send):
+        headers = dict(scope.get("headers", []))
+        scheme, _, raw = headers.get(b"authorization", b"").decode().partition(" ")
+        if scheme.lower() != "bearer":
+            return await self.browser(scope, receive, send)
+        raw = raw.strip()
+        token = tokens.cached_token(raw)
+        if token is None and raw:
+            token = await db.read(tokens.find_token, raw)
+            if token is not None:
+                tokens.remember(raw, token)
+        return await self.inner({**scope, "api_token": token}, receive, send)

@@ -72,6 +72,9 @@ class Version(models.Model):
     number = models.PositiveIntegerField()
     position = models.BigIntegerField()
     at = models.DateTimeField()
+    # Sources per collection as of this version: delta-mode subscribers get them
+    # without reading the aggregate's history.
+    counts = models.JSONField(default=dict)
 
     class Meta:
         constraints = [

@@ -155,6 +155,7 @@ def register_sources(items: Sequence[NewSource]) -> list[Registration]:
                 number=aggregate.version,
                 position=domain.latest_position,
                 at=now,
+                counts=dict(aggregate.counts),
             )
             new_versions.append(version)
             known[identity] = version
@@ -239,6 +240,7 @@ class _NewVersion:
     number: int
     position: int
     at: datetime
+    counts: dict[str, int]
 
     @property
     def attrs(self) -> dict[str, Any]:
@@ -369,9 +371,10 @@ class _WriteSql:
                 ("aggregate_id", "bigint", [v.aggregate.id for v in versions]),
                 ("number", "bigint", [v.number for v in versions]),
                 ("position", "bigint", [v.position for v in versions]),
+                ("counts", "jsonb", [self._json(v.counts) for v in versions]),
                 sql=f'INSERT INTO "{_VERSION}" ("aggregate_id", "domain_id", "number",'
-                ' "position", "at") SELECT "aggregate_id", "domain_id", "number",'
-                ' "position", %s FROM "new"',
+                ' "position", "counts", "at") SELECT "aggregate_id", "domain_id",'
+                ' "number", "position", "counts", %s FROM "new"',
                 params=[at],
             )
             # Sources find their version by (domain, position), which is unique.
@@ -601,33 +604,20 @@ _FRAME_FIELDS = (
 )
 
 
+def _frame(row: tuple) -> dict[str, Any]:
+    domain, aggregate, number, position, at, collection, key, keys, attrs = row[:9]
+    return {
+        "domain": domain,
+        "aggregate": aggregate,
+        "version": number,
+        "position": position,
+        "at": isoformat(at),
+        "source": {"collection": collection, "key": key, "keys": keys, "attrs": attrs},
+    }
+
+
 def _frames(rows: Iterable[tuple]) -> list[dict[str, Any]]:
-    return [
-        {
-            "domain": domain,
-            "aggregate": aggregate,
-            "version": number,
-            "position": position,
-            "at": isoformat(at),
-            "source": {
-                "collection": collection,
-                "key": key,
-                "keys": keys,
-                "attrs": attrs,
-            },
-        }
-        for (
-            domain,
-            aggregate,
-            number,
-            position,
-            at,
-            collection,
-            key,
-            keys,
-            attrs,
-        ) in rows
-    ]
+    return [_frame(row) for row in rows]
 
 
 def aggregate_versions(aggregate: Aggregate, *, after: int, limit: int) -> list[dict]:
@@ -648,3 +638,60 @@ def domain_versions(domain: Domain, *, after_position: int, limit: int) -> list[
         .values_list(*_FRAME_FIELDS)[:limit]
     )
     return _frames(rows)
+
+
+def live_frames(
+    domain_key: str,
+    *,
+    after_position: int,
+    limit: int,
+    aggregate: str | None = None,
+    up_to: int | None = None,
+) -> tuple[int, list[dict[str, Any]]]:
+    """For live delivery: the domain's latest position, then version frames (with
+    delta mode's `counts`) after `after_position`, optionally of one aggregate.
+
+    The latest position is read first: every version at or below it has committed,
+    so the frames read afterwards hold all of them that match.
+    """
+    latest = (
+        Domain.objects.filter(key=domain_key)
+        .values_list("latest_position", flat=True)
+        .first()
+    )
+    if latest is None:
+        return 0, []
+    rows = Version.objects.filter(domain__key=domain_key, position__gt=after_position)
+    if aggregate is not None:
+        rows = rows.filter(aggregate__key=aggregate)
+    if up_to is not None:
+        rows = rows.filter(position__lte=up_to)
+    frames = []
+    for row in rows.order_by("position").values_list(*_FRAME_FIELDS, "counts")[:limit]:
+        frame = _frame(row)
+        frame["counts"] = row[9]
+        frames.append(frame)
+    return latest, frames
+
+
+def position_of_version(domain_key: str, aggregate: str, number: int) -> int | None:
+    """The domain position of an aggregate's version N, or None if there is none."""
+    return (
+        Version.objects.filter(
+            domain__key=domain_key, aggregate__key=aggregate, number=number
+        )
+        .values_list("position", flat=True)
+        .first()
+    )
+
+
+def latest_positions(domain_keys: Iterable[str]) -> dict[str, int]:
+    return dict(
+        Domain.objects.filter(key__in=list(domain_keys)).values_list(
+            "key", "latest_position"
+        )
+    )
+
+
+def state_as_of(domain_key: str, aggregate: str, number: int) -> dict[str, Any]:
+    return aggregate_state(get_aggregate(domain_key, aggregate), number)

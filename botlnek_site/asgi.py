@@ -9,10 +9,18 @@ from django.core.asgi import get_asgi_application
 # Build Django before importing anything that touches models.
 django_application = get_asgi_application()
 
-from channels.routing import ProtocolTypeRouter  # noqa: E402
+from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 
+from aggregates.events import bind_server_loop  # noqa: E402
 from aggregates.handlers import APIHandler, route_http  # noqa: E402
+from aggregates.middleware import WebsocketAuthMiddleware  # noqa: E402
+from aggregates.routing import websocket_urlpatterns  # noqa: E402
 
-application = ProtocolTypeRouter(
-    {"http": route_http(api=APIHandler(), site=django_application)}
+application = bind_server_loop(
+    ProtocolTypeRouter(
+        {
+            "http": route_http(api=APIHandler(), site=django_application),
+            "websocket": WebsocketAuthMiddleware(URLRouter(websocket_urlpatterns)),
+        }
+    )
 )

@@ -120,6 +120,14 @@ DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
 
+# Live delivery: a subscriber with more frames than this waiting is disconnected
+# (1013) and resumes from its position; every so often each process re-reads the
+# latest position of the domains it serves, to catch a lost last notification.
+BOTLNEK_WS_MAX_PENDING = env_int("BOTLNEK_WS_MAX_PENDING", 1000, minimum=1000)
+BOTLNEK_POSITION_CHECK_SECONDS = env_int(
+    "BOTLNEK_POSITION_CHECK_SECONDS", 30, minimum=1
+)
+
 AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
     {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},

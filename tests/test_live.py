@@ -1,0 +1,279 @@
+"""Websocket subscriptions against a real server: live, resume, gaps, auth."""
+
+import asyncio
+import json
+import threading
+
+import httpx
+import pytest
+import websockets
+
+from aggregates import store
+from aggregates.models import Domain
+from aggregates.store import NewSource, register_sources
+from aggregates.tokens import create_token
+
+
+@pytest.fixture
+def token(transactional_db):
+    Domain.objects.create(key="c-inputs")
+    return create_token(name="live", scope="write")[1]
+
+
+@pytest.fixture
+def server(start_server):
+    return start_server(BOTLNEK_POSITION_CHECK_SECONDS="1")
+
+
+class Subscriber:
+    def __init__(self, server, token):
+        self.url = server.url.replace("http", "ws") + "/ws/subscribe"
+        self.headers = {"Authorization": f"Bearer {token}"} if token else {}
+
+    async def __aenter__(self):
+        self.ws = await websockets.connect(self.url, additional_headers=self.headers)
+        return self
+
+    async def __aexit__(self, *exc):
+        await self.ws.close()
+
+    async def send(self, **frame):
+        await self.ws.send(json.dumps(frame))
+
+    async def subscribe(self, **frame):
+        await self.send(type="subscribe", id="s1", domain="c-inputs", **frame)
+        reply = await self.next()
+        assert reply["type"] == "subscribed", reply
+        return reply
+
+    async def next(self, timeout=10):
+        return json.loads(await asyncio.wait_for(self.ws.recv(), timeout))
+
+    async def versions(self, count, timeout=10):
+        frames = [await self.next(timeout) for _ in range(count)]
+        assert all(f["type"] == "version" for f in frames), frames
+        return frames
+
+
+def post(server, token, aggregate="2026-11-26", collection="A", **keys):
+    response = httpx.post(
+        f"{server.url}/api/sources",
+        json={
+            "domain": "c-inputs",
+            "aggregate": aggregate,
+            "collection": collection,
+            "keys": keys,
+        },
+        headers={"Authorization": f"Bearer {token}"},
+    )
+    assert response.status_code == 201, response.text
+    return response.json()
+
+
+def test_live_versions_arrive_with_growing_state(server, token):
+    async def scenario():
+        async with Subscriber(server, token) as sub:
+            assert (await sub.subscribe())["position"] == 0
+            post(server, token, collection="A", run="am")
+            post(server, token, collection="B")
+            post(server, token, collection="A", run="pm")
+            return await sub.versions(3)
+
+    frames = asyncio.run(scenario())
+    assert [f["version"] for f in frames] == [1, 2, 3]
+    assert [f["position"] for f in frames] == [1, 2, 3]
+    assert {f["subscription"] for f in frames} == {"s1"}
+    assert [f["source"]["collection"] for f in frames] == ["A", "B", "A"]
+    assert [len(f["state"]["versions"]) for f in frames] == [1, 2, 3]
+    assert frames[2]["state"]["collections"]["A"][1]["keys"] == {"run": "pm"}
+    # The state is the API's, as of that version.
+    api = httpx.get(
+        f"{server.url}/api/domains/c-inputs/aggregates/2026-11-26?version=2",
+        headers={"Authorization": f"Bearer {token}"},
+    ).json()
+    assert frames[1]["state"] == api
+
+
+def test_delta_mode_sends_counts_not_state(server, token):
+    async def scenario():
+        async with Subscriber(server, token) as sub:
+            await sub.subscribe(mode="delta")
+            post(server, token, collection="A")
+            post(server, token, collection="B")
+            return await sub.versions(2)
+
+    frames = asyncio.run(scenario())
+    assert [f["counts"] for f in frames] == [{"A": 1}, {"A": 1, "B": 1}]
+    assert all("state" not in f for f in frames)
+
+
+def test_resume_after_disconnect_gets_exactly_what_was_missed(server, token):
+    async def scenario():
+        async with Subscriber(server, token) as sub:
+            await sub.subscribe(mode="delta")
+            post(server, token, i="0")
+            last = (await sub.versions(1))[0]["position"]
+        for i in range(1, 51):
+            post(server, token, aggregate=f"agg-{i % 3}", i=str(i))
+        async with Subscriber(server, token) as sub:
+            await sub.subscribe(after_position=last, mode="delta")
+            missed = await sub.versions(50)
+            post(server, token, i="live")
+            live = await sub.versions(1)
+            with pytest.raises(TimeoutError):
+                await sub.next(timeout=1.5)  # nothing twice
+        return last, missed, live
+
+    last, missed, live = asyncio.run(scenario())
+    assert [f["position"] for f in missed] == list(range(last + 1, last + 51))
+    assert live[0]["position"] == last + 51
+
+
+def test_versions_posted_during_replay_leave_no_gap(server, token):
+    register_sources(
+        [NewSource("c-inputs", f"a{i % 10}", "A", {"i": str(i)}) for i in range(1000)]
+    )
+    register_sources(
+        [NewSource("c-inputs", f"a{i % 10}", "B", {"i": str(i)}) for i in range(600)]
+    )
+    writer_done = threading.Event()
+
+    def writer():
+        for i in range(60):
+            post(server, token, aggregate="during", i=str(i))
+        writer_done.set()
+
+    async def scenario():
+        async with Subscriber(server, token) as sub:
+            thread = threading.Thread(target=writer)
+            thread.start()
+            await sub.subscribe(after_position=0, mode="delta")
+            frames = await sub.versions(1660, timeout=30)
+            thread.join()
+            with pytest.raises(TimeoutError):
+                await sub.next(timeout=1.5)
+            return frames
+
+    frames = asyncio.run(scenario())
+    assert writer_done.is_set()
+    assert [f["position"] for f in frames] == list(range(1, 1661))
+
+
+def test_aggregate_subscription_resumes_after_version(server, token):
+    for i in range(3):
+        post(server, token, aggregate="mine", i=str(i))
+        post(server, token, aggregate="other", i=str(i))
+
+    async def scenario():
+        async with Subscriber(server, token) as sub:
+            await sub.subscribe(aggregate="mine", after_version=1, mode="delta")
+            replayed = await sub.versions(2)
+            post(server, token, aggregate="other", i="x")
+            post(server, token, aggregate="mine", i="x")
+            live = await sub.versions(1)
+            return replayed, live
+
+    replayed, live = asyncio.run(scenario())
+    assert [(f["aggregate"], f["version"]) for f in replayed] == [
+        ("mine", 2),
+        ("mine", 3),
+    ]
+    assert [(f["aggregate"], f["version"]) for f in live] == [("mine", 4)]
+
+
+def test_lost_notifications_are_healed_from_the_database(server, token):
+    """Versions committed by another process with no channel layer in common are,
+    for this server, exactly versions whose notifications were lost."""
+
+    async def scenario():
+        async with Subscriber(server, token) as sub:
+            await sub.subscribe(mode="delta")
+            await asyncio.to_thread(
+                register_sources, [NewSource("c-inputs", "quiet", "A", {"n": "1"})]
+            )
+            post(server, token, aggregate="loud")  # position 2 reveals the gap
+            healed = await sub.versions(2)
+            # A lost *last* notification: only the position check can reveal it.
+            await asyncio.to_thread(
+                register_sources, [NewSource("c-inputs", "quiet", "A", {"n": "2"})]
+            )
+            last = await sub.versions(1, timeout=5)
+            return healed, last
+
+    healed, last = asyncio.run(scenario())
+    assert [(f["aggregate"], f["position"]) for f in healed] == [
+        ("quiet", 1),
+        ("loud", 2),
+    ]
+    assert [(f["aggregate"], f["position"]) for f in last] == [("quiet", 3)]
+
+
+def test_handshake_without_or_with_a_bogus_token_is_refused(server, token):
+    async def refused(headers):
+        with pytest.raises(websockets.InvalidStatus) as error:
+            async with websockets.connect(
+                server.url.replace("http", "ws") + "/ws/subscribe",
+                additional_headers=headers,
+            ):
+                pass
+        return error.value.response.status_code
+
+    assert asyncio.run(refused({})) == 403
+    assert asyncio.run(refused({"Authorization": "Bearer bk_bogus"})) == 403
+
+
+def test_bad_frames_get_errors_and_the_connection_stays_open(server, token):
+    _, other = create_token(name="other", scope="read", domains=["elsewhere"])
+    store.create_domain("elsewhere", {})
+
+    async def scenario():
+        replies = []
+        async with Subscriber(server, token) as sub:
+            for frame in [
+                "not json",
+                "[1]",
+                json.dumps({"type": "dance"}),
+                json.dumps({"type": "subscribe", "id": "x", "domain": "bad key"}),
+                json.dumps({"type": "subscribe", "id": "x", "domain": "nope"}),
+                json.dumps(
+                    {
+                        "type": "subscribe",
+                        "id": "x",
+                        "domain": "c-inputs",
+                        "after_position": 1,
+                        "after_version": 1,
+                    }
+                ),
+                json.dumps(
+                    {
+                        "type": "subscribe",
+                        "id": "x",
+                        "domain": "c-inputs",
+                        "after_version": 1,
+                    }
+                ),
+                json.dumps({"type": "unsubscribe", "id": "zzz"}),
+            ]:
+                await sub.ws.send(frame)
+                replies.append(await sub.next())
+            await sub.subscribe()  # still works
+        async with Subscriber(server, other) as sub:
+            await sub.send(type="subscribe", id="s1", domain="c-inputs")
+            replies.append(await sub.next())
+        return replies
+
+    replies = asyncio.run(scenario())
+    assert [r["type"] for r in replies] == ["error"] * 9
+    assert [r["error"] for r in replies] == [
+        "invalid_json",
+        "invalid",
+        "invalid",
+        "invalid",
+        "not_found",
+        "invalid",
+        "invalid",
+        "not_found",
+        "forbidden",
+    ]
+    assert "characters from" in replies[3]["detail"]
+    assert replies[4]["id"] == "x"
