@@ -1,5 +1,6 @@
 """Liveness and readiness probes, outside /api/ and without authentication."""
 
+import asyncio
 import logging
 
 from channels.layers import get_channel_layer
@@ -22,11 +23,19 @@ def _database_ok() -> bool:
         return cursor.fetchone() == (1,)
 
 
+_channels: dict[asyncio.AbstractEventLoop, str] = {}
+
+
 async def _channel_layer_ok() -> bool:
+    """A message sent to this process's own health channel comes back."""
     layer = get_channel_layer()
-    channel = await layer.new_channel("healthz.")
+    loop = asyncio.get_running_loop()
+    if loop not in _channels:  # one channel per process, not one per probe
+        _channels[loop] = await layer.new_channel("botlnek.healthz.")
+    channel = _channels[loop]
     await layer.send(channel, {"type": "healthz"})
-    return (await layer.receive(channel))["type"] == "healthz"
+    received = await asyncio.wait_for(layer.receive(channel), timeout=2)
+    return received["type"] == "healthz"
 
 
 async def healthz(request: HttpRequest) -> JsonResponse:

@@ -118,7 +118,20 @@ def _database() -> dict:
 DATABASES = {"default": _database()}
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
-CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
+# Several processes share notifications through Redis. The pub/sub layer never
+# drops a message under load and does no blocking reads, so redis-py 8's default
+# socket timeout (channels_redis #422) does not affect it. Notifications only say
+# "something changed": subscribers read the versions from the database.
+REDIS_URL = env_str("BOTLNEK_REDIS_URL")
+if REDIS_URL:
+    CHANNEL_LAYERS = {
+        "default": {
+            "BACKEND": "channels_redis.pubsub.RedisPubSubChannelLayer",
+            "CONFIG": {"hosts": [REDIS_URL]},
+        }
+    }
+else:
+    CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
 
 # Live delivery: a subscriber with more frames than this waiting is disconnected
 # (1013) and resumes from its position; every so often each process re-reads the

@@ -172,6 +172,28 @@ class ServerProcess:
             self.process.wait()
 
 
+REDIS_URL = os.environ.get("BOTLNEK_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+
+
+def redis_reachable(url: str) -> bool:
+    import redis
+
+    try:
+        return redis.Redis.from_url(url, socket_timeout=2).ping()
+    except redis.RedisError:
+        return False
+
+
+@pytest.fixture
+def redis_url() -> str:
+    """The machine's Redis; its absence skips the test, and fails it in CI."""
+    if not redis_reachable(REDIS_URL):
+        if IN_CI:
+            pytest.fail(f"Redis unreachable at {REDIS_URL} in CI")
+        pytest.skip(f"needs Redis at {REDIS_URL}")
+    return REDIS_URL
+
+
 @pytest.fixture
 def start_server(transactional_db, tmp_path):
     servers: list[ServerProcess] = []

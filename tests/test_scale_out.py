@@ -1,0 +1,215 @@
+"""Several server processes sharing the database and Redis: a subscriber on one
+process gets what is posted through another, whatever disconnects or Redis does."""
+
+import asyncio
+import json
+import random
+import shutil
+import socket
+import subprocess
+import threading
+import time
+
+import httpx
+import pytest
+import websockets
+
+from aggregates.models import Domain, Version
+from aggregates.tokens import create_token
+from tests.conftest import free_port
+
+
+@pytest.fixture
+def token(transactional_db):
+    Domain.objects.create(key="c-inputs")
+    return create_token(name="scale", scope="write")[1]
+
+
+def ws_url(server) -> str:
+    return server.url.replace("http", "ws") + "/ws/subscribe"
+
+
+def post(server, token, **keys):
+    response = httpx.post(
+        f"{server.url}/api/sources",
+        json={
+            "domain": "c-inputs",
+            "aggregate": keys.pop("aggregate", "a"),
+            "collection": "A",
+            "keys": keys,
+        },
+        headers={"Authorization": f"Bearer {token}"},
+        timeout=30,
+    )
+    assert response.status_code == 201, response.text
+
+
+async def collect(servers, token, total, rng, disconnect_every=None):
+    """Subscribe, hopping between servers and resuming, until `total` positions."""
+    seen: list[int] = []
+    headers = {"Authorization": f"Bearer {token}"}
+    while len(seen) < total:
+        server = rng.choice(servers)
+        async with websockets.connect(ws_url(server), additional_headers=headers) as ws:
+            await ws.send(
+                json.dumps(
+                    {
+                        "type": "subscribe",
+                        "id": "s",
+                        "domain": "c-inputs",
+                        "after_position": seen[-1] if seen else 0,
+                        "mode": "delta",
+                    }
+                )
+            )
+            assert json.loads(await ws.recv())["type"] == "subscribed"
+            budget = rng.randint(1, disconnect_every) if disconnect_every else total
+            while budget and len(seen) < total:
+                frame = json.loads(await asyncio.wait_for(ws.recv(), 30))
+                seen.append(frame["position"])
+                budget -= 1
+    return seen
+
+
+def test_subscriber_on_one_process_gets_posts_through_another(
+    start_server, token, redis_url
+):
+    one = start_server(BOTLNEK_REDIS_URL=redis_url)
+    two = start_server(BOTLNEK_REDIS_URL=redis_url)
+    assert httpx.get(f"{one.url}/healthz").json()["channel_layer"] == "ok"
+
+    async def scenario():
+        headers = {"Authorization": f"Bearer {token}"}
+        async with websockets.connect(ws_url(one), additional_headers=headers) as ws:
+            await ws.send(
+                json.dumps(
+                    {
+                        "type": "subscribe",
+                        "id": "s",
+                        "domain": "c-inputs",
+                        "mode": "delta",
+                    }
+                )
+            )
+            assert json.loads(await ws.recv())["type"] == "subscribed"
+            started = time.monotonic()
+            await asyncio.to_thread(post, two, token, n="1")
+            frame = json.loads(await asyncio.wait_for(ws.recv(), 5))
+            # Well before the 30 s position check: Redis carried the notification.
+            return frame, time.monotonic() - started
+
+    frame, elapsed = asyncio.run(scenario())
+    assert frame["position"] == 1
+    assert elapsed < 3
+
+
+@pytest.mark.postgres
+def test_random_disconnects_under_concurrent_writers(start_server, token, redis_url):
+    servers = [start_server(BOTLNEK_REDIS_URL=redis_url) for _ in range(2)]
+    total = 240
+
+    def writer(n: int) -> None:
+        for i in range(total // 4):
+            post(
+                servers[(n + i) % 2],
+                token,
+                aggregate=f"agg-{i % 5}",
+                w=str(n),
+                i=str(i),
+            )
+
+    async def scenario():
+        writers = [threading.Thread(target=writer, args=(n,)) for n in range(4)]
+        for thread in writers:
+            thread.start()
+        results = await asyncio.gather(
+            *(
+                collect(servers, token, total, random.Random(seed), 25)
+                for seed in range(3)
+            )
+        )
+        for thread in writers:
+            thread.join()
+        return results
+
+    results = asyncio.run(scenario())
+    in_database = list(
+        Version.objects.order_by("position").values_list("position", flat=True)
+    )
+    assert in_database == list(range(1, total + 1))
+    for seen in results:
+        assert seen == in_database
+
+
+@pytest.fixture
+def private_redis(tmp_path):
+    """A Redis of this test's own, so it can be stopped and started again."""
+    binary = shutil.which("redis-server")
+    if binary is None:
+        pytest.skip("needs redis-server")
+    port = free_port()
+    command = [
+        binary,
+        "--bind",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--save",
+        "",
+        "--appendonly",
+        "no",
+        "--dir",
+        str(tmp_path),
+    ]
+
+    class Private:
+        url = f"redis://127.0.0.1:{port}/0"
+
+        def start(self):
+            self.process = subprocess.Popen(command, stdout=subprocess.DEVNULL)
+            for _ in range(100):
+                try:
+                    socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+                    return
+                except OSError:
+                    time.sleep(0.05)
+            raise RuntimeError("redis-server did not start")
+
+        def stop(self):
+            self.process.terminate()
+            self.process.wait(timeout=10)
+
+    redis = Private()
+    redis.start()
+    yield redis
+    redis.stop()
+
+
+def test_subscribers_have_everything_after_redis_restarts(
+    start_server, token, private_redis
+):
+    servers = [
+        start_server(
+            BOTLNEK_REDIS_URL=private_redis.url, BOTLNEK_POSITION_CHECK_SECONDS="1"
+        )
+        for _ in range(2)
+    ]
+    total = 60
+
+    def writer() -> None:
+        for i in range(total):
+            if i == 20:
+                private_redis.stop()
+            if i == 40:
+                private_redis.start()
+            post(servers[i % 2], token, i=str(i))  # writes never wait for Redis
+            time.sleep(0.02)
+
+    async def scenario():
+        thread = threading.Thread(target=writer)
+        thread.start()
+        seen = await collect(servers[:1], token, total, random.Random(1))
+        thread.join()
+        return seen
+
+    assert asyncio.run(scenario()) == list(range(1, total + 1))
