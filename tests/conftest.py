@@ -122,8 +122,10 @@ def database_url() -> str:
 
 
 class ServerProcess:
-    def __init__(self, tmp_path: Path, env: dict[str, str] | None = None):
-        self.port = free_port()
+    def __init__(
+        self, tmp_path: Path, env: dict[str, str] | None = None, port: int = 0
+    ):
+        self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = tmp_path / f"daphne-{self.port}.log"
         server_env = {
@@ -198,8 +200,8 @@ def redis_url() -> str:
 def start_server(transactional_db, tmp_path):
     servers: list[ServerProcess] = []
 
-    def start(**env: str) -> ServerProcess:
-        servers.append(ServerProcess(tmp_path, env))
+    def start(port: int = 0, **env: str) -> ServerProcess:
+        servers.append(ServerProcess(tmp_path, env, port))
         return servers[-1]
 
     yield start

@@ -1,6 +1,7 @@
 """The `botlnek` command line (SPEC §6)."""
 
 import argparse
+import asyncio
 import json
 import sys
 
@@ -30,6 +31,22 @@ def _post(args: argparse.Namespace) -> int:
     return 0
 
 
+def _subscribe(args: argparse.Namespace) -> int:
+    client = Client(args.url, args.token)
+
+    async def run() -> None:
+        async for frame in client.subscribe(
+            args.domain,
+            args.aggregate,
+            after_position=args.after_position,
+            mode=args.mode,
+        ):
+            print(json.dumps(frame, ensure_ascii=False), flush=True)
+
+    asyncio.run(run())
+    return 0
+
+
 def parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument(
@@ -54,6 +71,23 @@ def parser() -> argparse.ArgumentParser:
     post.add_argument("keys", nargs="*", metavar="key=value")
     post.add_argument("--attr", action="append", default=[], metavar="k=v")
     post.set_defaults(run=_post)
+
+    subscribe = commands.add_parser(
+        "subscribe",
+        parents=[common],
+        help="print every new version as one JSON line",
+        description="Print each version frame (SPEC §4) as one JSON line; "
+        "reconnects and resumes by itself.",
+    )
+    subscribe.add_argument("--domain", required=True)
+    subscribe.add_argument("--aggregate")
+    subscribe.add_argument(
+        "--after-position",
+        type=int,
+        help="start after this domain position (default: only what comes next)",
+    )
+    subscribe.add_argument("--mode", choices=["full", "delta"], default="full")
+    subscribe.set_defaults(run=_subscribe)
     return root
 
 

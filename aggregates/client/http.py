@@ -1,10 +1,18 @@
-"""A small HTTP client for the JSON API, on the standard library alone."""
+"""Botlnek's client: posting over HTTP (standard library), subscribing over a
+websocket that reconnects and resumes by itself."""
 
+import asyncio
 import json
+import logging
 import os
 import urllib.error
 import urllib.request
+from collections.abc import AsyncIterator
 from typing import Any
+
+import websockets
+
+logger = logging.getLogger("botlnek.client")
 
 DEFAULT_URL = "http://127.0.0.1:8000"
 
@@ -47,6 +55,61 @@ class Client:
     def post_batch(self, sources: list[dict[str, Any]]) -> list[dict[str, Any]]:
         """Register up to 1,000 sources all or nothing; answers in request order."""
         return self.request("POST", "/api/sources", sources)["results"]
+
+    async def subscribe(
+        self,
+        domain: str,
+        aggregate: str | None = None,
+        *,
+        after_position: int | None = None,
+        mode: str = "full",
+        max_backoff: float = 30.0,
+    ) -> AsyncIterator[dict[str, Any]]:
+        """Version frames (SPEC §4), in position order, each exactly once.
+
+        Without `after_position` it starts with what arrives from now on. When the
+        connection drops it reconnects with backoff and resumes after the last
+        position it yielded, so nothing is lost and nothing repeats.
+        """
+        last = after_position
+        backoff = 0.5
+        url = "ws" + self.url.removeprefix("http") + "/ws/subscribe"
+        headers = {"Authorization": f"Bearer {self.token}"} if self.token else {}
+        while True:
+            try:
+                async with websockets.connect(url, additional_headers=headers) as ws:
+                    request = {"type": "subscribe", "id": "s", "domain": domain}
+                    request |= {"mode": mode}
+                    if aggregate is not None:
+                        request["aggregate"] = aggregate
+                    if last is not None:
+                        request["after_position"] = last
+                    await ws.send(json.dumps(request))
+                    async for text in ws:
+                        message = json.loads(text)
+                        if message["type"] == "error":
+                            raise BotlnekError(
+                                f"{message['error']}: {message['detail']}"
+                            )
+                        if message["type"] == "subscribed":
+                            backoff = 0.5
+                            if last is None:  # live only: from here, also on resume
+                                last = message["position"]
+                        elif message["type"] == "version" and message["position"] > (
+                            last or 0
+                        ):
+                            last = message["position"]
+                            yield message
+            except websockets.InvalidStatus as exc:
+                status = exc.response.status_code
+                raise BotlnekError(
+                    f"{url} refused the subscription (HTTP {status}); check the token",
+                    status=status,
+                ) from None
+            except (TimeoutError, OSError, websockets.ConnectionClosed) as exc:
+                logger.info("connection lost (%s); resuming after %s", exc, last)
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, max_backoff)
 
     def request(self, method: str, path: str, body: Any = None) -> Any:
         headers = {"Accept": "application/json"}
