@@ -7,10 +7,10 @@ one shape {"error", "detail", "fields"?}.
 
 import json
 import logging
-from typing import Any
+from typing import Any, Literal
 
 from django.core.exceptions import RequestDataTooBig
-from django.http import Http404, HttpRequest, JsonResponse
+from django.http import Http404, HttpRequest, JsonResponse, StreamingHttpResponse
 from ninja import NinjaAPI, Query
 from ninja.errors import AuthenticationError, HttpError, ValidationError
 from ninja.parser import Parser
@@ -18,7 +18,8 @@ from ninja.security import HttpBearer
 from pydantic import BaseModel, Field
 from pydantic import ValidationError as PydanticValidationError
 
-from aggregates import db, store
+from aggregates import db, sse, store
+from aggregates.consumers import SubscribeIn
 from aggregates.errors import ApiError, error_response
 from aggregates.models import ApiToken
 from aggregates.schemas import (
@@ -28,10 +29,12 @@ from aggregates.schemas import (
     AggregateVersions,
     BatchAnswer,
     DomainIn,
+    DomainKey,
     DomainList,
     DomainOut,
     DomainVersions,
     Error,
+    Key,
     SourceAnswer,
     SourceIn,
 )
@@ -323,6 +326,48 @@ async def post_sources(request: HttpRequest):
         return _json({"results": [r.as_json() for r in results]})
     (result,) = results
     return _json(result.as_json(), 201 if result.created else 200)
+
+
+# Live: Server-Sent Events
+
+
+class StreamQuery(BaseModel):
+    domain: DomainKey
+    aggregate: Key | None = None
+    mode: Literal["full", "delta"] = "full"
+    after_position: int | None = Field(None, ge=0)
+
+
+@api.get(
+    "/stream",
+    response={200: None, **ERRORS},
+    summary="Every new version as Server-Sent Events (id: is the position)",
+)
+async def stream(request: HttpRequest, query: Query[StreamQuery]):
+    _require_read(request, query.domain)
+    if not await db.read(store.latest_positions, [query.domain]):
+        raise ApiError(404, "not_found", f"domain {query.domain!r} does not exist")
+    after = query.after_position
+    last_event_id = request.headers.get("Last-Event-ID")
+    if last_event_id is not None:
+        if not last_event_id.strip().isdigit():
+            detail = "must be the position of the last event received"
+            raise ApiError(400, "invalid", detail, {"Last-Event-ID": detail})
+        after = int(last_event_id)
+    subscription = SubscribeIn(
+        type="subscribe",
+        id="sse",
+        domain=query.domain,
+        aggregate=query.aggregate,
+        after_position=after,
+        mode=query.mode,
+    )
+    response = StreamingHttpResponse(
+        sse.event_stream(subscription), content_type="text/event-stream"
+    )
+    response["Cache-Control"] = "no-cache"
+    response["X-Accel-Buffering"] = "no"  # let proxies pass events on at once
+    return response
 
 
 # Errors in one shape

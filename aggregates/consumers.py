@@ -8,7 +8,7 @@ its cursor and reading any gap from the database before going on.
 import asyncio
 import json
 import logging
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 from channels.generic.websocket import AsyncWebsocketConsumer
 from django.conf import settings
@@ -41,9 +41,21 @@ class SubscribeIn(BaseModel):
         return self
 
 
+class Sink(Protocol):
+    """Where a subscription's frames go: a websocket, or an SSE response."""
+
+    async def subscribed(self, subscription: "Subscription", position: int) -> None: ...
+
+    async def version(
+        self, subscription: "Subscription", frame: live.Frame
+    ) -> None: ...
+
+    def overflow(self) -> None: ...
+
+
 class Subscription:
-    def __init__(self, consumer: "SubscribeConsumer", request: SubscribeIn):
-        self.consumer = consumer
+    def __init__(self, sink: Sink, request: SubscribeIn):
+        self.sink = sink
         self.id = request.id
         self.domain = request.domain
         self.aggregate = request.aggregate
@@ -57,14 +69,12 @@ class Subscription:
     def offer(self, frame: live.Frame) -> None:
         self.queue.put_nowait(frame)
         if self.queue.qsize() > settings.BOTLNEK_WS_MAX_PENDING:
-            self.consumer.overflow()
+            self.sink.overflow()
 
     async def run(self) -> None:
         await live.hub().listen(self.domain, self)
         latest = (await db.read(store.latest_positions, [self.domain]))[self.domain]
-        await self.consumer.send_json(
-            {"type": "subscribed", "id": self.id, "position": latest}
-        )
+        await self.sink.subscribed(self, latest)
         self.cursor = await self._start(latest)
         await self._fill(up_to=None)
         while True:
@@ -118,7 +128,7 @@ class Subscription:
             return
         if frame.version <= self.after_version:
             return
-        await self.consumer.send(text_data=await frame.text(self.id, self.mode))
+        await self.sink.version(self, frame)
 
     async def stop(self) -> None:
         if self.task is not None:
@@ -143,6 +153,15 @@ class SubscribeConsumer(AsyncWebsocketConsumer):
 
     async def send_json(self, data: dict[str, Any]) -> None:
         await self.send(text_data=json.dumps(data, ensure_ascii=False))
+
+    async def subscribed(self, subscription: Subscription, position: int) -> None:
+        await self.send_json(
+            {"type": "subscribed", "id": subscription.id, "position": position}
+        )
+
+    async def version(self, subscription: Subscription, frame: live.Frame) -> None:
+        text = await frame.text(subscription.mode, subscription.id)
+        await self.send(text_data=text)
 
     async def error(self, code: str, detail: str, id: Any = None) -> None:
         frame = {"type": "error", "error": code, "detail": detail}

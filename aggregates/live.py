@@ -94,11 +94,13 @@ class Frame:
         full["state"] = state
         return json.dumps(full, ensure_ascii=False)[1:]
 
-    async def text(self, subscription: str, mode: str) -> str:
+    async def text(self, mode: str, subscription: str | None = None) -> str:
+        """The §4 version frame; without `subscription` as SSE sends it."""
         tail = self.delta_tail() if mode == "delta" else await self.full_tail()
-        return (
-            '{"type":"version","subscription":' + json.dumps(subscription) + "," + tail
-        )
+        head = '{"type":"version",'
+        if subscription is not None:
+            head += '"subscription":' + json.dumps(subscription) + ","
+        return head + tail
 
 
 class Listener(Protocol):

@@ -1,0 +1,50 @@
+"""Server-Sent Events for `GET /api/stream`: the websocket subscription, as text."""
+
+import asyncio
+from collections.abc import AsyncIterator
+
+from django.conf import settings
+
+from aggregates import live
+from aggregates.consumers import SubscribeIn, Subscription
+
+KEEP_ALIVE_SECONDS = 15
+
+
+class SseSink:
+    """Turns a subscription's versions into SSE events, queued for the response."""
+
+    def __init__(self) -> None:
+        self.events: asyncio.Queue[str | None] = asyncio.Queue()
+
+    async def subscribed(self, subscription: Subscription, position: int) -> None:
+        pass  # SSE has no such event; the stream itself says so
+
+    async def version(self, subscription: Subscription, frame: live.Frame) -> None:
+        data = await frame.text(subscription.mode)
+        self.events.put_nowait(
+            f"id: {frame.position}\nevent: version\ndata: {data}\n\n"
+        )
+
+    def overflow(self) -> None:
+        # End the stream; the client reconnects with Last-Event-ID and loses nothing.
+        self.events.put_nowait(None)
+
+
+async def event_stream(request: SubscribeIn) -> AsyncIterator[str]:
+    sink = SseSink()
+    subscription = Subscription(sink, request)
+    subscription.task = asyncio.ensure_future(subscription.run())
+    try:
+        yield "retry: 2000\n: subscribed\n\n"
+        while True:
+            try:
+                event = await asyncio.wait_for(sink.events.get(), KEEP_ALIVE_SECONDS)
+            except TimeoutError:
+                yield ": keep-alive\n\n"
+                continue
+            if event is None or sink.events.qsize() > settings.BOTLNEK_WS_MAX_PENDING:
+                return
+            yield event
+    finally:
+        await subscription.stop()
