@@ -277,3 +277,37 @@ def test_bad_frames_get_errors_and_the_connection_stays_open(server, token):
     ]
     assert "characters from" in replies[3]["detail"]
     assert replies[4]["id"] == "x"
+
+
+def test_browsers_use_their_session_and_an_allowed_origin(server, token):
+    from django.contrib.auth import get_user_model
+
+    get_user_model().objects.create_user(
+        "viewer", password="a long passphrase", is_staff=True
+    )
+    with httpx.Client(base_url=server.url) as browser:
+        login = browser.get("/admin/login/")
+        browser.post(
+            "/admin/login/?next=/admin/",
+            data={
+                "username": "viewer",
+                "password": "a long passphrase",
+                "csrfmiddlewaretoken": login.cookies["csrftoken"],
+            },
+            headers={"Referer": f"{server.url}/admin/login/"},
+        )
+        session = browser.cookies["sessionid"]
+    url = server.url.replace("http", "ws") + "/ws/subscribe"
+    cookie = {"Cookie": f"sessionid={session}"}
+
+    async def connect(headers):
+        async with websockets.connect(url, additional_headers=headers) as ws:
+            await ws.send(
+                json.dumps({"type": "subscribe", "id": "b", "domain": "c-inputs"})
+            )
+            return json.loads(await ws.recv())["type"]
+
+    assert asyncio.run(connect({**cookie, "Origin": server.url})) == "subscribed"
+    for refused in [{**cookie, "Origin": "http://evil.example"}, cookie]:
+        with pytest.raises(websockets.InvalidStatus):
+            asyncio.run(connect(refused))
