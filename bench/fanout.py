@@ -1,0 +1,214 @@
+"""Fan-out benchmark: one server process, many websocket subscribers.
+
+For each scenario (subscribers x versions/s), layer (in-memory, Redis) and mode
+(delta, full) it starts a fresh server, connects the subscribers, posts at the given
+rate, and measures for every delivery the time from just before the POST to its
+receipt. Writes bench/results-fanout.md.
+
+    python bench/fanout.py [--duration 5] [--layers memory redis] [--modes delta full]
+"""
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+import httpx
+import websockets
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from bench.ingest import ROOT, manage, versions
+
+PORT = 8766
+URL = f"http://127.0.0.1:{PORT}"
+SCENARIOS = [(100, 50), (1000, 5)]
+
+
+class Server:
+    def __init__(self, data_dir: str, layer: str):
+        self.env = {**os.environ, "BOTLNEK_DATA_DIR": data_dir, "BOTLNEK_DEBUG": "0"}
+        self.env.pop("BOTLNEK_DATABASE_URL", None)
+        self.env.pop("BOTLNEK_REDIS_URL", None)
+        if layer == "redis":
+            self.env["BOTLNEK_REDIS_URL"] = "redis://127.0.0.1:6379/0"
+        manage(self.env, "migrate", "-v0")
+        self.token = manage(
+            self.env, "token", "create", "--scope", "write"
+        ).splitlines()[-1]
+        self.log = open(Path(data_dir) / "daphne.log", "wb")  # noqa: SIM115
+        self.process = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "daphne",
+                "-b",
+                "127.0.0.1",
+                "-p",
+                str(PORT),
+                "botlnek_site.asgi:application",
+            ],
+            cwd=ROOT,
+            env=self.env,
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+        )
+        self.headers = {"Authorization": f"Bearer {self.token}"}
+        for _ in range(200):
+            try:
+                httpx.get(f"{URL}/livez")
+                break
+            except httpx.TransportError:
+                time.sleep(0.1)
+        httpx.post(f"{URL}/api/domains", json={"key": "bench"}, headers=self.headers)
+
+    def stop(self) -> None:
+        self.process.terminate()
+        self.process.wait(timeout=20)
+        self.log.close()
+
+
+async def subscriber(headers, mode, received, ready):
+    async with websockets.connect(
+        URL.replace("http", "ws") + "/ws/subscribe",
+        additional_headers=headers,
+        max_size=None,
+        open_timeout=60,
+    ) as ws:
+        await ws.send(
+            json.dumps(
+                {"type": "subscribe", "id": "s", "domain": "bench", "mode": mode}
+            )
+        )
+        await ws.recv()  # subscribed
+        ready.release()
+        while True:
+            text = await ws.recv()
+            now = time.time()
+            # Only the position is needed; skip parsing the whole frame.
+            start = text.index('"position": ') + 12
+            received.append((int(text[start : text.index(",", start)]), now))
+
+
+def poster(server, rate, duration, sent):
+    client = httpx.Client(base_url=URL, headers=server.headers)
+    interval = 1 / rate
+    started = time.time()
+    for n in range(int(rate * duration)):
+        delay = started + n * interval - time.time()
+        if delay > 0:
+            time.sleep(delay)
+        before = time.time()
+        response = client.post(
+            "/api/sources",
+            json={
+                "domain": "bench",
+                "aggregate": f"agg-{n % 20}",
+                "collection": "AB"[n % 2],
+                "keys": {"n": str(n)},
+                "attrs": {"path": f"s3://bench/{n}"},
+            },
+        )
+        sent[response.json()["position"]] = before
+    client.close()
+
+
+async def scenario(layer, mode, subscribers, rate, duration):
+    with tempfile.TemporaryDirectory() as data_dir:
+        server = Server(data_dir, layer)
+        try:
+            ready = asyncio.Semaphore(0)
+            inboxes = [[] for _ in range(subscribers)]
+            tasks = []
+            for inbox in inboxes:
+                tasks.append(
+                    asyncio.ensure_future(
+                        subscriber(server.headers, mode, inbox, ready)
+                    )
+                )
+                await asyncio.sleep(0.002)
+            for _ in range(subscribers):
+                await asyncio.wait_for(ready.acquire(), 120)
+            sent: dict[int, float] = {}
+            thread = threading.Thread(
+                target=poster, args=(server, rate, duration, sent)
+            )
+            thread.start()
+            while thread.is_alive():
+                await asyncio.sleep(0.1)
+            await asyncio.sleep(3)  # stragglers
+            for task in tasks:
+                task.cancel()
+            latencies = [
+                (at - sent[position]) * 1000
+                for inbox in inboxes
+                for position, at in inbox
+                if position in sent
+            ]
+            expected = len(sent) * subscribers
+            return {
+                "layer": layer,
+                "mode": mode,
+                "subscribers": subscribers,
+                "rate": rate,
+                "delivered": len(latencies) / expected if expected else 0,
+                "p50": statistics.median(latencies) if latencies else float("nan"),
+                "p99": statistics.quantiles(latencies, n=100)[98]
+                if len(latencies) > 1
+                else float("nan"),
+            }
+        finally:
+            server.stop()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--duration", type=int, default=5)
+    parser.add_argument("--layers", nargs="+", default=["memory", "redis"])
+    parser.add_argument("--modes", nargs="+", default=["delta", "full"])
+    parser.add_argument("--out", default=str(ROOT / "bench" / "results-fanout.md"))
+    args = parser.parse_args()
+    rows = []
+    for layer in args.layers:
+        for mode in args.modes:
+            for subscribers, rate in SCENARIOS:
+                print(
+                    f"{layer} {mode} {subscribers}×{rate}/s …",
+                    file=sys.stderr,
+                    flush=True,
+                )
+                rows.append(
+                    asyncio.run(scenario(layer, mode, subscribers, rate, args.duration))
+                )
+    lines = [
+        "# Fan-out benchmark",
+        "",
+        f"Run {datetime.now(UTC):%Y-%m-%d %H:%M} UTC on {os.cpu_count()} cores, "
+        f"Python {platform.python_version()}, {versions()}. One daphne process on "
+        f"SQLite; all subscribers in one client process on the same machine; "
+        f"{args.duration} s of posting per row; latency from just before the POST to "
+        "receipt. Produced by `python bench/fanout.py`.",
+        "",
+        "| layer | mode | subscribers × versions/s | delivered | p50 ms | p99 ms |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['layer']} | {r['mode']} | {r['subscribers']} × {r['rate']} | "
+            f"{r['delivered']:.1%} | {r['p50']:.0f} | {r['p99']:.0f} |"
+        )
+    text = "\n".join(lines) + "\n"
+    print(text)
+    Path(args.out).write_text(text)
+
+
+if __name__ == "__main__":
+    main()
