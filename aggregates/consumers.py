@@ -137,6 +137,12 @@ class Subscription:
 
 
 class SubscribeConsumer(AsyncWebsocketConsumer):
+    # No layer channel per socket (an alias that names no layer gives None): the
+    # process's hub feeds every subscription, and a channel per socket would cost a
+    # Redis subscription per connection (1,000 of them outlast daphne's 5 s
+    # handshake timeout).
+    channel_layer_alias = "botlnek-sockets-are-fed-by-the-hub"
+
     async def connect(self) -> None:
         self.token = self.scope.get("api_token")
         user = self.scope.get("user")

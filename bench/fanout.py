@@ -77,6 +77,14 @@ class Server:
 
 
 async def subscriber(headers, mode, received, ready):
+    try:
+        await _subscriber(headers, mode, received, ready)
+    except (OSError, websockets.WebSocketException) as exc:
+        print(f"subscriber failed: {exc!r}", file=sys.stderr)
+        ready.release()
+
+
+async def _subscriber(headers, mode, received, ready):
     async with websockets.connect(
         URL.replace("http", "ws") + "/ws/subscribe",
         additional_headers=headers,
