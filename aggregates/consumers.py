@@ -15,7 +15,7 @@ from django.conf import settings
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic import ValidationError as PydanticValidationError
 
-from aggregates import db, live, store
+from aggregates import backpressure, db, live, store
 from aggregates.schemas import DomainKey, Key
 
 logger = logging.getLogger("botlnek.live")
@@ -151,6 +151,7 @@ class SubscribeConsumer(AsyncWebsocketConsumer):
             return
         self.subscriptions: dict[str, Subscription] = {}
         self.closing = False
+        self.pressure = backpressure.watch(self.base_send)
         await self.accept()
 
     async def disconnect(self, code: int) -> None:
@@ -166,6 +167,9 @@ class SubscribeConsumer(AsyncWebsocketConsumer):
         )
 
     async def version(self, subscription: Subscription, frame: live.Frame) -> None:
+        # A reader that stopped reading holds this up; frames then pile up in the
+        # subscription's queue until overflow() ends the connection.
+        await self.pressure.writable()
         text = await frame.text(subscription.mode, subscription.id)
         await self.send(text_data=text)
 
@@ -243,5 +247,11 @@ class SubscribeConsumer(AsyncWebsocketConsumer):
         """Too many frames waiting: drop the connection rather than grow memory."""
         if not self.closing:
             self.closing = True
+            logger.warning("closing a subscriber that fell behind (1013)")
             reason = "too many pending frames; resume from your last position"
-            self._closing = asyncio.ensure_future(self.close(code=1013, reason=reason))
+            # Stop taking frames at once; what was sent stays for the reader.
+            self._stopping = asyncio.ensure_future(self.disconnect(1013))
+            if not self.pressure.close_overloaded(reason):
+                self._closing = asyncio.ensure_future(
+                    self.close(code=1013, reason=reason)
+                )

@@ -311,3 +311,72 @@ def test_browsers_use_their_session_and_an_allowed_origin(server, token):
     for refused in [{**cookie, "Origin": "http://evil.example"}, cookie]:
         with pytest.raises(websockets.InvalidStatus):
             asyncio.run(connect(refused))
+
+
+def test_a_reader_that_stops_reading_is_closed_with_1013_and_resumes(server, token):
+    big = "x" * 60_000  # 400 of these outgrow every socket buffer on the way
+    for chunk in range(4):
+        register_sources(
+            [
+                NewSource(
+                    "c-inputs",
+                    f"big-{i % 7}",
+                    "A",
+                    {"n": f"{chunk}-{i}"},
+                    {"blob": big},
+                )
+                for i in range(100)
+            ]
+        )
+
+    async def scenario():
+        url = server.url.replace("http", "ws") + "/ws/subscribe"
+        headers = {"Authorization": f"Bearer {token}"}
+        async with websockets.connect(
+            url, additional_headers=headers, max_size=None, max_queue=1
+        ) as ws:
+            await ws.send(
+                json.dumps(
+                    {
+                        "type": "subscribe",
+                        "id": "s",
+                        "domain": "c-inputs",
+                        "after_position": 0,
+                        "mode": "delta",
+                    }
+                )
+            )
+            # Read nothing while 1,100 more versions arrive live.
+            for _ in range(11):
+                await asyncio.to_thread(
+                    register_sources,
+                    [
+                        NewSource("c-inputs", "small", "A", {"n": str(n)})
+                        for n in range(_ * 100, _ * 100 + 100)
+                    ],
+                )
+                await asyncio.to_thread(post, server, token, aggregate="poke", n=str(_))
+            await asyncio.sleep(1)
+            positions = []
+            with pytest.raises(websockets.ConnectionClosed) as closed:
+                while True:
+                    try:
+                        text = await asyncio.wait_for(ws.recv(), 10)
+                    except TimeoutError:
+                        raise AssertionError(
+                            f"stalled after {len(positions)}"
+                        ) from None
+                    frame = json.loads(text)
+                    if frame["type"] == "version":
+                        positions.append(frame["position"])
+        assert closed.value.rcvd is not None, (closed.value, len(positions))
+        assert closed.value.rcvd.code == 1013
+        assert "resume" in closed.value.rcvd.reason
+        # Resuming from the last position received misses nothing.
+        async with Subscriber(server, token) as sub:
+            await sub.subscribe(after_position=positions[-1], mode="delta")
+            total = 400 + 1100 + 11
+            rest = await sub.versions(total - len(positions), timeout=30)
+        return positions + [f["position"] for f in rest]
+
+    assert asyncio.run(scenario()) == list(range(1, 400 + 1100 + 11 + 1))
