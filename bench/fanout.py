@@ -14,7 +14,6 @@ import json
 import os
 import platform
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
@@ -26,54 +25,9 @@ import httpx
 import websockets
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from bench.ingest import ROOT, manage, versions
+from bench.ingest import ROOT, URL, Server, versions
 
-PORT = 8766
-URL = f"http://127.0.0.1:{PORT}"
 SCENARIOS = [(100, 50), (1000, 5)]
-
-
-class Server:
-    def __init__(self, data_dir: str, layer: str):
-        self.env = {**os.environ, "BOTLNEK_DATA_DIR": data_dir, "BOTLNEK_DEBUG": "0"}
-        self.env.pop("BOTLNEK_DATABASE_URL", None)
-        self.env.pop("BOTLNEK_REDIS_URL", None)
-        if layer == "redis":
-            self.env["BOTLNEK_REDIS_URL"] = "redis://127.0.0.1:6379/0"
-        manage(self.env, "migrate", "-v0")
-        self.token = manage(
-            self.env, "token", "create", "--scope", "write"
-        ).splitlines()[-1]
-        self.log = open(Path(data_dir) / "daphne.log", "wb")  # noqa: SIM115
-        self.process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "daphne",
-                "-b",
-                "127.0.0.1",
-                "-p",
-                str(PORT),
-                "botlnek_site.asgi:application",
-            ],
-            cwd=ROOT,
-            env=self.env,
-            stdout=self.log,
-            stderr=subprocess.STDOUT,
-        )
-        self.headers = {"Authorization": f"Bearer {self.token}"}
-        for _ in range(200):
-            try:
-                httpx.get(f"{URL}/livez")
-                break
-            except httpx.TransportError:
-                time.sleep(0.1)
-        httpx.post(f"{URL}/api/domains", json={"key": "bench"}, headers=self.headers)
-
-    def stop(self) -> None:
-        self.process.terminate()
-        self.process.wait(timeout=20)
-        self.log.close()
 
 
 async def subscriber(headers, mode, received, ready):
@@ -131,7 +85,8 @@ def poster(server, rate, duration, sent):
 
 async def scenario(layer, mode, subscribers, rate, duration):
     with tempfile.TemporaryDirectory() as data_dir:
-        server = Server(data_dir, layer)
+        redis = "redis://127.0.0.1:6379/0" if layer == "redis" else None
+        server = Server("sqlite", data_dir, redis)
         try:
             ready = asyncio.Semaphore(0)
             inboxes = [[] for _ in range(subscribers)]

@@ -57,9 +57,14 @@ def fresh_postgres() -> None:
 
 
 class Server:
-    def __init__(self, db: str, data_dir: str):
+    """A server started as a user would: migrate, a token, daphne, a domain."""
+
+    def __init__(self, db: str, data_dir: str, redis_url: str | None = None):
         self.env = {**os.environ, "BOTLNEK_DATA_DIR": data_dir, "BOTLNEK_DEBUG": "0"}
         self.env.pop("BOTLNEK_DATABASE_URL", None)
+        self.env.pop("BOTLNEK_REDIS_URL", None)
+        if redis_url:
+            self.env["BOTLNEK_REDIS_URL"] = redis_url
         if db == "postgres":
             fresh_postgres()
             self.env["BOTLNEK_DATABASE_URL"] = POSTGRES_URL
@@ -84,9 +89,8 @@ class Server:
             stdout=self.log,
             stderr=subprocess.STDOUT,
         )
-        self.http = httpx.Client(
-            base_url=URL, headers={"Authorization": f"Bearer {self.token}"}, timeout=60
-        )
+        self.headers = {"Authorization": f"Bearer {self.token}"}
+        self.http = httpx.Client(base_url=URL, headers=self.headers, timeout=60)
         for _ in range(200):
             try:
                 self.http.get("/livez")
