@@ -65,8 +65,15 @@ class Subscription:
         self.cursor = 0  # the domain position up to which everything was handled
         self.queue: asyncio.Queue[live.Frame] = asyncio.Queue()
         self.task: asyncio.Task | None = None
+        # While replaying, live frames are not kept, only the highest position:
+        # a long replay must not pile them up (the database has them anyway).
+        self.replaying = True
+        self.seen = 0
 
     def offer(self, frame: live.Frame) -> None:
+        if self.replaying:
+            self.seen = max(self.seen, frame.position)
+            return
         self.queue.put_nowait(frame)
         if self.queue.qsize() > settings.BOTLNEK_WS_MAX_PENDING:
             self.sink.overflow()
@@ -77,6 +84,9 @@ class Subscription:
         await self.sink.subscribed(self, latest)
         self.cursor = await self._start(latest)
         await self._fill(up_to=None)
+        self.replaying = False
+        if self.seen > self.cursor:  # announced during the replay
+            await self._fill(up_to=self.seen)
         while True:
             frame = await self.queue.get()
             if frame.position <= self.cursor:
