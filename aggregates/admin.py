@@ -1,7 +1,7 @@
 from django import forms
 from django.contrib import admin, messages
 
-from aggregates.models import Aggregate, ApiToken, Domain, Source, Version
+from aggregates.models import Aggregate, ApiToken, Domain, Receipt, Source, Version
 from aggregates.schemas import key_rule
 from aggregates.tokens import create_token, forget_all
 
@@ -75,6 +75,15 @@ class SourceAdmin(ReadOnlyAdmin):
     @admin.display(description="version", ordering="version__number")
     def version_number(self, source: Source) -> int:
         return source.version.number
+
+
+@admin.register(Receipt)
+class ReceiptAdmin(ReadOnlyAdmin):
+    list_display = ["watcher", "aggregate", "version", "outcome", "exit_code", "at"]
+    list_filter = ["outcome", "watcher"]
+    list_select_related = ["aggregate"]
+    search_fields = ["aggregate__key", "watcher"]
+    ordering = ["-id"]
 
 
 class TokenForm(forms.ModelForm):

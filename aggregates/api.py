@@ -35,6 +35,9 @@ from aggregates.schemas import (
     DomainVersions,
     Error,
     Key,
+    Receipt,
+    ReceiptIn,
+    ReceiptList,
     SourceAnswer,
     SourceIn,
 )
@@ -326,6 +329,33 @@ async def post_sources(request: HttpRequest):
         return _json({"results": [r.as_json() for r in results]})
     (result,) = results
     return _json(result.as_json(), 201 if result.created else 200)
+
+
+# Receipts
+
+
+@api.post(
+    "/receipts",
+    response={201: Receipt, **ERRORS},
+    summary="Record that a subscriber acted (or failed to act) on a version",
+)
+async def post_receipt(request: HttpRequest, payload: ReceiptIn):
+    _require_write(request, payload.domain)
+    receipt = await db.write(store.record_receipt, **payload.model_dump())
+    return _json(receipt, 201)
+
+
+@api.get(
+    "/domains/{domain}/aggregates/{aggregate}/receipts",
+    response={200: ReceiptList, **ERRORS},
+    summary="An aggregate's receipts, newest first",
+)
+async def list_receipts(
+    request: HttpRequest, domain: str, aggregate: str, query: Query[Page]
+):
+    _require_read(request, domain)
+    receipts = await db.read(store.list_receipts, domain, aggregate, limit=query.limit)
+    return _json({"receipts": receipts})
 
 
 # Live: Server-Sent Events

@@ -120,6 +120,38 @@ class Source(models.Model):
         return f"{self.collection}:{self.key[:12]}"
 
 
+class Receipt(models.Model):
+    """A subscriber's report that it acted (or failed to act) on a version.
+
+    Append-only, and never a version: receipts tell why something did or did not
+    run, beside the history they are about.
+    """
+
+    class Outcome(models.TextChoices):
+        SUCCESS = "success"
+        FAILURE = "failure"
+        TIMEOUT = "timeout"
+
+    aggregate = models.ForeignKey(
+        Aggregate, on_delete=models.CASCADE, related_name="receipts", db_index=False
+    )
+    watcher = models.CharField(max_length=100)
+    version = models.PositiveIntegerField()
+    outcome = models.CharField(max_length=7, choices=Outcome.choices)
+    exit_code = models.IntegerField(null=True, blank=True)
+    duration_s = models.FloatField(null=True, blank=True)
+    detail = models.TextField(blank=True, default="")
+    at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        indexes = [
+            models.Index(fields=["aggregate", "-id"], name="receipt_newest_idx"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.watcher} v{self.version} {self.outcome}"
+
+
 class ApiToken(models.Model):
     class Scope(models.TextChoices):
         READ = "read", "read"

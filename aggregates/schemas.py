@@ -2,10 +2,10 @@
 
 import json
 import re
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from ninja import Schema
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
 
 KEY_CHARS = "A-Z a-z 0-9 . _ : @ + = -"
 _KEY_RE = re.compile(r"[A-Za-z0-9._:@+=-]+")
@@ -102,6 +102,41 @@ class DomainIn(StrictSchema):
     attrs: Annotated[dict[str, Any], AfterValidator(_check_attrs)] = Field(
         default_factory=dict
     )
+
+
+class ReceiptIn(StrictSchema):
+    watcher: str = Field(min_length=1, max_length=100)
+    domain: DomainKey
+    aggregate: Key
+    version: int = Field(ge=1)
+    outcome: Literal["success", "failure", "timeout"]
+    exit_code: int | None = None
+    duration_s: float | None = Field(None, ge=0)
+    detail: str = Field("", max_length=4000)
+
+    @field_validator("watcher", "detail")
+    @classmethod
+    def _no_nul(cls, value: str) -> str:
+        if "\x00" in value:
+            raise ValueError("must not contain the NUL character (U+0000)")
+        return value
+
+
+class Receipt(Schema):
+    id: int
+    watcher: str
+    domain: str
+    aggregate: str
+    version: int
+    outcome: str
+    exit_code: int | None
+    duration_s: float | None
+    detail: str
+    at: str
+
+
+class ReceiptList(Schema):
+    receipts: list[Receipt]
 
 
 class SourceAnswer(Schema):

@@ -21,7 +21,7 @@ from django.db.models import Q
 from django.utils import timezone
 
 from aggregates import events
-from aggregates.models import Aggregate, Domain, Source, Version
+from aggregates.models import Aggregate, Domain, Receipt, Source, Version
 from aggregates.schemas import canonical_json
 
 
@@ -695,3 +695,59 @@ def latest_positions(domain_keys: Iterable[str]) -> dict[str, int]:
 
 def state_as_of(domain_key: str, aggregate: str, number: int) -> dict[str, Any]:
     return aggregate_state(get_aggregate(domain_key, aggregate), number)
+
+
+# Receipts: what subscribers did about versions. Never a version themselves.
+
+
+def record_receipt(
+    *,
+    watcher: str,
+    domain: str,
+    aggregate: str,
+    version: int,
+    outcome: str,
+    exit_code: int | None = None,
+    duration_s: float | None = None,
+    detail: str = "",
+) -> dict[str, Any]:
+    target = get_aggregate(domain, aggregate)
+    if version > target.version:
+        raise NotFound(
+            f"aggregate {aggregate!r} has versions 1-{target.version}, not {version}",
+            field="version",
+        )
+    receipt = Receipt.objects.create(
+        aggregate=target,
+        watcher=watcher,
+        version=version,
+        outcome=outcome,
+        exit_code=exit_code,
+        duration_s=duration_s,
+        detail=detail,
+    )
+    return receipt_json(receipt, domain, aggregate)
+
+
+def receipt_json(receipt: Receipt, domain: str, aggregate: str) -> dict[str, Any]:
+    return {
+        "id": receipt.pk,
+        "watcher": receipt.watcher,
+        "domain": domain,
+        "aggregate": aggregate,
+        "version": receipt.version,
+        "outcome": receipt.outcome,
+        "exit_code": receipt.exit_code,
+        "duration_s": receipt.duration_s,
+        "detail": receipt.detail,
+        "at": isoformat(receipt.at),
+    }
+
+
+def list_receipts(domain: str, aggregate: str, *, limit: int) -> list[dict[str, Any]]:
+    """An aggregate's receipts, newest first."""
+    target = get_aggregate(domain, aggregate)
+    return [
+        receipt_json(receipt, domain, aggregate)
+        for receipt in target.receipts.order_by("-id")[:limit]
+    ]

@@ -13,6 +13,7 @@ PAGES = [
     "/admin/aggregates/version/",
     "/admin/aggregates/source/",
     "/admin/aggregates/apitoken/",
+    "/admin/aggregates/receipt/",
 ]
 
 
