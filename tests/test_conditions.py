@@ -1,0 +1,79 @@
+"""`--when` conditions: a real parser, positions in errors, an injectable clock."""
+
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from aggregates.client.conditions import ConditionError, Facts, parse
+
+NOW = datetime(2026, 11, 28, 12, 0, tzinfo=UTC)
+
+
+def facts(counts, ages=None):
+    newest = {name: NOW - timedelta(seconds=s) for name, s in (ages or {}).items()}
+    return Facts(counts, newest, NOW)
+
+
+@pytest.mark.parametrize(
+    ("condition", "counts", "expected"),
+    [
+        ("A >= 1 and B >= 1", {"A": 2, "B": 1}, True),
+        ("A >= 1 and B >= 1", {"A": 2}, False),
+        ("A >= 2 or B >= 1", {"A": 1}, False),
+        ("not (A >= 1)", {}, True),
+        ("A and B", {"A": 1, "B": 3}, True),
+        ("A and B", {"A": 1}, False),
+        ('count("src-a") == 2', {"src-a": 2}, True),
+        ("count(C) != 0", {}, False),
+        ("A >= 1 and not B > 0 or C == 3", {"C": 3}, True),
+    ],
+)
+def test_counts(condition, counts, expected):
+    assert parse(condition)(facts(counts)) is expected
+
+
+def test_age_compares_durations_with_an_injectable_clock():
+    fresh = parse("age(B) < 2d and age(A) <= 90s")
+    assert fresh(facts({"A": 1, "B": 1}, {"A": 90, "B": 3600})) is True
+    assert fresh(facts({"A": 1, "B": 1}, {"A": 91, "B": 3600})) is False
+    stale = parse("age(B) < 1s")
+    assert stale(facts({"B": 1}, {"B": 0})) is True
+    assert stale(facts({"B": 1}, {"B": 2})) is False
+    assert stale(facts({})) is False  # a missing collection is infinitely old
+    assert parse("age('src-b') > 6h")(facts({}, {})) is True
+
+
+def test_facts_from_an_aggregate_state():
+    state = {
+        "versions": [
+            {"version": 1, "collection": "A", "at": "2026-11-28T11:00:00.000000Z"},
+            {"version": 2, "collection": "B", "at": "2026-11-28T11:59:30.000000Z"},
+        ],
+        "collections": {"A": [{}], "B": [{}]},
+    }
+    known = Facts.from_state(state, now=NOW)
+    assert known.counts == {"A": 1, "B": 1}
+    assert known.age("B") == 30
+    assert parse("A >= 1 and age(B) < 1m")(known) is True
+
+
+@pytest.mark.parametrize(
+    ("condition", "column"),
+    [
+        ("A >=", 5),
+        ("A >= 1 and", 11),
+        ("A >= 1 B", 8),
+        ("(A >= 1", 8),
+        ("A >= 1 & B", 8),
+        ("age(A)", 7),
+        ("count(1)", 7),
+        ("__import__('os')", 11),
+        ("", 1),
+        ("A < (B > 1)", 3),
+    ],
+)
+def test_bad_conditions_name_the_column(condition, column):
+    with pytest.raises(ConditionError) as error:
+        parse(condition)
+    assert error.value.column == column
+    assert f"at column {column}" in str(error.value)
