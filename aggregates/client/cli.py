@@ -4,8 +4,11 @@ import argparse
 import asyncio
 import json
 import sys
+from pathlib import Path
 
+from aggregates.client.conditions import ConditionError
 from aggregates.client.http import BotlnekError, Client
+from aggregates.client.watch import Watcher
 
 
 def _pairs(values: list[str], flag: str) -> dict[str, str]:
@@ -44,6 +47,31 @@ def _subscribe(args: argparse.Namespace) -> int:
             print(json.dumps(frame, ensure_ascii=False), flush=True)
 
     asyncio.run(run())
+    return 0
+
+
+def _watch(args: argparse.Namespace) -> int:
+    command = args.command[1:] if args.command[:1] == ["--"] else args.command
+    if not command:
+        print("botlnek: watch needs a command after --", file=sys.stderr)
+        return 2
+    try:
+        watcher = Watcher(
+            Client(args.url, args.token),
+            domain=args.domain,
+            when=args.when,
+            command=command,
+            every=args.every,
+            state_file=Path(args.state_file or f"botlnek-watch-{args.name}.json"),
+            from_start=args.from_start,
+            name=args.name,
+            timeout=args.timeout,
+            aggregate_prefix=args.aggregate_prefix,
+        )
+    except ConditionError as exc:
+        print(f"botlnek: bad --when: {exc}", file=sys.stderr)
+        return 2
+    asyncio.run(watcher.run())
     return 0
 
 
@@ -88,6 +116,26 @@ def parser() -> argparse.ArgumentParser:
     )
     subscribe.add_argument("--mode", choices=["full", "delta"], default="full")
     subscribe.set_defaults(run=_subscribe)
+
+    watch = commands.add_parser(
+        "watch",
+        parents=[common],
+        help="run a command when an aggregate satisfies a condition",
+        description="Run CMD for each aggregate whose state satisfies --when: once "
+        "(the default) or on every new version that satisfies it.",
+    )
+    watch.add_argument("--domain", required=True)
+    watch.add_argument("--when", required=True, help="e.g. 'A >= 1 and B >= 1'")
+    once_or_every = watch.add_mutually_exclusive_group()
+    once_or_every.add_argument("--once", action="store_true", help="(the default)")
+    once_or_every.add_argument("--every", action="store_true")
+    watch.add_argument("--state-file", help="default ./botlnek-watch-<name>.json")
+    watch.add_argument("--from-start", action="store_true")
+    watch.add_argument("--name", default="watch")
+    watch.add_argument("--timeout", type=float, help="kill CMD after S seconds")
+    watch.add_argument("--aggregate-prefix", default="")
+    watch.add_argument("command", nargs=argparse.REMAINDER, metavar="-- CMD")
+    watch.set_defaults(run=_watch)
     return root
 
 

@@ -188,8 +188,9 @@ class _Parser:
         if token.kind == "name" and token.text not in ("and", "or", "not"):
             self.index += 1
             return (lambda f: f.count(token.text)), "count"
-        what = repr(token.text) if token.text else "the end"
-        raise ConditionError(f"unexpected {what}", token.column)
+        if token.kind == "end":
+            raise ConditionError("expected a value, found the end", token.column)
+        raise ConditionError(f"unexpected {token.text!r}", token.column)
 
 
 def _either(left: Node, right: Node) -> Node:

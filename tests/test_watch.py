@@ -1,0 +1,261 @@
+"""`botlnek watch` end to end: a real server, the CLI as a process, real commands."""
+
+import json
+import os
+import subprocess
+import sys
+import time
+
+import httpx
+import pytest
+
+from aggregates.models import Domain, Receipt
+from aggregates.tokens import create_token
+from tests.conftest import ROOT
+
+# The command a watcher runs: appends what it saw, then exits with $EXIT (or hangs).
+RECORDER = """
+import json, os, sys, time
+env = {k: v for k, v in os.environ.items() if k.startswith("BOTLNEK_")}
+state = json.load(open(env["BOTLNEK_STATE_FILE"]))
+with open(sys.argv[1], "a") as out:
+    out.write(json.dumps({"env": env, "state": state}) + "\\n")
+if os.environ.get("HANG") == env["BOTLNEK_AGGREGATE"]:
+    time.sleep(60)
+sys.exit(int(os.environ.get("EXIT", "0")))
+"""
+
+
+@pytest.fixture
+def token(transactional_db):
+    Domain.objects.create(key="c-inputs")
+    return create_token(name="watch", scope="write")[1]
+
+
+class Watch:
+    def __init__(self, server, token, tmp_path, *flags, env=None):
+        self.runs_file = tmp_path / "runs.jsonl"
+        self.state_file = tmp_path / "watch-state.json"
+        script = tmp_path / "recorder.py"
+        script.write_text(RECORDER)
+        self.process = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "aggregates.client.cli",
+                "watch",
+                "--url",
+                server.url,
+                "--token",
+                token,
+                "--domain",
+                "c-inputs",
+                "--state-file",
+                str(self.state_file),
+                "--name",
+                "run-c",
+                *flags,
+                "--",
+                sys.executable,
+                str(script),
+                str(self.runs_file),
+            ],
+            cwd=ROOT,
+            env={**os.environ, **(env or {})},
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        deadline = time.monotonic() + 15
+        while not self.state_file.exists():  # written once it knows where to start
+            assert self.process.poll() is None, self.process.stderr.read()
+            assert time.monotonic() < deadline, "watch did not start"
+            time.sleep(0.05)
+        time.sleep(0.5)  # and subscribed
+
+    def runs(self, count: int, timeout: float = 10) -> list[dict]:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            lines = (
+                self.runs_file.read_text().splitlines()
+                if self.runs_file.exists()
+                else []
+            )
+            if len(lines) >= count:
+                return [json.loads(line) for line in lines]
+            time.sleep(0.05)
+        raise AssertionError(f"expected {count} runs")
+
+    def stop(self) -> None:
+        self.process.terminate()
+        self.process.wait(timeout=10)
+
+
+def post(server, token, aggregate, collection, **keys):
+    response = httpx.post(
+        f"{server.url}/api/sources",
+        json={
+            "domain": "c-inputs",
+            "aggregate": aggregate,
+            "collection": collection,
+            "keys": keys,
+        },
+        headers={"Authorization": f"Bearer {token}"},
+    )
+    assert response.status_code == 201, response.text
+
+
+def test_once_runs_exactly_once_for_version_2(start_server, token, tmp_path):
+    server = start_server()
+    watch = Watch(server, token, tmp_path, "--when", "A >= 1 and B >= 1")
+    try:
+        post(server, token, "2026-11-26", "A", run="am")
+        post(server, token, "2026-11-26", "B")
+        post(server, token, "2026-11-26", "A", run="pm")
+        (run,) = watch.runs(1)
+        time.sleep(1.5)
+        assert len(watch.runs(1)) == 1  # version 3 satisfies it too: no second run
+    finally:
+        watch.stop()
+    assert run["env"] == {
+        "BOTLNEK_DOMAIN": "c-inputs",
+        "BOTLNEK_AGGREGATE": "2026-11-26",
+        "BOTLNEK_VERSION": "2",
+        "BOTLNEK_POSITION": "2",
+        "BOTLNEK_STATE_FILE": run["env"]["BOTLNEK_STATE_FILE"],
+    }
+    assert run["state"]["version"] == 2
+    assert sorted(run["state"]["collections"]) == ["A", "B"]
+    receipt = Receipt.objects.get()
+    assert (receipt.watcher, receipt.version, receipt.outcome, receipt.exit_code) == (
+        "run-c",
+        2,
+        "success",
+        0,
+    )
+    listed = httpx.get(
+        f"{server.url}/api/domains/c-inputs/aggregates/2026-11-26/receipts",
+        headers={"Authorization": f"Bearer {token}"},
+    ).json()["receipts"]
+    assert [(r["watcher"], r["version"]) for r in listed] == [("run-c", 2)]
+
+
+def test_every_runs_on_each_satisfying_version(start_server, token, tmp_path):
+    server = start_server()
+    watch = Watch(server, token, tmp_path, "--every", "--when", "A >= 1 and B >= 1")
+    try:
+        post(server, token, "d1", "A", run="am")
+        post(server, token, "d1", "B")
+        post(server, token, "d1", "A", run="pm")
+        runs = watch.runs(2)
+    finally:
+        watch.stop()
+    assert [r["env"]["BOTLNEK_VERSION"] for r in runs] == ["2", "3"]
+
+
+def test_restart_fires_what_became_due_once_and_never_twice(
+    start_server, token, tmp_path
+):
+    server = start_server()
+    when = ("--when", "A >= 1 and B >= 1")
+    watch = Watch(server, token, tmp_path, *when)
+    post(server, token, "early", "A")
+    post(server, token, "early", "B")
+    watch.runs(1)
+    watch.stop()
+    for aggregate in ("d1", "d2"):  # both become due while the watcher is down
+        post(server, token, aggregate, "A")
+        post(server, token, aggregate, "B")
+    watch = Watch(server, token, tmp_path, *when)
+    try:
+        runs = watch.runs(3)
+    finally:
+        watch.stop()
+    watch = Watch(server, token, tmp_path, *when)
+    try:
+        post(server, token, "d1", "A", again="1")
+        time.sleep(1.5)
+        runs = watch.runs(3)
+    finally:
+        watch.stop()
+    assert [r["env"]["BOTLNEK_AGGREGATE"] for r in runs] == ["early", "d1", "d2"]
+
+
+def test_failing_command_is_retried_on_the_next_version(start_server, token, tmp_path):
+    server = start_server()
+    watch = Watch(server, token, tmp_path, "--when", "A >= 1", env={"EXIT": "3"})
+    try:
+        post(server, token, "d1", "A", n="1")
+        post(server, token, "d1", "A", n="2")
+        runs = watch.runs(2)
+    finally:
+        watch.stop()
+    assert [r["env"]["BOTLNEK_VERSION"] for r in runs] == ["1", "2"]
+    outcomes = list(Receipt.objects.order_by("id").values_list("outcome", "exit_code"))
+    assert outcomes == [("failure", 3), ("failure", 3)]
+
+
+def test_hung_command_is_killed_at_the_timeout(start_server, token, tmp_path):
+    server = start_server()
+    watch = Watch(
+        server,
+        token,
+        tmp_path,
+        "--when",
+        "A >= 1",
+        "--timeout",
+        "1",
+        env={"HANG": "stuck"},
+    )
+    try:
+        post(server, token, "stuck", "A")
+        watch.runs(1)
+        deadline = time.monotonic() + 10
+        while not Receipt.objects.exists():
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+    finally:
+        watch.stop()
+    receipt = Receipt.objects.get()
+    assert receipt.outcome == "timeout"
+    assert 1 <= receipt.duration_s < 5
+
+
+@pytest.mark.parametrize(
+    ("flags", "code", "message"),
+    [
+        (["--when", "A >= and B"], 2, "bad --when: unexpected 'and' at column 6"),
+        (["--when", "A >= 1", "--url", "http://127.0.0.1:1"], 1, "cannot reach"),
+        (["--when", "A >= 1", "--token", "bk_bogus"], 1, "HTTP 401"),
+    ],
+)
+def test_bad_start_is_one_line_and_nonzero(
+    start_server, token, tmp_path, flags, code, message
+):
+    server = start_server()
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "aggregates.client.cli",
+            "watch",
+            "--url",
+            server.url,
+            "--token",
+            token,
+            "--domain",
+            "c-inputs",
+            "--state-file",
+            str(tmp_path / "s.json"),
+            *flags,
+            "--",
+            "true",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert result.returncode == code
+    assert message in result.stderr
+    assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr
