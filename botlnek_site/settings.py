@@ -146,6 +146,10 @@ AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
 ]
 LOGIN_URL = "/accounts/login/"
+LOGIN_REDIRECT_URL = "/"
+LOGOUT_REDIRECT_URL = "/"
+# Anyone may read the dashboard (never write: it has no forms that change data).
+BOTLNEK_PUBLIC_DASHBOARD = env_bool("BOTLNEK_PUBLIC_DASHBOARD", default=False)
 
 LANGUAGE_CODE = "en-us"
 TIME_ZONE = "UTC"

@@ -1,6 +1,8 @@
 from django.contrib import admin
+from django.contrib.auth import views as auth_views
 from django.urls import path
 
+from aggregates import views
 from aggregates.api import api
 from aggregates.health import healthz, livez
 
@@ -9,4 +11,9 @@ urlpatterns = [
     path("livez", livez, name="livez"),
     path("healthz", healthz, name="healthz"),
     path("admin/", admin.site.urls),
+    path("accounts/login/", auth_views.LoginView.as_view(), name="login"),
+    path("accounts/logout/", auth_views.LogoutView.as_view(), name="logout"),
+    path("", views.home, name="home"),
+    path("d/<str:domain>/", views.domain_page, name="domain"),
+    path("d/<str:domain>/<str:aggregate>/", views.aggregate_page, name="aggregate"),
 ]

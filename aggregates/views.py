@@ -1,0 +1,168 @@
+"""Dashboard pages (SPEC §5): server-rendered, live parts swapped in by htmx."""
+
+from functools import wraps
+
+from django.conf import settings
+from django.contrib.auth.views import redirect_to_login
+from django.http import Http404, HttpRequest, HttpResponse
+from django.shortcuts import render
+
+from aggregates import store
+from aggregates.models import Domain, Receipt, Version
+
+TIMELINE_PAGE = 50
+NEWEST_SOURCES = 200
+FEED = 20
+
+
+def dashboard_view(view):
+    """Login required, unless the operator made the dashboard public (read-only)."""
+
+    @wraps(view)
+    def wrapped(request: HttpRequest, *args, **kwargs) -> HttpResponse:
+        if not (settings.BOTLNEK_PUBLIC_DASHBOARD or request.user.is_authenticated):
+            return redirect_to_login(request.get_full_path())
+        return view(request, *args, **kwargs)
+
+    return wrapped
+
+
+def _feed(domain: Domain | None = None) -> list[Version]:
+    versions = Version.objects.select_related("aggregate", "domain", "source")
+    if domain is not None:
+        versions = versions.filter(domain=domain)
+    return list(versions.order_by("-id")[:FEED])
+
+
+@dashboard_view
+def home(request: HttpRequest) -> HttpResponse:
+    return render(
+        request,
+        "dashboard/home.html",
+        {"domains": list(Domain.objects.all()), "feed": _feed()},
+    )
+
+
+@dashboard_view
+def domain_page(request: HttpRequest, domain: str) -> HttpResponse:
+    try:
+        found = store.get_domain(domain)
+        page = store.list_aggregates(
+            found,
+            limit=50,
+            cursor=request.GET.get("cursor") or None,
+            prefix=request.GET.get("prefix") or None,
+        )
+    except store.NotFound as exc:
+        raise Http404(exc.detail) from None
+    except store.StoreError:
+        page = {"aggregates": [], "next_cursor": None}
+    context = {
+        "domain": found,
+        "aggregates": page["aggregates"],
+        "next_cursor": page["next_cursor"],
+        "prefix": request.GET.get("prefix", ""),
+    }
+    if request.htmx and request.htmx.target == "aggregate-rows":
+        return render(request, "dashboard/partials/aggregate_rows.html", context)
+    return render(request, "dashboard/domain.html", context)
+
+
+def _number(request: HttpRequest, name: str) -> int | None:
+    value = request.GET.get(name, "")
+    return int(value) if value.isdigit() and int(value) > 0 else None
+
+
+@dashboard_view
+def aggregate_page(request: HttpRequest, domain: str, aggregate: str) -> HttpResponse:
+    try:
+        found = store.get_aggregate(domain, aggregate)
+    except store.NotFound as exc:
+        raise Http404(exc.detail) from None
+    as_of = min(_number(request, "version") or found.version, found.version)
+    before = min(_number(request, "before") or as_of + 1, as_of + 1)
+    timeline = list(
+        Version.objects.filter(aggregate=found, number__lt=before)
+        .select_related("source")
+        .order_by("-number")[:TIMELINE_PAGE]
+    )
+    receipts: dict[int, list[Receipt]] = {}
+    if timeline:
+        numbers = [v.number for v in timeline]
+        for receipt in found.receipts.filter(
+            version__gte=min(numbers), version__lte=max(numbers)
+        ).order_by("-id"):
+            receipts.setdefault(receipt.version, []).append(receipt)
+    for version in timeline:
+        version.receipt_list = receipts.get(version.number, [])
+    # Versions, not sources: the (aggregate, number) index serves the newest first
+    # without sorting every source of a big aggregate.
+    newest = list(
+        Version.objects.filter(aggregate=found, number__lte=as_of)
+        .select_related("source")
+        .order_by("-number")[:NEWEST_SOURCES]
+    )
+    collections: dict[str, list[Version]] = {}
+    for version in newest:
+        collections.setdefault(version.source.collection, []).append(version)
+    counts = (
+        Version.objects.filter(aggregate=found, number=as_of)
+        .values_list("counts", flat=True)
+        .first()
+        or {}
+    )
+    diff_from = _number(request, "diff")
+    diff = None
+    if diff_from is not None and diff_from < as_of:
+        diff = list(
+            Version.objects.filter(
+                aggregate=found, number__gt=diff_from, number__lte=as_of
+            )
+            .select_related("source")
+            .order_by("number")[:NEWEST_SOURCES]
+        )
+    context = {
+        "domain": found.domain,
+        "aggregate": found,
+        "as_of": as_of,
+        "latest": as_of == found.version,
+        "counts": dict(sorted(counts.items())),
+        "collections": [(name, collections.get(name, [])) for name in sorted(counts)],
+        "timeline": timeline,
+        "older": timeline[-1].number if timeline and timeline[-1].number > 1 else None,
+        "picture": _picture(timeline, sorted(counts)),
+        "diff_from": diff_from,
+        "diff": diff,
+    }
+    return render(request, "dashboard/aggregate.html", context)
+
+
+def _picture(timeline: list[Version], lanes: list[str]) -> dict:
+    """Marks for an SVG: time across, one lane per collection, one mark per source."""
+    width, lane_height, margin = 720, 28, 90
+    if not timeline or not lanes:
+        return {"width": width, "height": lane_height, "lanes": [], "marks": []}
+    first, last = timeline[-1].at, timeline[0].at
+    span = max((last - first).total_seconds(), 1.0)
+    lane_index = {name: i for i, name in enumerate(lanes)}
+    marks = []
+    for version in timeline:
+        offset = (version.at - first).total_seconds() / span
+        marks.append(
+            {
+                "x": margin + offset * (width - margin - 10),
+                "y": lane_index.get(version.source.collection, 0) * lane_height + 14,
+                "version": version.number,
+                "collection": version.source.collection,
+                "keys": version.source.keys,
+                "at": version.at,
+            }
+        )
+    return {
+        "width": width,
+        "height": len(lanes) * lane_height,
+        "lanes": [
+            {"name": name, "y": i * lane_height + 18} for i, name in enumerate(lanes)
+        ],
+        "marks": marks,
+    }

@@ -1,0 +1,125 @@
+"""Dashboard pages: login, content, as-of and diff, receipts, flat query counts."""
+
+import pytest
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
+
+from aggregates import store
+from aggregates.models import Aggregate, Receipt
+from aggregates.store import NewSource, register_sources
+
+
+def fill(aggregate: str, count: int, start: int = 0) -> None:
+    register_sources(
+        [
+            NewSource("c-inputs", aggregate, "AB"[i % 2], {"i": str(i)}, {"n": i})
+            for i in range(start, start + count)
+        ]
+    )
+
+
+@pytest.fixture
+def seed(db):
+    store.create_domain("c-inputs", {})
+    register_sources([NewSource("c-inputs", "2026-11-26", "A", {"run": "am"})])
+    register_sources([NewSource("c-inputs", "2026-11-26", "B", {}, {"path": "s3://b"})])
+    register_sources([NewSource("c-inputs", "2026-11-26", "A", {"run": "pm"})])
+
+
+PAGES = ["/", "/d/c-inputs/", "/d/c-inputs/2026-11-26/"]
+
+
+@pytest.mark.parametrize("page", PAGES)
+def test_anonymous_visitors_are_sent_to_log_in(client, seed, page):
+    response = client.get(page)
+    assert response.status_code == 302
+    assert response["Location"].startswith(f"/accounts/login/?next={page}")
+
+
+@pytest.mark.parametrize("page", PAGES)
+def test_public_mode_reads_without_login(client, seed, page, settings):
+    settings.BOTLNEK_PUBLIC_DASHBOARD = True
+    assert client.get(page).status_code == 200
+
+
+def test_login_page_logs_in(client, django_user_model, seed):
+    django_user_model.objects.create_user("ann", password="a long passphrase")
+    page = client.get("/accounts/login/?next=/d/c-inputs/")
+    assert b"csrfmiddlewaretoken" in page.content
+    response = client.post(
+        "/accounts/login/",
+        {"username": "ann", "password": "a long passphrase", "next": "/d/c-inputs/"},
+    )
+    assert response["Location"] == "/d/c-inputs/"
+
+
+def test_home_lists_domains_and_the_newest_versions(admin_client, seed):
+    html = admin_client.get("/").content.decode()
+    assert 'href="/d/c-inputs/"' in html
+    assert html.index("v3") < html.index("v2") < html.index("v1")
+
+
+def test_home_without_domains_tells_what_to_do(admin_client, db):
+    html = admin_client.get("/").content.decode()
+    assert "No domains yet" in html and "/api/domains" in html
+
+
+def test_domain_page_searches_by_key_prefix(admin_client, seed):
+    fill("2026-10-01", 1)
+    html = admin_client.get("/d/c-inputs/", {"prefix": "2026-11"}).content.decode()
+    assert "2026-11-26" in html and "2026-10-01" not in html
+    partial = admin_client.get(
+        "/d/c-inputs/",
+        {"prefix": "2026-10"},
+        headers={"HX-Request": "true", "HX-Target": "aggregate-rows"},
+    ).content.decode()
+    assert "2026-10-01" in partial and "<html" not in partial
+
+
+def test_aggregate_page_shows_state_timeline_picture_and_receipts(admin_client, seed):
+    Receipt.objects.create(
+        aggregate=Aggregate.objects.get(key="2026-11-26"),
+        watcher="run-c",
+        version=2,
+        outcome="success",
+        exit_code=0,
+        duration_s=41,
+    )
+    html = admin_client.get("/d/c-inputs/2026-11-26/").content.decode()
+    assert "version 3" in html
+    assert "run=pm" in html  # keys readable
+    assert "s3://b" in html  # attrs pretty-printed
+    assert html.count("<circle") == 3  # one mark per source
+    assert "run-c ran on version 2 — success, exit 0, 41.0 s" in html
+
+
+def test_as_of_version_shows_nothing_newer(admin_client, seed):
+    html = admin_client.get("/d/c-inputs/2026-11-26/", {"version": 2}).content.decode()
+    assert "version 2 of 3" in html
+    assert "pm" not in html  # the third source is nowhere: state, timeline, picture
+    assert html.count("<circle") == 2
+
+
+def test_difference_between_two_versions(admin_client, seed):
+    html = admin_client.get(
+        "/d/c-inputs/2026-11-26/", {"version": 3, "diff": 1}
+    ).content.decode()
+    added = html[html.index("Added after version 1") : html.index("Sources by")]
+    assert "v2" in added and "v3" in added and "v1 " not in added
+
+
+def test_unknown_domain_or_aggregate_is_404(admin_client, seed):
+    assert admin_client.get("/d/nope/").status_code == 404
+    assert admin_client.get("/d/c-inputs/nope/").status_code == 404
+
+
+@pytest.mark.parametrize("page", PAGES)
+def test_pages_run_the_same_queries_whatever_the_size(admin_client, seed, page):
+    with CaptureQueriesContext(connection) as small:
+        assert admin_client.get(page).status_code == 200
+    fill("2026-11-26", 400, start=10)
+    for i in range(30):
+        fill(f"other-{i}", 3)
+    with CaptureQueriesContext(connection) as large:
+        assert admin_client.get(page).status_code == 200
+    assert len(large.captured_queries) == len(small.captured_queries)
