@@ -9,13 +9,14 @@ import asyncio
 import json
 import logging
 from typing import Any, Literal, Protocol
+from urllib.parse import parse_qs
 
 from channels.generic.websocket import AsyncWebsocketConsumer
 from django.conf import settings
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic import ValidationError as PydanticValidationError
 
-from aggregates import backpressure, db, live, store
+from aggregates import backpressure, db, live, store, views
 from aggregates.schemas import DomainKey, Key
 
 logger = logging.getLogger("botlnek.live")
@@ -265,3 +266,65 @@ class SubscribeConsumer(AsyncWebsocketConsumer):
                 self._closing = asyncio.ensure_future(
                     self.close(code=1013, reason=reason)
                 )
+
+
+class DashboardConsumer(AsyncWebsocketConsumer):
+    """Pushes a dashboard page's live parts, re-rendered, whenever its domain moves.
+
+    The first push goes out as soon as the socket opens, so whatever was committed
+    between rendering the page and opening the socket shows up too.
+    """
+
+    channel_layer_alias = SubscribeConsumer.channel_layer_alias
+    RENDER_EVERY = 0.25  # seconds: at most four renders a second per page
+
+    async def connect(self) -> None:
+        user = self.scope.get("user")
+        public = settings.BOTLNEK_PUBLIC_DASHBOARD
+        if not (public or (user is not None and user.is_authenticated)):
+            await self.close()
+            return
+        query = parse_qs(self.scope.get("query_string", b"").decode())
+        self.page = query.get("page", ["home"])[0]
+        self.domain = query.get("domain", [""])[0]
+        self.aggregate = query.get("aggregate", [""])[0]
+        self.prefix = query.get("prefix", [""])[0]
+        if self.page == "home":
+            self.domains = list(await db.read(store.latest_positions_all))
+        else:
+            self.domains = [self.domain]
+        await self.accept()
+        self.dirty = asyncio.Event()
+        self.dirty.set()
+        for domain in self.domains:
+            await live.hub().listen(domain, self)
+        self.renderer = asyncio.ensure_future(self._render())
+
+    def offer(self, frame: live.Frame) -> None:
+        if self.page != "aggregate" or frame.aggregate == self.aggregate:
+            self.dirty.set()
+
+    async def _render(self) -> None:
+        while True:
+            await self.dirty.wait()
+            self.dirty.clear()
+            try:
+                html = await db.read(
+                    views.live_fragment,
+                    self.page,
+                    self.domain,
+                    self.aggregate,
+                    self.prefix,
+                )
+            except store.NotFound:
+                await self.close(code=4404)
+                return
+            await self.send(text_data=html)
+            await asyncio.sleep(self.RENDER_EVERY)
+
+    async def disconnect(self, code: int) -> None:
+        renderer = getattr(self, "renderer", None)
+        if renderer is not None:
+            renderer.cancel()
+        for domain in getattr(self, "domains", []):
+            await live.hub().unlisten(domain, self)

@@ -693,6 +693,10 @@ def latest_positions(domain_keys: Iterable[str]) -> dict[str, int]:
     )
 
 
+def latest_positions_all() -> dict[str, int]:
+    return dict(Domain.objects.values_list("key", "latest_position"))
+
+
 def state_as_of(domain_key: str, aggregate: str, number: int) -> dict[str, Any]:
     return aggregate_state(get_aggregate(domain_key, aggregate), number)
 

@@ -6,9 +6,10 @@ from django.conf import settings
 from django.contrib.auth.views import redirect_to_login
 from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import render
+from django.template.loader import render_to_string
 
 from aggregates import store
-from aggregates.models import Domain, Receipt, Version
+from aggregates.models import Aggregate, Domain, Receipt, Version
 
 TIMELINE_PAGE = 50
 NEWEST_SOURCES = 200
@@ -34,35 +35,39 @@ def _feed(domain: Domain | None = None) -> list[Version]:
     return list(versions.order_by("-id")[:FEED])
 
 
+def home_context() -> dict:
+    return {"domains": list(Domain.objects.all()), "feed": _feed()}
+
+
 @dashboard_view
 def home(request: HttpRequest) -> HttpResponse:
-    return render(
-        request,
-        "dashboard/home.html",
-        {"domains": list(Domain.objects.all()), "feed": _feed()},
-    )
+    return render(request, "dashboard/home.html", {**home_context(), "live": True})
+
+
+def domain_context(domain: Domain, prefix: str = "", cursor: str = "") -> dict:
+    try:
+        page = store.list_aggregates(
+            domain, limit=50, cursor=cursor or None, prefix=prefix or None
+        )
+    except store.StoreError:  # a cursor that is not one: the first page
+        page = store.list_aggregates(domain, limit=50, cursor=None, prefix=None)
+    return {
+        "domain": domain,
+        "aggregates": page["aggregates"],
+        "next_cursor": page["next_cursor"],
+        "prefix": prefix,
+    }
 
 
 @dashboard_view
 def domain_page(request: HttpRequest, domain: str) -> HttpResponse:
     try:
         found = store.get_domain(domain)
-        page = store.list_aggregates(
-            found,
-            limit=50,
-            cursor=request.GET.get("cursor") or None,
-            prefix=request.GET.get("prefix") or None,
-        )
     except store.NotFound as exc:
         raise Http404(exc.detail) from None
-    except store.StoreError:
-        page = {"aggregates": [], "next_cursor": None}
-    context = {
-        "domain": found,
-        "aggregates": page["aggregates"],
-        "next_cursor": page["next_cursor"],
-        "prefix": request.GET.get("prefix", ""),
-    }
+    cursor = request.GET.get("cursor", "")
+    context = domain_context(found, request.GET.get("prefix", ""), cursor)
+    context["live"] = not cursor  # later pages stay as they were rendered
     if request.htmx and request.htmx.target == "aggregate-rows":
         return render(request, "dashboard/partials/aggregate_rows.html", context)
     return render(request, "dashboard/domain.html", context)
@@ -73,14 +78,15 @@ def _number(request: HttpRequest, name: str) -> int | None:
     return int(value) if value.isdigit() and int(value) > 0 else None
 
 
-@dashboard_view
-def aggregate_page(request: HttpRequest, domain: str, aggregate: str) -> HttpResponse:
-    try:
-        found = store.get_aggregate(domain, aggregate)
-    except store.NotFound as exc:
-        raise Http404(exc.detail) from None
-    as_of = min(_number(request, "version") or found.version, found.version)
-    before = min(_number(request, "before") or as_of + 1, as_of + 1)
+def aggregate_context(
+    found: Aggregate,
+    as_of: int | None = None,
+    before: int | None = None,
+    diff_from: int | None = None,
+) -> dict:
+    """The aggregate page as of a version (default: the latest)."""
+    as_of = min(as_of or found.version, found.version)
+    before = min(before or as_of + 1, as_of + 1)
     timeline = list(
         Version.objects.filter(aggregate=found, number__lt=before)
         .select_related("source")
@@ -111,7 +117,6 @@ def aggregate_page(request: HttpRequest, domain: str, aggregate: str) -> HttpRes
         .first()
         or {}
     )
-    diff_from = _number(request, "diff")
     diff = None
     if diff_from is not None and diff_from < as_of:
         diff = list(
@@ -121,7 +126,7 @@ def aggregate_page(request: HttpRequest, domain: str, aggregate: str) -> HttpRes
             .select_related("source")
             .order_by("number")[:NEWEST_SOURCES]
         )
-    context = {
+    return {
         "domain": found.domain,
         "aggregate": found,
         "as_of": as_of,
@@ -134,6 +139,22 @@ def aggregate_page(request: HttpRequest, domain: str, aggregate: str) -> HttpRes
         "diff_from": diff_from,
         "diff": diff,
     }
+
+
+@dashboard_view
+def aggregate_page(request: HttpRequest, domain: str, aggregate: str) -> HttpResponse:
+    try:
+        found = store.get_aggregate(domain, aggregate)
+    except store.NotFound as exc:
+        raise Http404(exc.detail) from None
+    context = aggregate_context(
+        found,
+        as_of=_number(request, "version"),
+        before=_number(request, "before"),
+        diff_from=_number(request, "diff"),
+    )
+    # As of an older version, or an older page of the timeline: nothing newer.
+    context["live"] = context["latest"] and not request.GET.get("before")
     return render(request, "dashboard/aggregate.html", context)
 
 
@@ -166,3 +187,18 @@ def _picture(timeline: list[Version], lanes: list[str]) -> dict:
         ],
         "marks": marks,
     }
+
+
+def live_fragment(page: str, domain: str = "", aggregate: str = "", prefix="") -> str:
+    """A page's live parts as htmx out-of-band swaps: whole replacements of the
+    current state, so a duplicate changes nothing and a missed one is made good by
+    the next."""
+    if page == "home":
+        context, template = home_context(), "dashboard/partials/home_live.html"
+    elif page == "domain":
+        context = domain_context(store.get_domain(domain), prefix)
+        template = "dashboard/partials/domain_live.html"
+    else:
+        context = aggregate_context(store.get_aggregate(domain, aggregate))
+        template = "dashboard/partials/aggregate_live.html"
+    return render_to_string(template, {**context, "oob": True})

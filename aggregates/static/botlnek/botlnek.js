@@ -8,3 +8,18 @@ function localTimes(root) {
 document.addEventListener("DOMContentLoaded", function () { localTimes(document); });
 document.addEventListener("htmx:afterSwap", function (event) { localTimes(event.target); });
 document.addEventListener("htmx:oobAfterSwap", function (event) { localTimes(event.target); });
+
+// While the live socket is down, say so; and come back whatever the close code
+// (htmx's ws extension reconnects by itself only after 1006, 1011, 1012, 1013).
+document.addEventListener("htmx:wsOpen", function () {
+  var banner = document.getElementById("connection");
+  if (banner) { banner.classList.remove("down"); }
+});
+document.addEventListener("htmx:wsClose", function (event) {
+  var banner = document.getElementById("connection");
+  if (banner) { banner.classList.add("down"); }
+  var code = event.detail.event.code;
+  if ([1006, 1011, 1012, 1013].indexOf(code) < 0) {
+    setTimeout(function () { event.detail.socketWrapper.reconnect(); }, 1000);
+  }
+});
