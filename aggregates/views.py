@@ -7,6 +7,7 @@ from django.contrib.auth.views import redirect_to_login
 from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import render
 from django.template.loader import render_to_string
+from django.views.decorators.http import require_safe
 
 from aggregates import store
 from aggregates.models import Aggregate, Domain, Receipt, Version
@@ -19,6 +20,7 @@ FEED = 20
 def dashboard_view(view):
     """Login required, unless the operator made the dashboard public (read-only)."""
 
+    @require_safe  # the dashboard only reads
     @wraps(view)
     def wrapped(request: HttpRequest, *args, **kwargs) -> HttpResponse:
         if not (settings.BOTLNEK_PUBLIC_DASHBOARD or request.user.is_authenticated):

@@ -123,3 +123,24 @@ def test_pages_run_the_same_queries_whatever_the_size(admin_client, seed, page):
     with CaptureQueriesContext(connection) as large:
         assert admin_client.get(page).status_code == 200
     assert len(large.captured_queries) == len(small.captured_queries)
+
+
+@pytest.mark.parametrize("page", PAGES)
+def test_public_mode_can_read_but_never_write(client, seed, page, settings):
+    settings.BOTLNEK_PUBLIC_DASHBOARD = True
+    assert client.post(page).status_code == 405
+    assert client.get("/admin/").status_code == 302  # the admin still needs a login
+    assert b"Log out" not in client.get(page).content
+
+
+def test_demo_command_tells_the_story(admin_client, db):
+    from django.core.management import call_command
+
+    call_command("demo", "--days", "2")
+    html = admin_client.get("/d/demo-c-inputs/").content.decode()
+    assert html.count('href="/d/demo-c-inputs/') >= 3
+    yesterday = Aggregate.objects.order_by("-key")[1]
+    page = admin_client.get(f"/d/demo-c-inputs/{yesterday.key}/").content.decode()
+    assert "run-c ran on version 2 — success" in page
+    call_command("demo", "--days", "2")  # again: nothing doubles
+    assert Aggregate.objects.get(key=yesterday.key).version == 3

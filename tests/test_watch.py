@@ -259,3 +259,19 @@ def test_bad_start_is_one_line_and_nonzero(
     assert result.returncode == code
     assert message in result.stderr
     assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr
+
+
+def test_aggregate_prefix_limits_what_is_watched(start_server, token, tmp_path):
+    server = start_server()
+    watch = Watch(
+        server, token, tmp_path, "--when", "A >= 1", "--aggregate-prefix", "keep-"
+    )
+    try:
+        post(server, token, "skip-1", "A")
+        post(server, token, "keep-1", "A")
+        runs = watch.runs(1)
+        time.sleep(1)
+        runs = watch.runs(1)
+    finally:
+        watch.stop()
+    assert [r["env"]["BOTLNEK_AGGREGATE"] for r in runs] == ["keep-1"]
