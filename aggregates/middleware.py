@@ -4,6 +4,7 @@ import json
 import logging
 
 from asgiref.sync import markcoroutinefunction
+from django.conf import settings
 from django.db import DatabaseError
 from django.http import HttpRequest, HttpResponse
 
@@ -107,3 +108,16 @@ class WebsocketAuthMiddleware:
             if token is not None:
                 tokens.remember(raw, token)
         return await self.inner({**scope, "api_token": token}, receive, send)
+
+
+class ContentSecurityPolicyMiddleware:
+    """Sends BOTLNEK_CSP with the dashboard's pages (not the admin's)."""
+
+    def __init__(self, get_response):
+        self.get_response = get_response
+
+    def __call__(self, request: HttpRequest) -> HttpResponse:
+        response = self.get_response(request)
+        if not request.path_info.startswith("/admin/"):
+            response.headers.setdefault("Content-Security-Policy", settings.BOTLNEK_CSP)
+        return response

@@ -32,6 +32,27 @@ SECRET_KEY = _secret_key()
 ALLOWED_HOSTS = env_list("BOTLNEK_ALLOWED_HOSTS", ["localhost", "127.0.0.1", "[::1]"])
 CSRF_TRUSTED_ORIGINS = env_list("BOTLNEK_CSRF_TRUSTED_ORIGINS", [])
 
+# Plain HTTP is served by default (SPEC §7). Behind TLS, BOTLNEK_HTTPS=1 switches on
+# redirects, secure cookies and HSTS; with it `manage.py check --deploy` is clean.
+HTTPS = env_bool("BOTLNEK_HTTPS", default=False)
+SECURE_SSL_REDIRECT = HTTPS
+SESSION_COOKIE_SECURE = HTTPS
+CSRF_COOKIE_SECURE = HTTPS
+SECURE_HSTS_SECONDS = env_int("BOTLNEK_HSTS_SECONDS", 31_536_000 if HTTPS else 0)
+SECURE_HSTS_INCLUDE_SUBDOMAINS = HTTPS
+SECURE_HSTS_PRELOAD = HTTPS
+if env_bool("BOTLNEK_BEHIND_PROXY", default=False):
+    # Trust the proxy's word that the original request was HTTPS.
+    SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+X_FRAME_OPTIONS = "DENY"
+# The dashboard's own pages: scripts and styles from this server only (htmx is
+# vendored), websockets back to it. The admin keeps Django's defaults.
+BOTLNEK_CSP = (
+    "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+    "connect-src 'self' ws: wss:; frame-ancestors 'none'; base-uri 'self'; "
+    "form-action 'self'"
+)
+
 INSTALLED_APPS = [
     "daphne",
     "django.contrib.admin",
@@ -58,6 +79,7 @@ MIDDLEWARE = [
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "django_htmx.middleware.HtmxMiddleware",
+    "aggregates.middleware.ContentSecurityPolicyMiddleware",
 ]
 
 ROOT_URLCONF = "botlnek_site.urls"

@@ -60,3 +60,29 @@ def test_secret_key_is_generated_once_into_the_data_dir(tmp_path):
     second = subprocess.run(run, cwd=ROOT, env=env, capture_output=True, text=True)
     assert first.stdout == second.stdout and len(first.stdout.strip()) >= 50
     assert (tmp_path / "secret_key").stat().st_mode & 0o077 == 0
+
+
+def test_check_deploy_is_clean_with_https_switched_on(tmp_path):
+    env = {
+        **os.environ,
+        "BOTLNEK_DATA_DIR": str(tmp_path),
+        "BOTLNEK_DEBUG": "0",
+        "BOTLNEK_HTTPS": "1",
+    }
+    result = subprocess.run(
+        [sys.executable, "manage.py", "check", "--deploy", "--fail-level", "WARNING"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "no issues" in result.stdout
+
+
+def test_dashboard_pages_carry_a_content_security_policy(admin_client):
+    page = admin_client.get("/")
+    assert "script-src 'self'" in page["Content-Security-Policy"]
+    assert page["X-Frame-Options"] == "DENY"
+    assert "Content-Security-Policy" not in admin_client.get("/admin/")
