@@ -755,3 +755,48 @@ def list_receipts(domain: str, aggregate: str, *, limit: int) -> list[dict[str, 
         receipt_json(receipt, domain, aggregate)
         for receipt in target.receipts.order_by("-id")[:limit]
     ]
+
+
+# Retention: deleting whole aggregates is the only deletion there is.
+
+
+def prune_aggregates(aggregate_ids: list[int], older_than: datetime) -> int:
+    """Delete these aggregates, with their history, if still untouched since
+    `older_than`; answer how many went. Short: it holds their domains' locks."""
+    with transaction.atomic(), connection.cursor() as cursor:
+        domain_ids = sorted(
+            set(
+                Aggregate.objects.filter(id__in=aggregate_ids).values_list(
+                    "domain_id", flat=True
+                )
+            )
+        )
+        # The writers' lock, in the writers' order: no source lands in an
+        # aggregate while it is being deleted.
+        list(
+            Domain.objects.select_for_update()
+            .filter(id__in=domain_ids)
+            .order_by("key")
+            .values_list("id")
+        )
+        victims = list(
+            Aggregate.objects.filter(
+                id__in=aggregate_ids, updated_at__lt=older_than
+            ).values_list("id", "domain_id")
+        )
+        if not victims:
+            return 0
+        ids = [aggregate_id for aggregate_id, _ in victims]
+        marks = _placeholders(len(ids))
+        for table in (_SOURCE, Receipt._meta.db_table, _VERSION, _AGGREGATE):
+            column = "id" if table == _AGGREGATE else "aggregate_id"
+            cursor.execute(f'DELETE FROM "{table}" WHERE "{column}" IN ({marks})', ids)
+        gone: dict[int, int] = {}
+        for _, domain_id in victims:
+            gone[domain_id] = gone.get(domain_id, 0) + 1
+        cursor.executemany(
+            f'UPDATE "{_DOMAIN}" SET "aggregate_count" = "aggregate_count" - %s'
+            ' WHERE "id" = %s',
+            [(count, domain_id) for domain_id, count in gone.items()],
+        )
+    return len(victims)

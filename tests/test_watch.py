@@ -16,7 +16,8 @@ from tests.conftest import ROOT
 # The command a watcher runs: appends what it saw, then exits with $EXIT (or hangs).
 RECORDER = """
 import json, os, sys, time
-env = {k: v for k, v in os.environ.items() if k.startswith("BOTLNEK_")}
+names = ["DOMAIN", "AGGREGATE", "VERSION", "POSITION", "STATE_FILE"]
+env = {f"BOTLNEK_{n}": os.environ[f"BOTLNEK_{n}"] for n in names}
 state = json.load(open(env["BOTLNEK_STATE_FILE"]))
 with open(sys.argv[1], "a") as out:
     out.write(json.dumps({"env": env, "state": state}) + "\\n")
