@@ -19,6 +19,14 @@ class DomainAdmin(admin.ModelAdmin):
     def has_delete_permission(self, request, obj=None):
         return False  # only `manage.py prune` deletes, and only whole aggregates
 
+    def save_model(self, request, obj, form, change):
+        if change:
+            # Only attrs: the counters belong to the write path, and saving the copy
+            # loaded with the form would put them back behind concurrent posts.
+            obj.save(update_fields=["attrs"])
+        else:
+            super().save_model(request, obj, form, change)
+
 
 class ReadOnlyAdmin(admin.ModelAdmin):
     """History is append-only: the admin shows it and never changes it."""

@@ -7,6 +7,7 @@ one shape {"error", "detail", "fields"?}.
 
 import json
 import logging
+import re
 from typing import Any, Literal
 
 from django.core.exceptions import RequestDataTooBig
@@ -380,7 +381,7 @@ async def stream(request: HttpRequest, query: Query[StreamQuery]):
     after = query.after_position
     last_event_id = request.headers.get("Last-Event-ID")
     if last_event_id is not None:
-        if not last_event_id.strip().isdigit():
+        if not re.fullmatch(r"[0-9]{1,18}", last_event_id.strip()):
             detail = "must be the position of the last event received"
             raise ApiError(400, "invalid", detail, {"Last-Event-ID": detail})
         after = int(last_event_id)

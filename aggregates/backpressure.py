@@ -40,6 +40,16 @@ class WritePressure:
     async def writable(self) -> None:
         await self._writable.wait()
 
+    @property
+    def max_message_size(self) -> int:
+        """The largest message the server will send (0: no limit, or unknown)."""
+        return getattr(self.protocol, "maxMessagePayloadSize", 0) or 0
+
+    @property
+    def paused(self) -> bool:
+        """The socket's buffer is full: its reader is not keeping up."""
+        return not self._writable.is_set()
+
     # Twisted's IPushProducer, called on the reactor's (= the event loop's) thread.
     def pauseProducing(self) -> None:
         self._writable.clear()

@@ -51,6 +51,8 @@ class Sink(Protocol):
         self, subscription: "Subscription", frame: live.Frame
     ) -> None: ...
 
+    def is_slow(self) -> bool: ...
+
     def overflow(self) -> None: ...
 
 
@@ -76,8 +78,15 @@ class Subscription:
             self.seen = max(self.seen, frame.position)
             return
         self.queue.put_nowait(frame)
-        if self.queue.qsize() > settings.BOTLNEK_WS_MAX_PENDING:
+        if self.queue.qsize() <= settings.BOTLNEK_WS_MAX_PENDING:
+            return
+        if self.sink.is_slow():
             self.sink.overflow()
+            return
+        # A burst, not a slow reader: keep only the newest frame; the run loop
+        # then reads the gap before it from the database.
+        while self.queue.qsize() > 1:
+            self.queue.get_nowait()
 
     async def run(self) -> None:
         await live.hub().listen(self.domain, self)
@@ -177,11 +186,27 @@ class SubscribeConsumer(AsyncWebsocketConsumer):
             {"type": "subscribed", "id": subscription.id, "position": position}
         )
 
+    def is_slow(self) -> bool:
+        return self.pressure.paused
+
     async def version(self, subscription: Subscription, frame: live.Frame) -> None:
         # A reader that stopped reading holds this up; frames then pile up in the
         # subscription's queue until overflow() ends the connection.
         await self.pressure.writable()
         text = await frame.text(subscription.mode, subscription.id)
+        limit = self.pressure.max_message_size
+        if limit and len(text.encode()) > limit:
+            # The server would refuse to send it; say why instead of failing
+            # silently, and end this subscription: resuming could not get past it.
+            detail = (
+                f"version {frame.version} of {frame.aggregate!r} makes a frame over "
+                f"this server's {limit}-byte limit: subscribe in delta mode, or run "
+                "daphne with a larger --websocket_max_message_size"
+            )
+            await self.error("frame_too_large", detail, subscription.id)
+            self.subscriptions.pop(subscription.id, None)
+            self._ended = asyncio.ensure_future(subscription.stop())
+            raise asyncio.CancelledError
         await self.send(text_data=text)
 
     async def error(self, code: str, detail: str, id: Any = None) -> None:

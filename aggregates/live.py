@@ -148,8 +148,15 @@ class Hub:
         self.feeds: dict[str, DomainFeed] = {}
         self.channel: str | None = None
         self._tasks: list[asyncio.Task] = []
+        # Joining and leaving a domain's group must not interleave: a leave landing
+        # after a new join would leave that domain deaf until the position check.
+        self._membership = asyncio.Lock()
 
     async def listen(self, domain: str, listener: Listener) -> None:
+        async with self._membership:
+            await self._listen(domain, listener)
+
+    async def _listen(self, domain: str, listener: Listener) -> None:
         if self.channel is None:
             self.channel = await self.layer.new_channel("botlnek.hub.")
             self._tasks = [
@@ -165,13 +172,14 @@ class Hub:
         feed.listeners.add(listener)
 
     async def unlisten(self, domain: str, listener: Listener) -> None:
-        feed = self.feeds.get(domain)
-        if feed is None:
-            return
-        feed.listeners.discard(listener)
-        if not feed.listeners:
-            del self.feeds[domain]
-            await self.layer.group_discard(domain_group(domain), self.channel)
+        async with self._membership:
+            feed = self.feeds.get(domain)
+            if feed is None:
+                return
+            feed.listeners.discard(listener)
+            if not feed.listeners:
+                del self.feeds[domain]
+                await self.layer.group_discard(domain_group(domain), self.channel)
 
     async def _receive(self) -> None:
         while True:

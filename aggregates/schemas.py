@@ -61,6 +61,19 @@ def _check_json(value: Any) -> int:
     return len(text.encode())
 
 
+def json_equal(a: Any, b: Any) -> bool:
+    """Equal as JSON values: 1 == 1.0, but true is not 1 (as it is in Python)."""
+    if isinstance(a, bool) or isinstance(b, bool):
+        return type(a) is type(b) and a == b
+    if isinstance(a, int | float) and isinstance(b, int | float):
+        return a == b
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(json_equal(a[k], b[k]) for k in a)
+    if isinstance(a, list) and isinstance(b, list):
+        return len(a) == len(b) and all(map(json_equal, a, b))
+    return type(a) is type(b) and a == b
+
+
 def canonical_json(value: Any) -> str:
     return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
 
@@ -110,7 +123,7 @@ class ReceiptIn(StrictSchema):
     aggregate: Key
     version: int = Field(ge=1)
     outcome: Literal["success", "failure", "timeout"]
-    exit_code: int | None = None
+    exit_code: int | None = Field(None, ge=-(2**31), le=2**31 - 1)
     duration_s: float | None = Field(None, ge=0)
     detail: str = Field("", max_length=4000)
 

@@ -12,7 +12,11 @@ KEEP_ALIVE_SECONDS = 15
 
 
 class SseSink:
-    """Turns a subscription's versions into SSE events, queued for the response."""
+    """Turns a subscription's versions into SSE events, queued for the response.
+
+    None in the queue ends the stream; the client reconnects with Last-Event-ID
+    and loses nothing.
+    """
 
     def __init__(self) -> None:
         self.events: asyncio.Queue[str | None] = asyncio.Queue()
@@ -25,9 +29,13 @@ class SseSink:
         self.events.put_nowait(
             f"id: {frame.position}\nevent: version\ndata: {data}\n\n"
         )
+        if self.events.qsize() > settings.BOTLNEK_WS_MAX_PENDING:
+            self.overflow()  # a reader this far behind: end rather than buffer
+
+    def is_slow(self) -> bool:
+        return False  # its own queue is bounded by version()
 
     def overflow(self) -> None:
-        # End the stream; the client reconnects with Last-Event-ID and loses nothing.
         self.events.put_nowait(None)
 
 
@@ -35,6 +43,8 @@ async def event_stream(request: SubscribeIn) -> AsyncIterator[str]:
     sink = SseSink()
     subscription = Subscription(sink, request)
     subscription.task = asyncio.ensure_future(subscription.run())
+    # A subscription that fails (the database away, say) ends the stream too.
+    subscription.task.add_done_callback(lambda task: sink.overflow())
     try:
         yield "retry: 2000\n: subscribed\n\n"
         while True:
@@ -43,7 +53,7 @@ async def event_stream(request: SubscribeIn) -> AsyncIterator[str]:
             except TimeoutError:
                 yield ": keep-alive\n\n"
                 continue
-            if event is None or sink.events.qsize() > settings.BOTLNEK_WS_MAX_PENDING:
+            if event is None:
                 return
             yield event
     finally:

@@ -22,7 +22,7 @@ from django.utils import timezone
 
 from aggregates import events
 from aggregates.models import Aggregate, Domain, Receipt, Source, Version
-from aggregates.schemas import canonical_json
+from aggregates.schemas import canonical_json, json_equal
 
 
 class StoreError(Exception):
@@ -130,7 +130,7 @@ def register_sources(items: Sequence[NewSource]) -> list[Registration]:
             identity = (aggregate.id, item.collection, key)
             if identity in known:
                 existing = known[identity]
-                if existing.attrs != item.attrs:
+                if not json_equal(existing.attrs, item.attrs):
                     raise Conflict(
                         f"a source with these keys already exists in collection "
                         f"{item.collection!r} of aggregate {item.aggregate!r} "
@@ -479,7 +479,7 @@ def create_domain(key: str, attrs: dict[str, Any]) -> tuple[Domain, bool]:
         domain, created = Domain.objects.get_or_create(
             key=key, defaults={"attrs": attrs}
         )
-    if not created and domain.attrs != attrs:
+    if not created and not json_equal(domain.attrs, attrs):
         raise Conflict(
             f"domain {key!r} already exists with different attrs", field="attrs"
         )
@@ -492,7 +492,11 @@ def list_aggregates(
     """Aggregates of a domain, most recently updated first, keyset-paginated."""
     rows = Aggregate.objects.filter(domain=domain).order_by("-updated_at", "-id")
     if prefix:
-        rows = rows.filter(key__startswith=prefix)
+        if connection.vendor == "sqlite":
+            # SQLite's LIKE ignores case; keys compare byte by byte (BINARY).
+            rows = rows.filter(key__gte=prefix, key__lt=prefix + "\U0010ffff")
+        else:
+            rows = rows.filter(key__startswith=prefix)
     if cursor:
         updated_at, last_id = _decode_cursor(cursor)
         rows = rows.filter(

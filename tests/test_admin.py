@@ -84,3 +84,17 @@ def test_admin_rejects_a_bad_domain_key(admin_client, history):
     )
     assert response.status_code == 200
     assert b"no / and no spaces" in response.content
+
+
+def test_saving_a_domain_in_the_admin_keeps_the_write_path_counters(history, rf):
+    from django.contrib.admin.sites import site
+
+    from aggregates.models import Domain
+
+    loaded = Domain.objects.get(key="c-inputs")  # as the change form loads it
+    fill(3, "meanwhile")  # posts land before the save
+    loaded.attrs = {"owner": "data"}
+    site._registry[Domain].save_model(rf.post("/"), loaded, None, change=True)
+    domain = Domain.objects.get(key="c-inputs")
+    assert (domain.latest_position, domain.attrs) == (13, {"owner": "data"})
+    fill(1, "after")  # and writing goes on

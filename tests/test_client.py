@@ -144,3 +144,34 @@ def test_cli_errors_are_one_line(start_server, token):
     )
     assert result.returncode == 1
     assert result.stderr.startswith("botlnek: ") and result.stderr.count("\n") == 1
+
+
+def test_a_frame_over_the_servers_limit_is_a_clear_error(start_server, token):
+    client = Client(start_server().url, token)
+    big = {"blob": "x" * 60_000}
+    for half in range(2):  # a request is at most 1 MiB
+        client.post_batch(
+            [
+                {
+                    "domain": "c-inputs",
+                    "aggregate": "big",
+                    "collection": "A",
+                    "keys": {"n": f"{half}-{n}"},
+                    "attrs": big,
+                }
+                for n in range(10)
+            ]
+        )
+
+    async def scenario(mode):
+        stream = client.subscribe("c-inputs", after_position=19, mode=mode)
+        try:
+            return await asyncio.wait_for(anext(stream), 20)
+        finally:
+            await stream.aclose()
+
+    # The state of version 20 is over daphne's default 1 MiB message limit: full
+    # mode says so (instead of reconnecting for ever); delta mode is unaffected.
+    with pytest.raises(BotlnekError, match="frame_too_large"):
+        asyncio.run(scenario("full"))
+    assert asyncio.run(scenario("delta"))["version"] == 20

@@ -367,3 +367,28 @@ def test_a_reader_that_stops_reading_is_closed_with_1013_and_resumes(server, tok
         return positions + [f["position"] for f in rest]
 
     assert asyncio.run(scenario()) == list(range(1, 1516))
+
+
+def test_a_burst_does_not_disconnect_a_reader_that_keeps_up(server, token):
+    async def scenario():
+        async with Subscriber(server, token) as sub:
+            await sub.subscribe(mode="delta")
+            await asyncio.to_thread(
+                register_sources,
+                [
+                    NewSource("c-inputs", f"a{i % 9}", "A", {"i": str(i)})
+                    for i in range(1000)
+                ],
+            )
+            await asyncio.to_thread(
+                register_sources,
+                [
+                    NewSource("c-inputs", f"b{i % 9}", "A", {"i": str(i)})
+                    for i in range(1000)
+                ],
+            )
+            post(server, token, aggregate="poke")
+            return await sub.versions(2001, timeout=30)
+
+    frames = asyncio.run(scenario())
+    assert [f["position"] for f in frames] == list(range(1, 2002))

@@ -52,10 +52,12 @@ def test_aggregates_newest_first_with_cursor_pages(api, domain):
 
 
 def test_aggregates_by_key_prefix(api, domain):
-    for key in ["2026-10-31", "2026-11-01", "2026-11-02", "other"]:
+    for key in ["2026-10-31", "2026-11-01", "2026-11-02", "other", "Agg", "agg"]:
         fill(key, 1)
     page = api.get("/api/domains/c-inputs/aggregates", prefix="2026-11").json()
     assert [a["key"] for a in page["aggregates"]] == ["2026-11-02", "2026-11-01"]
+    page = api.get("/api/domains/c-inputs/aggregates", prefix="a").json()
+    assert [a["key"] for a in page["aggregates"]] == ["agg"]  # case matters
 
 
 def test_aggregate_versions_after(api, domain):

@@ -68,3 +68,9 @@ def test_receipts_are_in_the_openapi_document(api):
     paths = api.get("/api/openapi.json").json()["paths"]
     assert "/api/receipts" in paths
     assert "/api/domains/{domain}/aggregates/{aggregate}/receipts" in paths
+
+
+def test_out_of_range_exit_code_is_400(api, history):
+    response = api.post("/api/receipts", {**RECEIPT, "exit_code": 2**70})
+    assert response.status_code == 400
+    assert "exit_code" in response.json()["fields"]

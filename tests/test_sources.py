@@ -215,3 +215,9 @@ def test_same_identity_twice_in_a_batch_with_other_attrs_is_a_conflict(api, doma
     assert response.status_code == 409
     assert list(response.json()["fields"]) == ["[1].attrs"]
     assert Version.objects.count() == 0
+
+
+def test_attrs_compare_as_json_values_not_python_ones(api, domain):
+    post_source(api, collection="A", attrs={"flag": 1})
+    assert post_source(api, collection="A", attrs={"flag": True}).status_code == 409
+    assert post_source(api, collection="A", attrs={"flag": 1.0}).status_code == 200

@@ -69,6 +69,7 @@ def test_stream_sends_versions_and_resumes_from_last_event_id(start_server, toke
         ({"domain": "nope"}, None, 404),
         ({"domain": "bad key"}, None, 400),
         ({"domain": "c-inputs"}, {"Last-Event-ID": "x"}, 400),
+        ({"domain": "c-inputs"}, {"Last-Event-ID": "²".encode()}, 400),
     ],
 )
 def test_stream_errors(start_server, token, params, headers, status):

@@ -88,7 +88,8 @@ class Watch:
 
     def stop(self) -> None:
         self.process.terminate()
-        self.process.wait(timeout=10)
+        assert self.process.wait(timeout=10) == 0  # SIGTERM is a clean stop
+        assert "Traceback" not in self.process.stderr.read()
 
 
 def post(server, token, aggregate, collection, **keys):

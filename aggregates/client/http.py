@@ -77,7 +77,10 @@ class Client:
         headers = {"Authorization": f"Bearer {self.token}"} if self.token else {}
         while True:
             try:
-                async with websockets.connect(url, additional_headers=headers) as ws:
+                # No size limit: a full-mode frame carries the whole state.
+                async with websockets.connect(
+                    url, additional_headers=headers, max_size=None
+                ) as ws:
                     request = {"type": "subscribe", "id": "s", "domain": domain}
                     request |= {"mode": mode}
                     if aggregate is not None:

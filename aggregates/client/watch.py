@@ -117,6 +117,8 @@ class Watcher:
                 )
                 if not following.done():
                     following.cancel()
+                    # Let the generator finish unwinding before it is closed.
+                    await asyncio.gather(following, return_exceptions=True)
                     return
                 frame = following.result()
                 # A frame once started is finished and saved, signal or not.
