@@ -246,9 +246,3 @@ class Error(Schema):
     error: str
     detail: str
     fields: dict[str, str] | None = None
-
-
-class Health(Schema):
-    status: str
-    database: str
-    channel_layer: str

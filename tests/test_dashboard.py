@@ -56,7 +56,7 @@ def test_login_page_logs_in(client, django_user_model, seed):
 def test_home_lists_domains_and_the_newest_versions(admin_client, seed):
     html = admin_client.get("/").content.decode()
     assert 'href="/d/c-inputs/"' in html
-    assert html.index("v3") < html.index("v2") < html.index("v1")
+    assert html.index(">v3<") < html.index(">v2<") < html.index(">v1<")
 
 
 def test_home_without_domains_tells_what_to_do(admin_client, db):
@@ -96,7 +96,7 @@ def test_aggregate_page_shows_state_timeline_picture_and_receipts(admin_client, 
 def test_as_of_version_shows_nothing_newer(admin_client, seed):
     html = admin_client.get("/d/c-inputs/2026-11-26/", {"version": 2}).content.decode()
     assert "version 2 of 3" in html
-    assert "pm" not in html  # the third source is nowhere: state, timeline, picture
+    assert "run=pm" not in html  # the third source: not in state, timeline, picture
     assert html.count("<circle") == 2
 
 
