@@ -100,6 +100,23 @@ def post_source(api, aggregate="2026-11-26", collection="A", keys=None, **extra)
     return api.post("/api/sources", body)
 
 
+def post_via_http(server, token, aggregate="2026-11-26", collection="A", **keys):
+    """Register a new source in c-inputs through a running server; its answer."""
+    response = httpx.post(
+        f"{server.url}/api/sources",
+        json={
+            "domain": "c-inputs",
+            "aggregate": aggregate,
+            "collection": collection,
+            "keys": keys,
+        },
+        headers={"Authorization": f"Bearer {token}"},
+        timeout=30,
+    )
+    assert response.status_code == 201, response.text
+    return response.json()
+
+
 # A real server process, for tests of what crosses processes and sockets.
 
 

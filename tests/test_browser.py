@@ -3,13 +3,12 @@
 import os
 from pathlib import Path
 
-import httpx
 import pytest
 
 from aggregates import store
 from aggregates.store import NewSource, register_sources
 from aggregates.tokens import create_token
-from tests.conftest import IN_CI, ROOT
+from tests.conftest import IN_CI, ROOT, post_via_http
 
 CHROMIUM = os.environ.get("BOTLNEK_TEST_CHROMIUM", "/usr/bin/chromium")
 SCREENSHOTS = ROOT / "test-artifacts" / "screenshots"
@@ -53,17 +52,7 @@ def site(start_server, transactional_db, django_user_model):
 
 
 def post(server, aggregate, collection, **keys):
-    response = httpx.post(
-        f"{server.url}/api/sources",
-        json={
-            "domain": "c-inputs",
-            "aggregate": aggregate,
-            "collection": collection,
-            "keys": keys,
-        },
-        headers={"Authorization": f"Bearer {server.token}"},
-    )
-    assert response.status_code == 201, response.text
+    post_via_http(server, server.token, aggregate, collection, **keys)
 
 
 def logged_in_page(browser, server):

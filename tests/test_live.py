@@ -12,6 +12,7 @@ from aggregates import store
 from aggregates.models import Domain
 from aggregates.store import NewSource, register_sources
 from aggregates.tokens import create_token
+from tests.conftest import post_via_http as post
 
 
 @pytest.fixture
@@ -53,21 +54,6 @@ class Subscriber:
         frames = [await self.next(timeout) for _ in range(count)]
         assert all(f["type"] == "version" for f in frames), frames
         return frames
-
-
-def post(server, token, aggregate="2026-11-26", collection="A", **keys):
-    response = httpx.post(
-        f"{server.url}/api/sources",
-        json={
-            "domain": "c-inputs",
-            "aggregate": aggregate,
-            "collection": collection,
-            "keys": keys,
-        },
-        headers={"Authorization": f"Bearer {token}"},
-    )
-    assert response.status_code == 201, response.text
-    return response.json()
 
 
 def test_live_versions_arrive_with_growing_state(server, token):

@@ -17,6 +17,7 @@ import websockets
 from aggregates.models import Domain, Version
 from aggregates.tokens import create_token
 from tests.conftest import free_port
+from tests.conftest import post_via_http as post
 
 
 @pytest.fixture
@@ -27,21 +28,6 @@ def token(transactional_db):
 
 def ws_url(server) -> str:
     return server.url.replace("http", "ws") + "/ws/subscribe"
-
-
-def post(server, token, **keys):
-    response = httpx.post(
-        f"{server.url}/api/sources",
-        json={
-            "domain": "c-inputs",
-            "aggregate": keys.pop("aggregate", "a"),
-            "collection": "A",
-            "keys": keys,
-        },
-        headers={"Authorization": f"Bearer {token}"},
-        timeout=30,
-    )
-    assert response.status_code == 201, response.text
 
 
 async def collect(servers, token, total, rng, disconnect_every=None):

@@ -12,6 +12,7 @@ import pytest
 from aggregates.models import Domain, Receipt
 from aggregates.tokens import create_token
 from tests.conftest import ROOT
+from tests.conftest import post_via_http as post
 
 # The command a watcher runs: appends what it saw, then exits with $EXIT (or hangs).
 RECORDER = """
@@ -90,20 +91,6 @@ class Watch:
         self.process.terminate()
         assert self.process.wait(timeout=10) == 0  # SIGTERM is a clean stop
         assert "Traceback" not in self.process.stderr.read()
-
-
-def post(server, token, aggregate, collection, **keys):
-    response = httpx.post(
-        f"{server.url}/api/sources",
-        json={
-            "domain": "c-inputs",
-            "aggregate": aggregate,
-            "collection": collection,
-            "keys": keys,
-        },
-        headers={"Authorization": f"Bearer {token}"},
-    )
-    assert response.status_code == 201, response.text
 
 
 def test_once_runs_exactly_once_for_version_2(start_server, token, tmp_path):
