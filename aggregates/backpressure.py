@@ -22,19 +22,20 @@ class WritePressure:
         self._writable.set()
         self.protocol = protocol
 
-    def close_overloaded(self, reason: str) -> bool:
-        """Close with 1013 and a reason; False when the caller must do it by ASGI.
+    def close(self, code: int, reason: str) -> bool:
+        """Close with `code` and `reason`; False when the caller must do it by ASGI.
 
-        Under daphne the ASGI close cannot carry either: autobahn's public close
-        accepts only 1000 and 3000-4999, and daphne drops the reason.
+        Under daphne the ASGI close cannot carry either 1008 or 1013, nor a reason:
+        autobahn's public close accepts only 1000 and 3000-4999, and daphne drops
+        the reason.
         """
         send_close = getattr(self.protocol, "sendCloseFrame", None)
         if send_close is None:
             return False
-        # A reader this far behind answers the close late; autobahn's default would
+        # A reader far behind answers the close late; autobahn's default would
         # then abort the connection, and the frames already queued with it.
         self.protocol.closeHandshakeTimeout = 60
-        send_close(code=1013, reasonUtf8=reason.encode()[:123], isReply=False)
+        send_close(code=code, reasonUtf8=reason.encode()[:123], isReply=False)
         return True
 
     async def writable(self) -> None:

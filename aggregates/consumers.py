@@ -16,7 +16,7 @@ from django.conf import settings
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic import ValidationError as PydanticValidationError
 
-from aggregates import backpressure, db, live, store, views
+from aggregates import backpressure, db, limits, live, store, views
 from aggregates.schemas import DomainKey, Key
 
 logger = logging.getLogger("botlnek.live")
@@ -173,10 +173,19 @@ class SubscribeConsumer(AsyncWebsocketConsumer):
         self.closing = False
         self.pressure = backpressure.watch(self.base_send)
         await self.accept()
+        self.counted = self.token is not None and limits.sockets().open(self.token.pk)
+        if self.token is not None and not self.counted:
+            self.closing = True
+            limit = limits.sockets().limit
+            reason = f"this token already has {limit} open connections on this server"
+            if not self.pressure.close(1008, reason):
+                await self.close(code=1008, reason=reason)
 
     async def disconnect(self, code: int) -> None:
         for subscription in list(getattr(self, "subscriptions", {}).values()):
             await subscription.stop()
+        if getattr(self, "counted", False):
+            limits.sockets().close(self.token.pk)
 
     async def send_json(self, data: dict[str, Any]) -> None:
         await self.send(text_data=json.dumps(data, ensure_ascii=False))
@@ -216,6 +225,8 @@ class SubscribeConsumer(AsyncWebsocketConsumer):
         await self.send_json(frame)
 
     async def receive(self, text_data: str | None = None, bytes_data=None) -> None:
+        if self.closing:
+            return  # refused or overloaded: the close is on its way
         try:
             message = json.loads(text_data if text_data is not None else bytes_data)
         except (ValueError, TypeError, RecursionError):
@@ -287,7 +298,7 @@ class SubscribeConsumer(AsyncWebsocketConsumer):
             reason = "too many pending frames; resume from your last position"
             # Stop taking frames at once; what was sent stays for the reader.
             self._stopping = asyncio.ensure_future(self.disconnect(1013))
-            if not self.pressure.close_overloaded(reason):
+            if not self.pressure.close(1013, reason):
                 self._closing = asyncio.ensure_future(
                     self.close(code=1013, reason=reason)
                 )

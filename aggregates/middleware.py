@@ -2,16 +2,19 @@
 
 import json
 import logging
+import time
 
 from asgiref.sync import markcoroutinefunction
 from django.conf import settings
 from django.db import DatabaseError
 from django.http import HttpRequest, HttpResponse
 
-from aggregates import db, tokens
+from aggregates import db, limits, tokens
 from aggregates.errors import error_response
 
 logger = logging.getLogger("botlnek.api")
+# One JSON line per request: method, path, status, duration, token *name*.
+request_log = logging.getLogger("botlnek.requests")
 
 # API paths anyone may read: the OpenAPI document and its browsable docs.
 PUBLIC_API_PATHS = {"/api/openapi.json", "/api/docs"}
@@ -40,6 +43,21 @@ class ApiGatewayMiddleware:
         markcoroutinefunction(self)
 
     async def __call__(self, request: HttpRequest) -> HttpResponse:
+        started = time.perf_counter()
+        response = await self._respond(request)
+        if request_log.isEnabledFor(logging.INFO):
+            token = getattr(request, "api_token", None)
+            line = {
+                "method": request.method,
+                "path": request.path_info,
+                "status": response.status_code,
+                "ms": round((time.perf_counter() - started) * 1000, 2),
+                "token": token.name if token is not None else None,
+            }
+            request_log.info(json.dumps(line, ensure_ascii=False))
+        return response
+
+    async def _respond(self, request: HttpRequest) -> HttpResponse:
         path = request.path_info
         if not path.startswith("/api/") or path in PUBLIC_API_PATHS:
             return await self.get_response(request)
@@ -60,6 +78,10 @@ class ApiGatewayMiddleware:
         if token is None:
             return _unauthorized("the token is unknown or revoked")
         request.api_token = token
+        if request.method == "POST" and (limiter := limits.writes()) is not None:
+            wait = limiter.take(token.pk)
+            if wait:
+                return _rate_limited(wait, limiter.rate)
         response = await self.get_response(request)
         if response.status_code in _REASONS and not _is_json(response):
             error, detail = _REASONS[response.status_code]
@@ -67,6 +89,17 @@ class ApiGatewayMiddleware:
                 response.status_code, error, detail.format(method=request.method)
             )
         return response
+
+
+def _rate_limited(wait: float, rate: limits.Rate) -> HttpResponse:
+    response = error_response(
+        429,
+        "rate_limited",
+        f"this token may write {rate} on this server; nothing was written, retry "
+        "after Retry-After seconds",
+    )
+    response["Retry-After"] = limits.retry_after(wait)
+    return response
 
 
 def _unauthorized(detail: str) -> HttpResponse:

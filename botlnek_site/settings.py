@@ -6,6 +6,7 @@ from pathlib import Path
 import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
 
+from aggregates.limits import Rate
 from botlnek_site.env import env_bool, env_int, env_list, env_str
 
 BASE_DIR = Path(__file__).resolve().parent.parent
@@ -16,11 +17,25 @@ DATA_DIR.mkdir(parents=True, exist_ok=True)
 DEBUG = env_bool("BOTLNEK_DEBUG", default=False)
 
 
+# Plain HTTP is served by default (SPEC §7). Behind TLS, BOTLNEK_HTTPS=1 switches on
+# production settings: redirects, secure cookies, HSTS, and a required secret key;
+# with it `manage.py check --deploy` is clean.
+HTTPS = env_bool("BOTLNEK_HTTPS", default=False)
+
+
 def _secret_key() -> str:
-    """The configured key, else one generated once and kept in the data directory."""
+    """The configured key; without one, a key generated once into the data directory
+    serves a single machine (SPEC §7), but not a production deployment whose
+    processes on other machines must share it."""
     configured = env_str("BOTLNEK_SECRET_KEY")
     if configured:
         return configured
+    if HTTPS:
+        raise ImproperlyConfigured(
+            "BOTLNEK_SECRET_KEY is required with BOTLNEK_HTTPS=1: set it to the same "
+            "long random value on every server process (for example the output of "
+            "python3 -c 'import secrets; print(secrets.token_urlsafe(50))')"
+        )
     path = DATA_DIR / "secret_key"
     if not path.exists():
         path.touch(mode=0o600)
@@ -32,9 +47,6 @@ SECRET_KEY = _secret_key()
 ALLOWED_HOSTS = env_list("BOTLNEK_ALLOWED_HOSTS", ["localhost", "127.0.0.1", "[::1]"])
 CSRF_TRUSTED_ORIGINS = env_list("BOTLNEK_CSRF_TRUSTED_ORIGINS", [])
 
-# Plain HTTP is served by default (SPEC §7). Behind TLS, BOTLNEK_HTTPS=1 switches on
-# redirects, secure cookies and HSTS; with it `manage.py check --deploy` is clean.
-HTTPS = env_bool("BOTLNEK_HTTPS", default=False)
 SECURE_SSL_REDIRECT = HTTPS
 SESSION_COOKIE_SECURE = HTTPS
 CSRF_COOKIE_SECURE = HTTPS
@@ -163,6 +175,14 @@ BOTLNEK_POSITION_CHECK_SECONDS = env_int(
     "BOTLNEK_POSITION_CHECK_SECONDS", 30, minimum=1
 )
 
+# Per-token limits, per server process, off unless set: write requests (POST under
+# /api/) as a token bucket, "100/s", "6000/m" or "50000/h" (429 + Retry-After past
+# it), and open websocket subscriptions (closed with 1008 past it).
+BOTLNEK_WRITE_RATE = Rate.parse("BOTLNEK_WRITE_RATE", env_str("BOTLNEK_WRITE_RATE"))
+BOTLNEK_WS_MAX_CONNECTIONS_PER_TOKEN = env_int(
+    "BOTLNEK_WS_MAX_CONNECTIONS_PER_TOKEN", 0, minimum=0
+)
+
 AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
     {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
@@ -195,5 +215,9 @@ LOGGING = {
     "root": {"handlers": ["console"], "level": "WARNING"},
     "loggers": {
         "botlnek": {"level": env_str("BOTLNEK_LOG_LEVEL", "INFO").upper()},
+        # One JSON line per HTTP request (token names, never secrets).
+        "botlnek.requests": {
+            "level": "INFO" if env_bool("BOTLNEK_REQUEST_LOG", True) else "WARNING"
+        },
     },
 }

@@ -32,10 +32,13 @@ def test_env_helpers_parse_and_reject(monkeypatch):
         ("BOTLNEK_DEBUG", "maybe", "BOTLNEK_DEBUG must be 1 or 0"),
         ("BOTLNEK_DATABASE_URL", "mysql://x/y", "must be sqlite:// or postgres://"),
         ("BOTLNEK_DB_POOL_SIZE", "1", "BOTLNEK_DB_POOL_SIZE must be at least 2"),
+        ("BOTLNEK_WRITE_RATE", "fast", "BOTLNEK_WRITE_RATE must look like 100/s"),
+        ("BOTLNEK_HTTPS", "1", "BOTLNEK_SECRET_KEY is required with BOTLNEK_HTTPS=1"),
     ],
 )
 def test_bad_setting_stops_the_server_with_its_name(tmp_path, variable, value, message):
     env = {**os.environ, "BOTLNEK_DATA_DIR": str(tmp_path), variable: value}
+    env.pop("BOTLNEK_SECRET_KEY", None)
     if variable == "BOTLNEK_DB_POOL_SIZE":
         env["BOTLNEK_DATABASE_URL"] = "postgres://postgres@127.0.0.1:5432/x"
     result = subprocess.run(
@@ -68,6 +71,7 @@ def test_check_deploy_is_clean_with_https_switched_on(tmp_path):
         "BOTLNEK_DATA_DIR": str(tmp_path),
         "BOTLNEK_DEBUG": "0",
         "BOTLNEK_HTTPS": "1",
+        "BOTLNEK_SECRET_KEY": "k" * 20 + "-a-long-random-value-from-the-operator-" * 2,
     }
     result = subprocess.run(
         [sys.executable, "manage.py", "check", "--deploy", "--fail-level", "WARNING"],

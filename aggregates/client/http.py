@@ -5,6 +5,7 @@ import asyncio
 import json
 import logging
 import os
+import time
 import urllib.error
 import urllib.request
 from collections.abc import AsyncIterator
@@ -15,6 +16,8 @@ import websockets
 logger = logging.getLogger("botlnek.client")
 
 DEFAULT_URL = "http://127.0.0.1:8000"
+# A 429 answer is waited out (its Retry-After) and retried this many times.
+RATE_LIMIT_RETRIES = 5
 
 
 class BotlnekError(Exception):
@@ -125,14 +128,27 @@ class Client:
         request = urllib.request.Request(
             self.url + path, data=data, headers=headers, method=method
         )
-        try:
-            with urllib.request.urlopen(request, timeout=self.timeout) as response:
-                return json.load(response)
-        except urllib.error.HTTPError as exc:
-            raise _error_from(exc) from None
-        except (urllib.error.URLError, OSError) as exc:
-            reason = getattr(exc, "reason", exc)
-            raise BotlnekError(f"cannot reach {self.url}: {reason}") from None
+        retries = 0
+        while True:
+            try:
+                with urllib.request.urlopen(request, timeout=self.timeout) as response:
+                    return json.load(response)
+            except urllib.error.HTTPError as exc:
+                if exc.code != 429 or retries == RATE_LIMIT_RETRIES:
+                    raise _error_from(exc) from None
+                # Rate limited: nothing was written, and registering is idempotent.
+                retries += 1
+                time.sleep(_retry_after(exc.headers.get("Retry-After")))
+            except (urllib.error.URLError, OSError) as exc:
+                reason = getattr(exc, "reason", exc)
+                raise BotlnekError(f"cannot reach {self.url}: {reason}") from None
+
+
+def _retry_after(value: str | None) -> float:
+    try:
+        return min(max(float(value or 1), 0.1), 60.0)
+    except ValueError:
+        return 1.0
 
 
 def _error_from(exc: urllib.error.HTTPError) -> BotlnekError:

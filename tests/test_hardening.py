@@ -1,0 +1,159 @@
+"""Per-token limits (off unless configured) and structured request logs."""
+
+import asyncio
+import json
+import time
+
+import httpx
+import pytest
+import websockets
+from django.test import override_settings
+
+from aggregates import limits
+from aggregates.client.http import Client
+from aggregates.limits import Rate, RateLimiter
+from aggregates.models import Domain, Version
+from aggregates.tokens import create_token
+from tests.conftest import ApiClient, post_source
+from tests.test_live import Subscriber
+
+
+class FakeClock:
+    def __init__(self):
+        self.now = 1000.0
+
+    def __call__(self):
+        return self.now
+
+
+def test_rate_limiter_allows_a_burst_then_refills_evenly():
+    clock = FakeClock()
+    limiter = RateLimiter(Rate(3, 60.0), clock)
+    assert [limiter.take(1) for _ in range(3)] == [0, 0, 0]
+    assert limiter.take(1) == pytest.approx(20.0)  # one request per 20 s
+    assert limiter.take(2) == 0  # every token has its own bucket
+    clock.now += 19
+    assert limiter.take(1) == pytest.approx(1.0)
+    clock.now += 1
+    assert limiter.take(1) == 0
+    clock.now += 3600  # a long pause refills to the burst size, not beyond
+    assert [limiter.take(1) for _ in range(4)][-1] > 0
+    assert limits.retry_after(0.01) == "1" and limits.retry_after(20.0) == "20"
+
+
+def test_rate_is_parsed_strictly():
+    assert Rate.parse("X", "100/s") == Rate(100, 1.0)
+    assert str(Rate.parse("X", " 6000 / m ")) == "6000/m"
+    assert Rate.parse("X", "") is None
+    for bad in ("100", "0/s", "1/d", "-1/s", "fast"):
+        with pytest.raises(Exception, match="X must look like"):
+            Rate.parse("X", bad)
+
+
+@pytest.fixture
+def fresh_limiters():
+    limits.reset()
+    yield
+    limits.reset()
+
+
+@override_settings(BOTLNEK_WRITE_RATE=Rate(3, 60.0))
+def test_writes_past_the_rate_get_429_with_retry_after_and_write_nothing(
+    api, domain, fresh_limiters
+):
+    assert [post_source(api, keys={"n": str(n)}).status_code for n in range(3)] == [
+        201,
+        201,
+        201,
+    ]
+    refused = post_source(api, keys={"n": "3"})
+    assert refused.status_code == 429
+    assert refused.json()["error"] == "rate_limited"
+    assert "3/m" in refused.json()["detail"]
+    assert 1 <= int(refused["Retry-After"]) <= 20
+    assert Version.objects.count() == 3
+    # Reads are not limited, and other tokens have their own budget.
+    assert api.get("/api/domains/c-inputs").status_code == 200
+    other = ApiClient(create_token(name="other", scope="write")[1])
+    assert post_source(other, keys={"n": "3"}).status_code == 201
+
+
+def test_writes_are_unlimited_unless_configured(api, domain, fresh_limiters):
+    statuses = {post_source(api, keys={"n": str(n)}).status_code for n in range(50)}
+    assert statuses == {201}
+
+
+def test_the_client_waits_out_a_429_and_succeeds(start_server, fresh_limiters):
+    Domain.objects.create(key="c-inputs")
+    token = create_token(name="paced", scope="write")[1]
+    server = start_server(BOTLNEK_WRITE_RATE="1/s")
+    client = Client(server.url, token)
+    started = time.monotonic()
+    answers = [client.post("c-inputs", "a", "A", {"n": str(n)}) for n in range(3)]
+    assert [answer["version"] for answer in answers] == [1, 2, 3]
+    assert time.monotonic() - started >= 1.5  # two of them waited ~1 s each
+
+
+def test_websockets_past_the_per_token_limit_are_closed_with_1008(start_server):
+    Domain.objects.create(key="c-inputs")
+    limited = create_token(name="limited", scope="read")[1]
+    other = create_token(name="other", scope="read")[1]
+    server = start_server(BOTLNEK_WS_MAX_CONNECTIONS_PER_TOKEN="2")
+
+    async def scenario():
+        async with Subscriber(server, limited) as first, Subscriber(server, limited):
+            await first.subscribe()
+            async with Subscriber(server, limited) as third:
+                with pytest.raises(websockets.ConnectionClosed) as closed:
+                    await third.subscribe()
+                assert closed.value.rcvd.code == 1008
+                assert "2 open connections" in closed.value.rcvd.reason
+            async with Subscriber(server, other) as other_token:
+                await other_token.subscribe()
+            await first.ws.close()
+            # A closed connection frees its place.
+            for _ in range(50):
+                async with Subscriber(server, limited) as again:
+                    try:
+                        await again.subscribe()
+                        return
+                    except websockets.ConnectionClosed:
+                        await asyncio.sleep(0.1)
+            raise AssertionError("the freed place never became available")
+
+    asyncio.run(scenario())
+
+
+def test_one_json_log_line_per_request_with_the_token_name_never_its_secret(
+    start_server,
+):
+    Domain.objects.create(key="c-inputs")
+    secret = create_token(name="nightly-loader", scope="write")[1]
+    server = start_server()
+    source = {"domain": "c-inputs", "aggregate": "a", "collection": "A", "keys": {}}
+    with httpx.Client(base_url=server.url, timeout=10) as http:
+        auth = {"Authorization": f"Bearer {secret}"}
+        assert http.post("/api/sources", json=source, headers=auth).status_code == 201
+        assert http.get("/api/domains/nope", headers=auth).status_code == 404
+        bogus = {"Authorization": f"Bearer {secret}x"}
+        assert http.get("/api/domains", headers=bogus).status_code == 401
+    lines = []
+    for _ in range(50):
+        text = server.log_path.read_text()
+        lines = [json.loads(line) for line in text.splitlines() if line[:1] == "{"]
+        if len(lines) >= 3:
+            break
+        time.sleep(0.1)
+    assert secret not in text
+    by_path = {(line["method"], line["path"]): line for line in lines}
+    posted = by_path["POST", "/api/sources"]
+    assert posted["status"] == 201 and posted["token"] == "nightly-loader"
+    assert posted["ms"] > 0
+    assert by_path["GET", "/api/domains/nope"]["status"] == 404
+    assert by_path["GET", "/api/domains"] == {
+        "method": "GET",
+        "path": "/api/domains",
+        "status": 401,
+        "ms": by_path["GET", "/api/domains"]["ms"],
+        "token": None,
+    }
