@@ -1,4 +1,5 @@
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -211,6 +212,41 @@ def redis_url() -> str:
             pytest.fail(f"Redis unreachable at {REDIS_URL} in CI")
         pytest.skip(f"needs Redis at {REDIS_URL}")
     return REDIS_URL
+
+
+@pytest.fixture
+def private_redis(tmp_path):
+    """A Redis of this test's own, so it can be stopped and started again."""
+    binary = shutil.which("redis-server")
+    if binary is None:
+        if IN_CI:
+            pytest.fail("redis-server is not installed in CI")
+        pytest.skip("needs redis-server")
+    port = free_port()
+    command = [binary, "--bind", "127.0.0.1", "--port", str(port)]
+    command += ["--save", "", "--appendonly", "no", "--dir", str(tmp_path)]
+
+    class Private:
+        url = f"redis://127.0.0.1:{port}/0"
+
+        def start(self):
+            self.process = subprocess.Popen(command, stdout=subprocess.DEVNULL)
+            for _ in range(100):
+                try:
+                    socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+                    return
+                except OSError:
+                    time.sleep(0.05)
+            raise RuntimeError("redis-server did not start")
+
+        def stop(self):
+            self.process.terminate()
+            self.process.wait(timeout=10)
+
+    redis = Private()
+    redis.start()
+    yield redis
+    redis.stop()
 
 
 @pytest.fixture

@@ -4,9 +4,6 @@ process gets what is posted through another, whatever disconnects or Redis does.
 import asyncio
 import json
 import random
-import shutil
-import socket
-import subprocess
 import threading
 import time
 
@@ -16,7 +13,6 @@ import websockets
 
 from aggregates.models import Domain, Version
 from aggregates.tokens import create_token
-from tests.conftest import free_port
 from tests.conftest import post_via_http as post
 
 
@@ -125,77 +121,3 @@ def test_random_disconnects_under_concurrent_writers(start_server, token, redis_
     assert in_database == list(range(1, total + 1))
     for seen in results:
         assert seen == in_database
-
-
-@pytest.fixture
-def private_redis(tmp_path):
-    """A Redis of this test's own, so it can be stopped and started again."""
-    binary = shutil.which("redis-server")
-    if binary is None:
-        pytest.skip("needs redis-server")
-    port = free_port()
-    command = [
-        binary,
-        "--bind",
-        "127.0.0.1",
-        "--port",
-        str(port),
-        "--save",
-        "",
-        "--appendonly",
-        "no",
-        "--dir",
-        str(tmp_path),
-    ]
-
-    class Private:
-        url = f"redis://127.0.0.1:{port}/0"
-
-        def start(self):
-            self.process = subprocess.Popen(command, stdout=subprocess.DEVNULL)
-            for _ in range(100):
-                try:
-                    socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-                    return
-                except OSError:
-                    time.sleep(0.05)
-            raise RuntimeError("redis-server did not start")
-
-        def stop(self):
-            self.process.terminate()
-            self.process.wait(timeout=10)
-
-    redis = Private()
-    redis.start()
-    yield redis
-    redis.stop()
-
-
-def test_subscribers_have_everything_after_redis_restarts(
-    start_server, token, private_redis
-):
-    servers = [
-        start_server(
-            BOTLNEK_REDIS_URL=private_redis.url, BOTLNEK_POSITION_CHECK_SECONDS="1"
-        )
-        for _ in range(2)
-    ]
-    total = 60
-
-    def writer() -> None:
-        for i in range(total):
-            if i == 20:
-                private_redis.stop()
-            if i == 40:
-                private_redis.start()
-            post(servers[i % 2], token, i=str(i))  # writes never wait for Redis
-            time.sleep(0.02)
-
-    async def scenario():
-        thread = threading.Thread(target=writer)
-        thread.start()
-        seen = await collect(servers[:1], token, total, random.Random(1))
-        thread.join()
-        return seen
-
-    assert asyncio.run(scenario()) == list(range(1, total + 1))
