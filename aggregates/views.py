@@ -12,8 +12,8 @@ from django.views.decorators.http import require_safe
 from aggregates import store
 from aggregates.models import Aggregate, Domain, Receipt, Version
 
-TIMELINE_PAGE = 50
-NEWEST_SOURCES = 200
+TIMELINE_PAGE = 25
+NEWEST_SOURCES = 50
 FEED = 20
 
 
@@ -178,7 +178,7 @@ def _picture(timeline: list[Version], lanes: list[str]) -> dict:
                 "version": version.number,
                 "collection": version.source.collection,
                 "keys": version.source.keys,
-                "at": version.at,
+                "at": version.at.strftime("%Y-%m-%d %H:%M:%S"),
             }
         )
     return {
