@@ -1,0 +1,404 @@
+"""Every benchmark in one run, and one report with the targets marked met or missed.
+
+    python -m bench [--quick] [--only ingest fanout reads] [--out FILE]
+
+Runs ingest on SQLite and PostgreSQL (bench/ingest.py), the fan-out scenarios on
+the in-memory and Redis layers in delta and full mode (bench/fanout.py) and the read
+benchmarks (bench/reads.py); shows progress on stderr; prints the report and writes
+it to bench/results.md. --quick shrinks every size and runs everything once: a smoke
+test whose figures mean nothing, written to a temporary file unless --out says
+otherwise. Needs what the parts need: wrk, PostgreSQL at $BENCH_POSTGRES_URL (dropped
+and created), Redis on 127.0.0.1:6379.
+"""
+
+import argparse
+import os
+import platform
+import re
+import sys
+import tempfile
+import threading
+import time
+import traceback
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from functools import partial
+from pathlib import Path
+
+from bench import fanout, ingest, reads
+from bench.ingest import ROOT, versions
+
+SECTIONS = ("ingest", "fanout", "reads")
+LAYERS = ("memory", "redis")
+MODES = ("delta", "full")
+
+
+@dataclass(frozen=True)
+class Plan:
+    """How much to measure."""
+
+    runs: int  # runs behind each ingest and fan-out median
+    duration: int  # seconds of each wrk run, and of posting in each fan-out run
+    ingest_sizes: tuple[int, ...]  # aggregates ingested into besides a fresh one
+    fanout: tuple[tuple[int, int, int], ...]  # subscribers, versions/s, p99 target ms
+    frame_sizes: tuple[int, ...]
+    frame_runs: int  # builds behind each frame median
+    dashboard_big: int
+    api_big: int
+    requests: int  # timed GETs behind each read median
+
+
+FULL = Plan(
+    runs=3,
+    duration=5,
+    ingest_sizes=(10_000, 100_000),
+    fanout=((100, 50, 100), (1000, 5, 300)),
+    frame_sizes=tuple(reads.FRAME_SIZES),
+    frame_runs=5,
+    dashboard_big=100_000,
+    api_big=10_000,
+    requests=20,
+)
+QUICK = Plan(
+    runs=1,
+    duration=1,
+    ingest_sizes=(1_000,),
+    fanout=((20, 10, 100),),
+    frame_sizes=(10, 1_000),
+    frame_runs=1,
+    dashboard_big=1_000,
+    api_big=1_000,
+    requests=5,
+)
+
+
+# A step: the report section its figures go to, its name, and what measures them.
+Step = tuple[str, str, Callable[[], object]]
+
+
+def steps(plan: Plan, only: set[str]) -> list[Step]:
+    found: list[Step] = []
+    if "ingest" in only:
+        for db in ("sqlite", "postgres"):
+            measure = partial(
+                ingest.bench_db, db, plan.runs, plan.duration, list(plan.ingest_sizes)
+            )
+            found.append(("ingest", f"ingest on {db}", measure))
+    if "fanout" in only:
+        for layer in LAYERS:
+            for mode in MODES:
+                for subscribers, rate, _ in plan.fanout:
+                    measure = partial(
+                        fanout.measure,
+                        layer,
+                        mode,
+                        subscribers,
+                        rate,
+                        plan.duration,
+                        plan.runs,
+                    )
+                    name = f"fan-out {layer} {mode} {subscribers}×{rate}/s"
+                    found.append(("fanout", name, measure))
+    if "reads" in only:
+        measure = partial(reads.frames, list(plan.frame_sizes), plan.frame_runs)
+        found.append(("frames", "frames by aggregate size", measure))
+        measure = partial(reads.pages, plan.dashboard_big, plan.api_big, plan.requests)
+        found.append(("pages", "dashboard page and API read", measure))
+    return found
+
+
+class Progress:
+    """One line on stderr: a bar, step k/n, its name, its time and the total time,
+    redrawn every second when stderr is a terminal."""
+
+    def __init__(self, total: int):
+        self.total = total
+        self.done = 0
+        self.name = ""
+        self.started = self.step_started = time.monotonic()
+        self._width = 0
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._ticker = threading.Thread(target=self._tick, daemon=True)
+        if sys.stderr.isatty():
+            self._ticker.start()
+
+    def _tick(self) -> None:
+        while not self._stop.wait(1):
+            self.draw()
+
+    def draw(self) -> None:
+        now = time.monotonic()
+        filled = 20 * self.done // self.total
+        line = (
+            f"[{'#' * filled}{'.' * (20 - filled)}] "
+            f"{min(self.done + 1, self.total)}/{self.total} {self.name}  "
+            f"{_clock(now - self.step_started)} (total {_clock(now - self.started)})"
+        )
+        with self._lock:
+            sys.stderr.write("\r" + line.ljust(self._width))
+            sys.stderr.flush()
+            self._width = len(line)
+
+    @contextmanager
+    def step(self, name: str) -> Iterator[None]:
+        self.name, self.step_started = name, time.monotonic()
+        self.draw()
+        try:
+            yield
+        finally:
+            self.done += 1
+
+    def say(self, text: str) -> None:
+        """Text on lines of its own; the bar is drawn again below it."""
+        with self._lock:
+            sys.stderr.write("\r" + " " * self._width + "\r" + text.rstrip() + "\n")
+            self._width = 0
+
+    def close(self) -> None:
+        self._stop.set()
+        if self._ticker.is_alive():
+            self._ticker.join()
+        self.name = "done"
+        self.draw()
+        sys.stderr.write("\n")
+
+
+def _clock(seconds: float) -> str:
+    minutes, seconds = divmod(int(seconds), 60)
+    return f"{minutes}:{seconds:02d}"
+
+
+def run(plan: Plan, only: set[str]) -> tuple[dict[str, list], list[str]]:
+    """Every step in turn; a step that fails is reported and the others still run."""
+    todo = steps(plan, only)
+    results: dict[str, list] = {}
+    failures: list[str] = []
+    progress = Progress(len(todo))
+    for section, name, measure in todo:
+        with progress.step(name):
+            try:
+                results.setdefault(section, []).append(measure())
+            except Exception as exc:
+                progress.say(f"{name} failed:\n{traceback.format_exc()}")
+                detail = (str(exc).splitlines() or [""])[0]
+                failures.append(f"{name}: {type(exc).__name__}: {detail}")
+    progress.close()
+    return results, failures
+
+
+# The report
+
+
+def machine() -> str:
+    cpu, ram = "CPU unknown", "RAM unknown"
+    try:
+        found = re.search(r"model name\s*:\s*(.+)", Path("/proc/cpuinfo").read_text())
+        cpu = found.group(1).strip() if found else cpu
+        found = re.search(r"MemTotal:\s+(\d+) kB", Path("/proc/meminfo").read_text())
+        ram = f"{int(found.group(1)) / 1024**2:.1f} GiB RAM" if found else ram
+    except OSError:  # not Linux
+        pass
+    system = f"{platform.system()} {platform.release()}"
+    return f"{os.cpu_count()} cores, {cpu}, {ram}, {system}"
+
+
+def targets(plan: Plan, results: dict[str, list]) -> list[tuple[str, str, bool]]:
+    """SPEC §8's service levels and the issue's: (target, measured, met)."""
+    rows = []
+    for r in results.get("ingest", []):
+        db, single = r["db"], r["fresh"][0]
+        floor = 10_000 if db == "sqlite" else 5_000
+        rows.append(
+            (
+                f"batch ingest on {db} ≥ {floor:,} sources/s",
+                f"{r['batch']:,.0f} sources/s",
+                r["batch"] >= floor,
+            )
+        )
+        rows.append(
+            (
+                f"single posts on {db} ≥ 0.7× the bare `/livez` rate",
+                f"{single / r['livez'][0]:.2f}× `/livez` "
+                f"({single / r['healthz'][0]:.2f}× `/healthz`)",
+                single >= 0.7 * r["livez"][0],
+            )
+        )
+        posts = [r["fresh"], *(r[f"big-{size}"] for size in plan.ingest_sizes)]
+        spread = max(p99 / p50 for _, p50, p99 in posts)
+        rows.append(
+            (
+                f"single posts on {db}, 16 writers: p99 ≤ 3× p50",
+                f"{spread:.1f}× (the worst single-post row)",
+                spread <= 3,
+            )
+        )
+        big = max(plan.ingest_sizes)
+        ratio = r[f"big-{big}"][0] / single
+        rows.append(
+            (
+                f"single posts on {db} into a {big:,}-source aggregate ≥ 0.8× "
+                "into a fresh one",
+                f"{ratio:.2f}×",
+                ratio >= 0.8,
+            )
+        )
+    limits = {(subscribers, rate): ms for subscribers, rate, ms in plan.fanout}
+    for r in results.get("fanout", []):
+        limit = limits[r["subscribers"], r["rate"]]
+        rows.append(
+            (
+                f"fan-out ({r['layer']} layer, {r['mode']} mode) to "
+                f"{r['subscribers']:,} subscribers at {r['rate']}/s: 100% delivered, "
+                f"commit → receipt p99 ≤ {limit} ms",
+                f"{r['delivered']:.1%}, p99 {r['p99']:.0f} ms",
+                r["delivered"] == 1 and r["p99"] <= limit,
+            )
+        )
+    for figures in results.get("pages", []):
+        page = figures["dashboard"]
+        rows.append(
+            (
+                f"dashboard aggregate page at {page['big']:,} versions ≤ 2× "
+                f"one at {page['small']:,}",
+                f"{page['ratio']:.2f}× ({page['big_ms']:.1f} ms against "
+                f"{page['small_ms']:.1f} ms)",
+                page["ratio"] <= 2,
+            )
+        )
+    return rows
+
+
+def report(
+    plan: Plan,
+    results: dict[str, list],
+    failures: list[str],
+    started: datetime,
+    elapsed: float,
+    command: str,
+) -> str:
+    lines = [
+        "# Benchmarks",
+        "",
+        f"Run {started:%Y-%m-%d %H:%M} UTC by `{command}`, taking {_clock(elapsed)}.",
+        "",
+        f"- Machine: {machine()}.",
+        f"- Python {platform.python_version()}, {versions()}.",
+        "- Every figure is a median of several runs (how many: under each section); "
+        "every ratio compares figures measured in the same run.",
+    ]
+    if plan == QUICK:
+        lines += [
+            "",
+            "**Quick run**: tiny sizes and one run of each, to show that the "
+            "benchmarks work end to end. Its figures mean nothing.",
+        ]
+    lines += [
+        "",
+        "## Targets",
+        "",
+        "| target | measured | |",
+        "|---|---|---|",
+        *(
+            f"| {target} | {measured} | {'met' if met else '**missed**'} |"
+            for target, measured, met in targets(plan, results)
+        ),
+    ]
+    if "ingest" in results:
+        lines += [
+            "",
+            "## Ingest",
+            "",
+            f"One daphne process, `BOTLNEK_DEBUG=0`; wrk -t2 -c16 on the same "
+            f"machine; each figure the median of {plan.runs} runs of {plan.duration} s,"
+            " the runs of all rows interleaved. A single post registers one new "
+            "source; batches are 10 posts of 1,000 sources from one client.",
+            "",
+            *ingest.table(results["ingest"], list(plan.ingest_sizes)),
+        ]
+    if "fanout" in results:
+        lines += [
+            "",
+            "## Fan-out",
+            "",
+            f"A fresh daphne process on SQLite per run; all subscribers in one "
+            f"client process on the same machine; {plan.duration} s of posting per "
+            "run; latency from just before the POST to receipt. p50 and p99 are the "
+            f"medians of {plan.runs} runs, delivered the lowest of them.",
+            "",
+            *fanout.table(results["fanout"]),
+        ]
+    if "frames" in results:
+        lines += [
+            "",
+            "## Notification frames by aggregate size",
+            "",
+            "In the benchmark's process, on a temporary SQLite database: the frame of "
+            "an aggregate's latest version built as the hub builds it after a poke "
+            "(`store.live_frames` reads the version, `live.Frame(row).text(mode, "
+            "subscription)` renders it; full mode reads the state with "
+            f"`store.aggregate_state`), afresh each time. Median of {plan.frame_runs} "
+            "builds; bytes of the UTF-8 text.",
+            "",
+            *reads.frames_table(results["frames"][0]),
+        ]
+    if "pages" in results:
+        lines += [
+            "",
+            "## Dashboard page and API read",
+            "",
+            "One daphne process on SQLite with `BOTLNEK_PUBLIC_DASHBOARD=1`; "
+            "aggregates filled through the API in batches of 1,000. Each time is the "
+            f"median of {plan.requests} GETs after 3 warm-up ones, interleaved "
+            "between the two aggregates; the dashboard requested without a token or "
+            "login, as an anonymous browser, the API with a bearer token.",
+            "",
+            *reads.pages_table(results["pages"][0]),
+        ]
+    if failures:
+        lines += ["", "## Failed steps", "", *(f"- {f}" for f in failures)]
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        prog="python -m bench", description=__doc__.splitlines()[0]
+    )
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="tiny sizes and one run each: a smoke test of every benchmark",
+    )
+    parser.add_argument(
+        "--only",
+        nargs="+",
+        choices=SECTIONS,
+        default=SECTIONS,
+        metavar="PART",
+        help="run only these: ingest, fanout, reads (default: all)",
+    )
+    parser.add_argument(
+        "--out",
+        help="where to write the report (default bench/results.md; with --quick "
+        "a file in the temporary directory)",
+    )
+    args = parser.parse_args()
+    plan = QUICK if args.quick else FULL
+    default = Path(tempfile.gettempdir()) / "botlnek-bench-quick.md"
+    out = Path(args.out or (default if args.quick else ROOT / "bench" / "results.md"))
+    started, clock = datetime.now(UTC), time.monotonic()
+    results, failures = run(plan, set(args.only))
+    command = "python -m bench " + " ".join(sys.argv[1:])
+    text = report(
+        plan, results, failures, started, time.monotonic() - clock, command.strip()
+    )
+    print(text)
+    out.write_text(text)
+    print(f"written to {out}", file=sys.stderr)
+    sys.exit(1 if failures else 0)
+
+
+if __name__ == "__main__":
+    main()
