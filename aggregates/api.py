@@ -11,6 +11,7 @@ import re
 from typing import Any, Literal
 
 from django.core.exceptions import RequestDataTooBig
+from django.db import DatabaseError, InterfaceError, OperationalError
 from django.http import Http404, HttpRequest, JsonResponse, StreamingHttpResponse
 from ninja import NinjaAPI, Query
 from ninja.errors import AuthenticationError, HttpError, ValidationError
@@ -99,7 +100,12 @@ api = NinjaAPI(
     urls_namespace="api",
 )
 
-ERRORS = {400: Error, 401: Error, 403: Error, 404: Error, 413: Error, 415: Error}
+ERRORS = {
+    **{status: Error for status in (400, 401, 403, 404, 413, 415)},
+    503: Error,  # the database is unreachable: retry
+}
+# Writes may also be rate limited (BOTLNEK_WRITE_RATE).
+WRITE_ERRORS = {**ERRORS, 429: Error}
 
 
 class Page(BaseModel):
@@ -136,7 +142,7 @@ def _json(data: Any, status: int = 200) -> JsonResponse:
 
 @api.post(
     "/domains",
-    response={200: DomainOut, 201: DomainOut, 409: Error, **ERRORS},
+    response={200: DomainOut, 201: DomainOut, 409: Error, **WRITE_ERRORS},
     summary="Create a domain",
 )
 async def create_domain(request: HttpRequest, payload: DomainIn):
@@ -269,7 +275,12 @@ _SOURCES_BODY = {
             "schema": {
                 "oneOf": [
                     _SOURCE_SCHEMA,
-                    {"type": "array", "items": _SOURCE_SCHEMA, "maxItems": MAX_BATCH},
+                    {
+                        "type": "array",
+                        "items": _SOURCE_SCHEMA,
+                        "minItems": 1,
+                        "maxItems": MAX_BATCH,
+                    },
                 ]
             }
         }
@@ -310,7 +321,12 @@ def _validate_sources(payload: Any) -> tuple[list[store.NewSource], bool]:
 
 @api.post(
     "/sources",
-    response={200: SourceAnswer | BatchAnswer, 201: SourceAnswer, 409: Error, **ERRORS},
+    response={
+        200: SourceAnswer | BatchAnswer,
+        201: SourceAnswer,
+        409: Error,
+        **WRITE_ERRORS,
+    },
     summary="Register a source, or a batch of them all or nothing",
     openapi_extra={"requestBody": _SOURCES_BODY},
 )
@@ -337,7 +353,7 @@ async def post_sources(request: HttpRequest):
 
 @api.post(
     "/receipts",
-    response={201: Receipt, **ERRORS},
+    response={201: Receipt, **WRITE_ERRORS},
     summary="Record that a subscriber acted (or failed to act) on a version",
 )
 async def post_receipt(request: HttpRequest, payload: ReceiptIn):
@@ -478,6 +494,17 @@ def _too_big(request, exc: RequestDataTooBig):
 @api.exception_handler(Http404)
 def _not_found(request, exc: Http404):
     return error_response(404, "not_found", str(exc) or "not found")
+
+
+@api.exception_handler(OperationalError)
+@api.exception_handler(InterfaceError)
+def _database_unavailable(request, exc: DatabaseError):
+    # A lost connection (PostgreSQL restarting, say). A write either committed whole
+    # or not at all, and registering is idempotent, so a retry is safe.
+    logger.warning("database unavailable: %s %s: %s", request.method, request.path, exc)
+    return error_response(
+        503, "unavailable", "the database is unreachable; retrying is safe"
+    )
 
 
 @api.exception_handler(Exception)

@@ -85,9 +85,12 @@ class ApiGatewayMiddleware:
         response = await self.get_response(request)
         if response.status_code in _REASONS and not _is_json(response):
             error, detail = _REASONS[response.status_code]
-            return error_response(
+            shaped = error_response(
                 response.status_code, error, detail.format(method=request.method)
             )
+            if "Allow" in response:
+                shaped["Allow"] = response["Allow"]
+            return shaped
         return response
 
 

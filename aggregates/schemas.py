@@ -5,7 +5,14 @@ import re
 from typing import Annotated, Any, Literal
 
 from ninja import Schema
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    WithJsonSchema,
+    field_validator,
+)
 
 KEY_CHARS = "A-Z a-z 0-9 . _ : @ + = -"
 _KEY_RE = re.compile(r"[A-Za-z0-9._:@+=-]+")
@@ -26,8 +33,20 @@ def key_rule(max_length: int):
     return check
 
 
-DomainKey = Annotated[str, AfterValidator(key_rule(100))]
-Key = Annotated[str, AfterValidator(key_rule(200))]
+def key_schema(max_length: int) -> WithJsonSchema:
+    """The key rule as OpenAPI states it; key_rule checks it with a plainer message."""
+    return WithJsonSchema(
+        {
+            "type": "string",
+            "minLength": 1,
+            "maxLength": max_length,
+            "pattern": f"^{_KEY_RE.pattern}$",
+        }
+    )
+
+
+DomainKey = Annotated[str, AfterValidator(key_rule(100)), key_schema(100)]
+Key = Annotated[str, AfterValidator(key_rule(200)), key_schema(200)]
 
 
 # A NUL as json.dumps writes it: "\u0000" after an even number of backslashes
@@ -121,7 +140,7 @@ class ReceiptIn(StrictSchema):
     watcher: str = Field(min_length=1, max_length=100)
     domain: DomainKey
     aggregate: Key
-    version: int = Field(ge=1)
+    version: int = Field(ge=1, le=2**31 - 1)
     outcome: Literal["success", "failure", "timeout"]
     exit_code: int | None = Field(None, ge=-(2**31), le=2**31 - 1)
     duration_s: float | None = Field(None, ge=0)
@@ -132,6 +151,15 @@ class ReceiptIn(StrictSchema):
     def _no_nul(cls, value: str) -> str:
         if "\x00" in value:
             raise ValueError("must not contain the NUL character (U+0000)")
+        return value
+
+    @field_validator("version", "exit_code", mode="before")
+    @classmethod
+    def _whole_number(cls, value: Any) -> Any:
+        # JSON has one kind of number: 3.0 is the integer 3, as JSON Schema and so
+        # the OpenAPI document say; 3.5 still fails.
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
         return value
 
 

@@ -537,7 +537,7 @@ def _decode_cursor(cursor: str) -> tuple[datetime, int]:
         padded = cursor + "=" * (-len(cursor) % 4)
         moment, last_id = json.loads(base64.urlsafe_b64decode(padded))
         return datetime.fromisoformat(moment), int(last_id)
-    except (ValueError, TypeError):
+    except (ValueError, TypeError, OverflowError):
         raise StoreError(
             "must be a next_cursor value from an earlier page", field="cursor"
         ) from None

@@ -1,5 +1,7 @@
 """Read endpoints: listing, pagination, catch-up, and query counts flat in size."""
 
+import base64
+
 import pytest
 
 from aggregates import api as api_module
@@ -131,3 +133,13 @@ def test_reads_run_a_constant_number_of_queries(
     with django_assert_max_num_queries(3) as large:
         read(*args)
     assert len(large.captured_queries) == len(small.captured_queries)
+
+
+@pytest.mark.parametrize(
+    "payload", [b"not json", b'["2026-01-01", 1e400]', b'["yesterday", 1]', b"[1]"]
+)
+def test_a_forged_cursor_is_a_400_naming_the_cursor(api, domain, payload):
+    cursor = base64.urlsafe_b64encode(payload).decode().rstrip("=")
+    response = api.get("/api/domains/c-inputs/aggregates", cursor=cursor)
+    assert response.status_code == 400, response.content
+    assert "cursor" in response.json()["fields"]
