@@ -12,7 +12,13 @@ from typing import Any, Literal
 
 from django.core.exceptions import RequestDataTooBig
 from django.db import DatabaseError, InterfaceError, OperationalError
-from django.http import Http404, HttpRequest, JsonResponse, StreamingHttpResponse
+from django.http import (
+    Http404,
+    HttpRequest,
+    HttpResponse,
+    JsonResponse,
+    StreamingHttpResponse,
+)
 from ninja import NinjaAPI, Query
 from ninja.errors import AuthenticationError, HttpError, ValidationError
 from ninja.parser import Parser
@@ -202,8 +208,8 @@ class AsOf(BaseModel):
     version: int | None = Field(None, ge=1)
 
 
-def _state(domain: str, key: str, as_of: int | None) -> dict:
-    return store.aggregate_state(store.get_aggregate(domain, key), as_of)
+def _state(domain: str, key: str, as_of: int | None) -> str:
+    return store.aggregate_state_json(store.get_aggregate(domain, key), as_of)
 
 
 @api.get(
@@ -215,7 +221,8 @@ async def get_aggregate(
     request: HttpRequest, domain: str, aggregate: str, query: Query[AsOf]
 ):
     _require_read(request, domain)
-    return _json(await db.read(_state, domain, aggregate, query.version))
+    state = await db.read(_state, domain, aggregate, query.version)
+    return HttpResponse(state, content_type="application/json")
 
 
 class AfterVersion(Page):

@@ -13,6 +13,15 @@ from aggregates.middleware import ApiGatewayMiddleware
 
 
 class APIHandler(ASGIHandler):
+    async def __call__(self, scope, receive, send):
+        # Django wraps each request in a ThreadSensitiveContext, whose first
+        # thread-sensitive call (the request_started signal) starts a thread that
+        # the request then joins. Nothing on the API path needs a thread of its own:
+        # database work goes through aggregates.db's executors, and the signals'
+        # receivers (closing this thread's unused connections) run on the shared
+        # thread instead.
+        await self.handle(scope, receive, send)
+
     def load_middleware(self, is_async: bool = False) -> None:
         self._view_middleware = []
         self._template_response_middleware = []

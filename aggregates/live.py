@@ -88,11 +88,10 @@ class Frame:
 
     async def _build_full(self) -> str:
         state = await db.read(
-            store.state_as_of, self.body["domain"], self.aggregate, self.version
+            store.state_json_as_of, self.body["domain"], self.aggregate, self.version
         )
         full = {key: value for key, value in self.body.items() if key != "counts"}
-        full["state"] = state
-        return json.dumps(full, ensure_ascii=False)[1:]
+        return json.dumps(full, ensure_ascii=False)[1:-1] + ',"state":' + state + "}"
 
     async def text(self, mode: str, subscription: str | None = None) -> str:
         """The §4 version frame; without `subscription` as SSE sends it."""

@@ -92,9 +92,15 @@ def source_key(keys: dict[str, str]) -> str:
     return hashlib.sha256(canonical_json(keys).encode()).hexdigest()
 
 
-def isoformat(moment: datetime) -> str:
-    """ISO 8601 in UTC, always with microseconds: 2026-11-26T10:00:00.000000Z."""
-    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+def isoformat(moment: datetime | str) -> str:
+    """ISO 8601 in UTC, always with microseconds: 2026-11-26T10:00:00.000000Z.
+
+    Takes a datetime, or the naive UTC text SQLite keeps one as (raw queries)."""
+    if isinstance(moment, str):
+        moment = datetime.fromisoformat(moment)
+    if moment.tzinfo is not None:
+        moment = moment.astimezone(UTC).replace(tzinfo=None)
+    return moment.isoformat(timespec="microseconds") + "Z"
 
 
 def register_sources(items: Sequence[NewSource]) -> list[Registration]:
@@ -544,9 +550,17 @@ def _decode_cursor(cursor: str) -> tuple[datetime, int]:
 
 
 def aggregate_state(aggregate: Aggregate, as_of: int | None = None) -> dict[str, Any]:
-    """The aggregate as of version `as_of` (default: latest): SPEC §3's state shape.
+    """The aggregate as of version `as_of` (default: latest): SPEC §3's state shape."""
+    return json.loads(aggregate_state_json(aggregate, as_of))
 
-    The one serializer of this shape: the API, websockets and SSE all send it.
+
+def aggregate_state_json(aggregate: Aggregate, as_of: int | None = None) -> str:
+    """The state as JSON text: the one serializer of this shape, which the API,
+    websockets and SSE all send.
+
+    It is written out directly rather than built as objects and dumped: keys and
+    attrs are spliced in as the JSON text the database holds, so a 10,000-source
+    aggregate costs no 20,000 JSON parses and datetime conversions on the way out.
     """
     if as_of is not None and not 1 <= as_of <= aggregate.version:
         raise NotFound(
@@ -554,45 +568,50 @@ def aggregate_state(aggregate: Aggregate, as_of: int | None = None) -> dict[str,
             f"not {as_of}"
         )
     number = aggregate.version if as_of is None else as_of
-    rows = (
-        Version.objects.filter(aggregate=aggregate, number__lte=number)
-        .order_by("number")
-        .values_list(
-            "number",
-            "position",
-            "at",
-            "source__collection",
-            "source__key",
-            "source__keys",
-            "source__attrs",
+    as_text = "::text" if connection.vendor == "postgresql" else ""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT v.number, v.position, v.at, s.collection, s.key,"
+            f" s.keys{as_text}, s.attrs{as_text}"
+            " FROM aggregates_version v JOIN aggregates_source s"
+            " ON s.version_id = v.id"
+            " WHERE v.aggregate_id = %s AND v.number <= %s ORDER BY v.number",
+            [aggregate.pk, number],
         )
-    )
+        rows = cursor.fetchall()
     versions = []
-    collections: dict[str, list[dict[str, Any]]] = {}
-    updated_at = aggregate.updated_at
+    collections: dict[str, list[str]] = {}
+    names: dict[str, str] = {}  # collection: its JSON string, encoded once
+    updated_at = isoformat(aggregate.updated_at)
     for number, position, at, collection, key, keys, attrs in rows:
+        name = names.get(collection) or names.setdefault(
+            collection, json.dumps(collection, ensure_ascii=False)
+        )
+        updated_at = isoformat(at)
         versions.append(
-            {
-                "version": number,
-                "position": position,
-                "at": isoformat(at),
-                "collection": collection,
-                "key": key,
-            }
+            f'{{"version":{number},"position":{position},"at":"{updated_at}",'
+            f'"collection":{name},"key":"{key}"}}'
         )
         collections.setdefault(collection, []).append(
-            {"version": number, "key": key, "keys": keys, "attrs": attrs}
+            f'{{"version":{number},"key":"{key}","keys":{keys},"attrs":{attrs}}}'
         )
-        updated_at = at
-    return {
-        "domain": aggregate.domain.key,
-        "key": aggregate.key,
-        "version": len(versions),
-        "created_at": isoformat(aggregate.created_at),
-        "updated_at": isoformat(updated_at),
-        "versions": versions,
-        "collections": dict(sorted(collections.items())),
-    }
+    head = json.dumps(
+        {
+            "domain": aggregate.domain.key,
+            "key": aggregate.key,
+            "version": len(versions),
+            "created_at": isoformat(aggregate.created_at),
+            "updated_at": updated_at,
+        },
+        ensure_ascii=False,
+    )
+    by_collection = ",".join(
+        f"{names[name]}:[{','.join(collections[name])}]" for name in sorted(collections)
+    )
+    return (
+        f'{head[:-1]},"versions":[{",".join(versions)}],'
+        f'"collections":{{{by_collection}}}}}'
+    )
 
 
 _FRAME_FIELDS = (
@@ -701,8 +720,8 @@ def latest_positions_all() -> dict[str, int]:
     return dict(Domain.objects.values_list("key", "latest_position"))
 
 
-def state_as_of(domain_key: str, aggregate: str, number: int) -> dict[str, Any]:
-    return aggregate_state(get_aggregate(domain_key, aggregate), number)
+def state_json_as_of(domain_key: str, aggregate: str, number: int) -> str:
+    return aggregate_state_json(get_aggregate(domain_key, aggregate), number)
 
 
 # Receipts: what subscribers did about versions. Never a version themselves.
