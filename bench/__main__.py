@@ -339,7 +339,8 @@ def report(
             "an aggregate's latest version built as the hub builds it after a poke "
             "(`store.live_frames` reads the version, `live.Frame(row).text(mode, "
             "subscription)` renders it; full mode reads the state with "
-            f"`store.aggregate_state`), afresh each time. Median of {plan.frame_runs} "
+            "`store.aggregate_state_json`), afresh each time. Median of "
+            f"{plan.frame_runs} "
             "builds; bytes of the UTF-8 text.",
             "",
             *reads.frames_table(results["frames"][0]),

@@ -3,7 +3,8 @@
 For each scenario (subscribers x versions/s), layer (in-memory, Redis) and mode
 (delta, full) it starts a fresh server, connects the subscribers, posts at the given
 rate, and measures for every delivery the time from just before the POST to its
-receipt. Writes bench/results-fanout.md.
+receipt. Writes its table to $TMPDIR/botlnek-bench-fanout.md
+(the published figures come from `python -m bench`: bench/results.md).
 
     python bench/fanout.py [--duration 5] [--runs 1] [--layers memory redis]
         [--modes delta full]
@@ -26,7 +27,7 @@ import httpx
 import websockets
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from bench.ingest import ROOT, URL, Server, versions
+from bench.ingest import URL, Server, versions
 
 SCENARIOS = [(100, 50), (1000, 5)]
 
@@ -170,7 +171,9 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=1)
     parser.add_argument("--layers", nargs="+", default=["memory", "redis"])
     parser.add_argument("--modes", nargs="+", default=["delta", "full"])
-    parser.add_argument("--out", default=str(ROOT / "bench" / "results-fanout.md"))
+    parser.add_argument(
+        "--out", default=str(Path(tempfile.gettempdir()) / "botlnek-bench-fanout.md")
+    )
     args = parser.parse_args()
     rows = []
     for layer in args.layers:

@@ -1,7 +1,8 @@
 """Ingest benchmark: starts the server as a user would and measures, in one run,
 single posts from 16 concurrent clients (wrk) next to the bare request rate of the
 same server, batch ingest, and ingest into aggregates already holding 10,000 and
-100,000 sources. Writes bench/results-ingest.md.
+100,000 sources. Writes its table to $TMPDIR/botlnek-bench-ingest.md
+(the published figures come from `python -m bench`: bench/results.md).
 
     python bench/ingest.py [--db sqlite postgres] [--runs 3] [--duration 5]
 
@@ -291,7 +292,9 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--duration", type=int, default=5)
     parser.add_argument("--sizes", type=int, nargs="*", default=[10_000, 100_000])
-    parser.add_argument("--out", default=str(ROOT / "bench" / "results-ingest.md"))
+    parser.add_argument(
+        "--out", default=str(Path(tempfile.gettempdir()) / "botlnek-bench-ingest.md")
+    )
     args = parser.parse_args()
     results = []
     for db in args.db:
