@@ -604,6 +604,7 @@ def aggregate_state_json(aggregate: Aggregate, as_of: int | None = None) -> str:
             "updated_at": updated_at,
         },
         ensure_ascii=False,
+        separators=(",", ":"),
     )
     by_collection = ",".join(
         f"{names[name]}:[{','.join(collections[name])}]" for name in sorted(collections)

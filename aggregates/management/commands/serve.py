@@ -32,6 +32,10 @@ class Command(BaseCommand):
                 sys.executable,
                 "-m",
                 "daphne",
+                # Botlnek logs one JSON line per request; daphne's own access log
+                # (verbosity 1) would repeat each one in another format.
+                "-v",
+                "0",
                 "-b",
                 host,
                 "-p",
