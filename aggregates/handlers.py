@@ -6,21 +6,67 @@ clickjacking protection, so its requests skip them (PERFORMANCE-NOTES: about twi
 the throughput). The dashboard and admin keep the full settings.MIDDLEWARE stack.
 """
 
-from django.core.handlers.asgi import ASGIHandler
+import asyncio
+import contextlib
+
+from django.core.exceptions import RequestAborted
+from django.core.handlers.asgi import ASGIHandler, get_script_prefix
 from django.core.handlers.exception import convert_exception_to_response
+from django.urls import set_script_prefix
 
 from aggregates.middleware import ApiGatewayMiddleware
 
 
 class APIHandler(ASGIHandler):
-    async def __call__(self, scope, receive, send):
-        # Django wraps each request in a ThreadSensitiveContext, whose first
-        # thread-sensitive call (the request_started signal) starts a thread that
-        # the request then joins. Nothing on the API path needs a thread of its own:
-        # database work goes through aggregates.db's executors, and the signals'
-        # receivers (closing this thread's unused connections) run on the shared
-        # thread instead.
-        await self.handle(scope, receive, send)
+    async def handle(self, scope, receive, send):
+        """Django 5.2's ASGIHandler.handle without its two thread hops per request.
+
+        Django sends request_started and request_finished through sync_to_async:
+        inside the request's ThreadSensitiveContext the first hop starts a thread
+        that the request then joins. Their only receivers close the calling
+        thread's stale database connections, and the API opens none on this
+        thread (aggregates.db runs database work on its own executors and tidies
+        up there), so the API sends request_finished inline and skips
+        request_started, whose receivers would find nothing to do either.
+        """
+        try:
+            body_file = await self.read_body(receive)
+        except RequestAborted:
+            return
+        set_script_prefix(get_script_prefix(scope))
+        request, error_response = self.create_request(scope, body_file)
+        if request is None:
+            body_file.close()
+            await self.send_response(error_response, send)
+            error_response.close()
+            return
+
+        async def process_request():
+            response = await self.run_get_response(request)
+            with contextlib.suppress(asyncio.CancelledError):  # client went away
+                await self.send_response(response, send)
+            return response
+
+        # As Django does: a client that disconnects cancels the request (an SSE
+        # stream's, above all).
+        listener = asyncio.create_task(self.listen_for_disconnect(receive))
+        processor = asyncio.create_task(process_request())
+        try:
+            await asyncio.wait(
+                [listener, processor], return_when=asyncio.FIRST_COMPLETED
+            )
+            for task in (listener, processor):
+                if task.done():
+                    with contextlib.suppress(RequestAborted):
+                        task.result()
+                else:
+                    task.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await task
+            if not processor.cancelled():
+                processor.result().close()  # request_finished, on this thread
+        finally:
+            body_file.close()
 
     def load_middleware(self, is_async: bool = False) -> None:
         self._view_middleware = []
