@@ -7,6 +7,7 @@ one shape {"error", "detail", "fields"?}.
 
 import json
 import logging
+import math
 import re
 from typing import Any, Literal
 
@@ -26,7 +27,7 @@ from ninja.security import HttpBearer
 from pydantic import BaseModel, Field
 from pydantic import ValidationError as PydanticValidationError
 
-from aggregates import db, sse, store
+from aggregates import db, limits, sse, store
 from aggregates.consumers import SubscribeIn
 from aggregates.errors import ApiError, error_response
 from aggregates.models import ApiToken
@@ -58,6 +59,14 @@ def _reject_constant(name: str) -> None:
     raise ValueError(f"{name} is not valid JSON")
 
 
+def _finite_float(text: str) -> float:
+    # 1e400 is valid JSON but no double: it would come back as Infinity, which is not.
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"the number {text} is too large")
+    return value
+
+
 class JsonParser(Parser):
     """Strict JSON bodies: the right Content-Type, at most 1 MiB, no NaN/Infinity."""
 
@@ -77,7 +86,9 @@ def parse_json(request: HttpRequest) -> Any:
     if len(body) > MAX_BODY:
         raise _too_large()
     try:
-        return json.loads(body, parse_constant=_reject_constant)
+        return json.loads(
+            body, parse_constant=_reject_constant, parse_float=_finite_float
+        )
     except (ValueError, RecursionError) as exc:
         raise ApiError(
             400, "invalid_json", f"the body is not valid JSON: {exc}"
@@ -92,6 +103,10 @@ def _too_large() -> ApiError:
 
 class BearerToken(HttpBearer):
     """Documents the scheme; ApiGatewayMiddleware already matched the token."""
+
+    async def __call__(self, request: HttpRequest) -> ApiToken | None:
+        # Async, so that Ninja awaits it instead of hopping to a thread.
+        return self.authenticate(request, "")
 
     def authenticate(self, request: HttpRequest, token: str) -> ApiToken | None:
         return getattr(request, "api_token", None)
@@ -139,6 +154,24 @@ def _require_write(request: HttpRequest, domain: str | None) -> None:
     raise ApiError(403, "forbidden", f"this token may not write to {target}")
 
 
+def _spend_write(request: HttpRequest) -> None:
+    """Counts one write against the token's BOTLNEK_WRITE_RATE, if one is set:
+    after the route, the method and the token's scope were checked, so only writes
+    that would otherwise go ahead spend it."""
+    limiter = limits.writes()
+    if limiter is None:
+        return
+    wait = limiter.take(_token(request).pk)
+    if wait:
+        raise ApiError(
+            429,
+            "rate_limited",
+            f"this token may write {limiter.rate} on this server; nothing was "
+            "written, retry after Retry-After seconds",
+            headers={"Retry-After": limits.retry_after(wait)},
+        )
+
+
 def _json(data: Any, status: int = 200) -> JsonResponse:
     return JsonResponse(data, status=status, json_dumps_params={"ensure_ascii": False})
 
@@ -153,6 +186,7 @@ def _json(data: Any, status: int = 200) -> JsonResponse:
 )
 async def create_domain(request: HttpRequest, payload: DomainIn):
     _require_write(request, None)
+    _spend_write(request)
     domain, created = await db.write(store.create_domain, payload.key, payload.attrs)
     return _json(store.domain_json(domain), 201 if created else 200)
 
@@ -341,6 +375,7 @@ async def post_sources(request: HttpRequest):
     sources, batch = _validate_sources(parse_json(request))
     for domain in {source.domain for source in sources}:
         _require_write(request, domain)
+    _spend_write(request)
     try:
         results = await db.write(store.register_sources, sources)
     except store.StoreError as exc:
@@ -365,6 +400,7 @@ async def post_sources(request: HttpRequest):
 )
 async def post_receipt(request: HttpRequest, payload: ReceiptIn):
     _require_write(request, payload.domain)
+    _spend_write(request)
     receipt = await db.write(store.record_receipt, **payload.model_dump())
     return _json(receipt, 201)
 
@@ -506,11 +542,15 @@ def _not_found(request, exc: Http404):
 @api.exception_handler(OperationalError)
 @api.exception_handler(InterfaceError)
 def _database_unavailable(request, exc: DatabaseError):
-    # A lost connection (PostgreSQL restarting, say). A write either committed whole
-    # or not at all, and registering is idempotent, so a retry is safe.
+    # A lost connection (PostgreSQL restarting, say), a lock waited out, a full
+    # disk. A write committed whole or not at all; if the connection broke during
+    # the commit, the client cannot know which, but registering is idempotent.
     logger.warning("database unavailable: %s %s: %s", request.method, request.path, exc)
     return error_response(
-        503, "unavailable", "the database is unreachable; retrying is safe"
+        503,
+        "unavailable",
+        "the database failed or is unreachable; retry (registering a source or a "
+        "domain again is safe: it is idempotent)",
     )
 
 

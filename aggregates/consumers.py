@@ -182,10 +182,13 @@ class SubscribeConsumer(AsyncWebsocketConsumer):
                 await self.close(code=1008, reason=reason)
 
     async def disconnect(self, code: int) -> None:
+        # Called twice after an overflow (by overflow(), then by the close): the
+        # token's place is given back once, and before anything that could fail.
+        if getattr(self, "counted", False):
+            self.counted = False
+            limits.sockets().close(self.token.pk)
         for subscription in list(getattr(self, "subscriptions", {}).values()):
             await subscription.stop()
-        if getattr(self, "counted", False):
-            limits.sockets().close(self.token.pk)
 
     async def send_json(self, data: dict[str, Any]) -> None:
         await self.send(text_data=json.dumps(data, ensure_ascii=False))

@@ -9,7 +9,7 @@ from django.conf import settings
 from django.db import DatabaseError
 from django.http import HttpRequest, HttpResponse
 
-from aggregates import db, limits, tokens
+from aggregates import db, tokens
 from aggregates.errors import error_response
 
 logger = logging.getLogger("botlnek.api")
@@ -78,10 +78,6 @@ class ApiGatewayMiddleware:
         if token is None:
             return _unauthorized("the token is unknown or revoked")
         request.api_token = token
-        if request.method == "POST" and (limiter := limits.writes()) is not None:
-            wait = limiter.take(token.pk)
-            if wait:
-                return _rate_limited(wait, limiter.rate)
         response = await self.get_response(request)
         if response.status_code in _REASONS and not _is_json(response):
             error, detail = _REASONS[response.status_code]
@@ -92,17 +88,6 @@ class ApiGatewayMiddleware:
                 shaped["Allow"] = response["Allow"]
             return shaped
         return response
-
-
-def _rate_limited(wait: float, rate: limits.Rate) -> HttpResponse:
-    response = error_response(
-        429,
-        "rate_limited",
-        f"this token may write {rate} on this server; nothing was written, retry "
-        "after Retry-After seconds",
-    )
-    response["Retry-After"] = limits.retry_after(wait)
-    return response
 
 
 def _unauthorized(detail: str) -> HttpResponse:

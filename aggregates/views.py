@@ -140,6 +140,8 @@ def aggregate_context(
         "picture": _picture(timeline, sorted(counts)),
         "diff_from": diff_from,
         "diff": diff,
+        # Sources added between the two versions beyond the ones listed.
+        "diff_more": as_of - diff_from - len(diff) if diff is not None else 0,
     }
 
 

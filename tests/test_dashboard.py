@@ -106,6 +106,17 @@ def test_difference_between_two_versions(admin_client, seed):
     ).content.decode()
     added = html[html.index("Added after version 1") : html.index("Sources by")]
     assert "v2" in added and "v3" in added and "v1 " not in added
+    assert "more" not in added
+
+
+def test_a_long_difference_says_how_many_it_leaves_out(admin_client, domain):
+    register_sources(
+        [NewSource("c-inputs", "big", "A", {"n": str(n)}) for n in range(60)]
+    )
+    html = admin_client.get("/d/c-inputs/big/", {"version": 60, "diff": 2}).content
+    added = html.decode().split("Added after version 2")[1].split("Sources by")[0]
+    assert added.count("<li>") == 50
+    assert "and 8 more" in added
 
 
 def test_unknown_domain_or_aggregate_is_404(admin_client, seed):

@@ -3,6 +3,8 @@
 import asyncio
 import json
 import time
+from types import SimpleNamespace
+from unittest.mock import patch
 
 import httpx
 import pytest
@@ -11,6 +13,7 @@ from django.test import override_settings
 
 from aggregates import limits
 from aggregates.client.http import Client
+from aggregates.consumers import SubscribeConsumer
 from aggregates.limits import Rate, RateLimiter
 from aggregates.models import Domain, Version
 from aggregates.tokens import create_token
@@ -76,6 +79,27 @@ def test_writes_past_the_rate_get_429_with_retry_after_and_write_nothing(
     assert api.get("/api/domains/c-inputs").status_code == 200
     other = ApiClient(create_token(name="other", scope="write")[1])
     assert post_source(other, keys={"n": "3"}).status_code == 201
+    # Route, method and scope come first: what they refuse spends nothing.
+    assert api.post("/api/nope", {}).status_code == 404
+    assert api.post("/api/domains/c-inputs", {}).status_code == 405
+    reader = ApiClient(create_token(name="reader", scope="read")[1])
+    for _ in range(5):
+        assert post_source(reader, keys={"n": "4"}).status_code == 403
+    assert post_source(other, keys={"n": "4"}).status_code == 201
+
+
+def test_a_socket_gives_its_place_back_once_even_when_disconnected_twice():
+    # An overflow (1013) disconnects the consumer, then the close does again.
+    sockets = limits.ConnectionLimiter(2)
+    consumer = SubscribeConsumer()
+    consumer.token, consumer.subscriptions = SimpleNamespace(pk=7), {}
+    with patch.object(limits, "sockets", lambda: sockets):
+        consumer.counted = sockets.open(7)
+        assert sockets.open(7)  # the token's second socket, which stays open
+        asyncio.run(consumer.disconnect(1013))
+        asyncio.run(consumer.disconnect(1000))
+    assert sockets.open(7)  # the first socket's place, given back once
+    assert not sockets.open(7)  # the limit holds
 
 
 def test_writes_are_unlimited_unless_configured(api, domain, fresh_limiters):

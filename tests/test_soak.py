@@ -106,6 +106,7 @@ class Run:
 def test_soak_memory_stays_flat_and_every_subscriber_has_everything(
     start_server, redis_url
 ):
+    REPORT.unlink(missing_ok=True)  # never show an older run's report
     Domain.objects.create(key="c-inputs")
     token = create_token(name="soak", scope="write")[1]
     servers = [start_server(BOTLNEK_REDIS_URL=redis_url) for _ in range(2)]

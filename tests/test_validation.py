@@ -98,8 +98,17 @@ def test_body_over_one_mib_is_413(api, domain):
 
 @pytest.mark.parametrize(
     "body",
-    ['{"domain": ', "not json", "  ", '{"x": NaN}', "[" * 100_000, "\xff"],
-    ids=["truncated", "text", "blank", "nan", "deep", "not-utf8"],
+    [
+        '{"domain": ',
+        "not json",
+        "  ",
+        '{"x": NaN}',
+        "[" * 100_000,
+        "\xff",
+        '{"domain": "c-inputs", "aggregate": "a", "collection": "A",'
+        ' "attrs": {"x": 1e400}}',
+    ],
+    ids=["truncated", "text", "blank", "nan", "deep", "not-utf8", "infinite"],
 )
 def test_malformed_json_is_400(api, domain, body):
     assert_error(api.post("/api/sources", body=body), 400)

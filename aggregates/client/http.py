@@ -4,6 +4,7 @@ websocket that reconnects and resumes by itself."""
 import asyncio
 import json
 import logging
+import math
 import os
 import time
 import urllib.error
@@ -117,7 +118,14 @@ class Client:
             await asyncio.sleep(backoff)
             backoff = min(backoff * 2, max_backoff)
 
-    def request(self, method: str, path: str, body: Any = None) -> Any:
+    def request(
+        self,
+        method: str,
+        path: str,
+        body: Any = None,
+        *,
+        rate_limit_retries: int = RATE_LIMIT_RETRIES,
+    ) -> Any:
         headers = {"Accept": "application/json"}
         if self.token:
             headers["Authorization"] = f"Bearer {self.token}"
@@ -134,21 +142,26 @@ class Client:
                 with urllib.request.urlopen(request, timeout=self.timeout) as response:
                     return json.load(response)
             except urllib.error.HTTPError as exc:
-                if exc.code != 429 or retries == RATE_LIMIT_RETRIES:
+                if exc.code != 429 or retries == rate_limit_retries:
                     raise _error_from(exc) from None
                 # Rate limited: nothing was written, and registering is idempotent.
                 retries += 1
-                time.sleep(_retry_after(exc.headers.get("Retry-After")))
+                wait = _retry_after(exc.headers.get("Retry-After"))
+                exc.close()
+                time.sleep(wait)
             except (urllib.error.URLError, OSError) as exc:
                 reason = getattr(exc, "reason", exc)
                 raise BotlnekError(f"cannot reach {self.url}: {reason}") from None
 
 
 def _retry_after(value: str | None) -> float:
+    """Seconds to wait: Retry-After's, within 0.1-60 s; 1 s when it is missing or
+    not a number (an HTTP date, say)."""
     try:
-        return min(max(float(value or 1), 0.1), 60.0)
+        seconds = float(value or 1)
     except ValueError:
         return 1.0
+    return min(max(seconds, 0.1), 60.0) if math.isfinite(seconds) else 1.0
 
 
 def _error_from(exc: urllib.error.HTTPError) -> BotlnekError:

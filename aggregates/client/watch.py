@@ -190,6 +190,8 @@ class Watcher:
             "duration_s": round(run.duration_s, 3),
         }
         try:
-            self.client.request("POST", "/api/receipts", receipt)
+            # Best effort, and never worth holding up the next frame: no waiting
+            # out a rate limit here.
+            self.client.request("POST", "/api/receipts", receipt, rate_limit_retries=0)
         except BotlnekError as exc:
             self.log(f"botlnek: warning: could not record the receipt: {exc}")
