@@ -242,10 +242,6 @@ class AsOf(BaseModel):
     version: int | None = Field(None, ge=1)
 
 
-def _state(domain: str, key: str, as_of: int | None) -> str:
-    return store.aggregate_state_json(store.get_aggregate(domain, key), as_of)
-
-
 @api.get(
     "/domains/{domain}/aggregates/{aggregate}",
     response={200: AggregateState, **ERRORS},
@@ -255,7 +251,7 @@ async def get_aggregate(
     request: HttpRequest, domain: str, aggregate: str, query: Query[AsOf]
 ):
     _require_read(request, domain)
-    state = await db.read(_state, domain, aggregate, query.version)
+    state = await db.read(store.state_json_as_of, domain, aggregate, query.version)
     return HttpResponse(state, content_type="application/json")
 
 

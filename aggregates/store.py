@@ -721,7 +721,8 @@ def latest_positions_all() -> dict[str, int]:
     return dict(Domain.objects.values_list("key", "latest_position"))
 
 
-def state_json_as_of(domain_key: str, aggregate: str, number: int) -> str:
+def state_json_as_of(domain_key: str, aggregate: str, number: int | None) -> str:
+    """An aggregate's state text by keys, as of `number` (None: the latest)."""
     return aggregate_state_json(get_aggregate(domain_key, aggregate), number)
 
 

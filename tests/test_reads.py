@@ -5,6 +5,7 @@ import base64
 import pytest
 
 from aggregates import api as api_module
+from aggregates import store
 from aggregates.store import NewSource, register_sources
 
 
@@ -105,8 +106,8 @@ def test_domain_catch_up_in_position_order(api, domain):
 @pytest.mark.parametrize(
     ("read", "args"),
     [
-        (api_module._state, ("c-inputs", "big", None)),
-        (api_module._state, ("c-inputs", "big", 3)),
+        (store.state_json_as_of, ("c-inputs", "big", None)),
+        (store.state_json_as_of, ("c-inputs", "big", 3)),
         (
             api_module._aggregate_versions,
             ("c-inputs", "big", api_module.AfterVersion()),
