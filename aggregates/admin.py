@@ -2,8 +2,8 @@ from django import forms
 from django.contrib import admin, messages
 
 from aggregates.models import Aggregate, ApiToken, Domain, Receipt, Source, Version
-from aggregates.schemas import key_rule
 from aggregates.tokens import create_token, forget_all
+from aggregates.values import key_rule
 
 
 @admin.register(Domain)

@@ -27,9 +27,16 @@ from ninja.security import HttpBearer
 from pydantic import BaseModel, Field
 from pydantic import ValidationError as PydanticValidationError
 
-from aggregates import db, limits, sse, store
-from aggregates.consumers import SubscribeIn
-from aggregates.errors import ApiError, error_response
+from aggregates import db, limits, store
+from aggregates.errors import (
+    ApiError,
+    StoreError,
+    error_response,
+    field_errors,
+    summary,
+)
+from aggregates.live import sse
+from aggregates.live.subscription import SubscribeIn
 from aggregates.models import ApiToken
 from aggregates.schemas import (
     MAX_BATCH,
@@ -191,16 +198,10 @@ async def create_domain(request: HttpRequest, payload: DomainIn):
     return _json(store.domain_json(domain), 201 if created else 200)
 
 
-def _domains_for(token: ApiToken) -> list[dict]:
-    domains = store.Domain.objects.all()
-    if token.domains:
-        domains = domains.filter(key__in=token.domains)
-    return [store.domain_json(domain) for domain in domains]
-
-
 @api.get("/domains", response={200: DomainList, **ERRORS}, summary="List domains")
 async def list_domains(request: HttpRequest):
-    return _json({"domains": await db.read(_domains_for, _token(request))})
+    only = _token(request).domains
+    return _json({"domains": await db.read(store.list_domains, only)})
 
 
 @api.get("/domains/{domain}", response={200: DomainOut, **ERRORS}, summary="A domain")
@@ -344,7 +345,7 @@ def _validate_sources(payload: Any) -> tuple[list[store.NewSource], bool]:
         try:
             valid = SourceIn.model_validate(item)
         except PydanticValidationError as exc:
-            fields.update(_field_errors(exc.errors(), prefix=where))
+            fields.update(field_errors(exc.errors(), prefix=where))
             continue
         sources.append(
             store.NewSource(
@@ -352,7 +353,7 @@ def _validate_sources(payload: Any) -> tuple[list[store.NewSource], bool]:
             )
         )
     if fields:
-        raise ApiError(400, "invalid", _summary(fields), fields)
+        raise ApiError(400, "invalid", summary(fields), fields)
     return sources, batch
 
 
@@ -374,7 +375,7 @@ async def post_sources(request: HttpRequest):
     _spend_write(request)
     try:
         results = await db.write(store.register_sources, sources)
-    except store.StoreError as exc:
+    except StoreError as exc:
         if batch and exc.index is not None:
             field = f"[{exc.index}].{exc.field}"
             detail = f"item {exc.index}: {exc.detail}; nothing was written"
@@ -459,58 +460,21 @@ async def stream(request: HttpRequest, query: Query[StreamQuery]):
 # Errors in one shape
 
 
-_MESSAGES = {
-    "missing": "is required",
-    "extra_forbidden": "is not a known field",
-    "string_type": "must be a string",
-    "dict_type": "must be a JSON object",
-    "model_type": "must be a JSON object",
-    "model_attributes_type": "must be a JSON object",
-    "int_type": "must be an integer",
-    "int_parsing": "must be an integer",
-    "greater_than_equal": "must be at least {ge}",
-    "less_than_equal": "must be at most {le}",
-    "string_too_long": "must be at most {max_length} characters",
-}
-
-
-def _field_errors(errors: list[dict], *, prefix: str = "") -> dict[str, str]:
-    fields = {}
-    for error in errors:
-        loc = [str(part) for part in error.get("loc", ())]
-        while loc and loc[0] in {"body", "payload", "query", "path"}:
-            loc = loc[1:]
-        name = prefix + ".".join(loc) if loc else (prefix.rstrip(".") or "body")
-        template = _MESSAGES.get(error.get("type", ""))
-        if template:
-            message = template.format(**error.get("ctx", {}))
-        else:
-            message = str(error.get("msg", "is invalid")).removeprefix("Value error, ")
-        fields.setdefault(name, message)
-    return fields
-
-
-def _summary(fields: dict[str, str]) -> str:
-    name, message = next(iter(fields.items()))
-    more = f" (and {len(fields) - 1} more)" if len(fields) > 1 else ""
-    return f"{name} {message}{more}"
-
-
 @api.exception_handler(ApiError)
 def _api_error(request, exc: ApiError):
     return exc.response()
 
 
-@api.exception_handler(store.StoreError)
-def _store_error(request, exc: store.StoreError):
+@api.exception_handler(StoreError)
+def _store_error(request, exc: StoreError):
     fields = {exc.field: exc.detail} if exc.field else None
     return error_response(exc.status, exc.code, exc.detail, fields)
 
 
 @api.exception_handler(ValidationError)
 def _validation_error(request, exc: ValidationError):
-    fields = _field_errors(exc.errors)
-    return error_response(400, "invalid", _summary(fields), fields)
+    fields = field_errors(exc.errors)
+    return error_response(400, "invalid", summary(fields), fields)
 
 
 @api.exception_handler(AuthenticationError)

@@ -32,6 +32,12 @@ def _writers() -> ThreadPoolExecutor:
     return ThreadPoolExecutor(max_workers=workers, thread_name_prefix="botlnek-write")
 
 
+def finish() -> None:
+    """Wait for the database work in flight (a server stopping)."""
+    for executor in (_readers(), _writers()):
+        executor.shutdown(wait=True)
+
+
 def _call(func: Callable[P, R], *args: P.args, **kwargs: P.kwargs) -> R:
     try:
         return func(*args, **kwargs)

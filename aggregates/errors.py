@@ -1,6 +1,38 @@
-"""The API's one error shape: {"error", "detail", "fields"?}."""
+"""Every error Botlnek answers with, and its one shape: {"error", "detail", "fields"?}.
+
+StoreError and its kinds come from the store (the write path and the reads);
+ApiError from the HTTP edge. Validation errors of pydantic are turned into the
+same field messages for the API and for websocket frames.
+"""
 
 from django.http import JsonResponse
+
+
+class StoreError(Exception):
+    """A request the store cannot apply; a write is rolled back whole."""
+
+    status = 400
+    code = "invalid"
+
+    def __init__(self, detail: str, *, index: int | None = None, field: str = ""):
+        super().__init__(detail)
+        self.detail = detail
+        self.index = index
+        self.field = field
+
+
+class NotFound(StoreError):
+    status = 404
+    code = "not_found"
+
+
+class UnknownDomain(NotFound):
+    """A source names a domain that does not exist."""
+
+
+class Conflict(StoreError):
+    status = 409
+    code = "conflict"
 
 
 def error_response(
@@ -35,3 +67,46 @@ class ApiError(Exception):
         for name, value in self.headers.items():
             response[name] = value
         return response
+
+
+# Pydantic's error types, in words a person reads.
+_MESSAGES = {
+    "missing": "is required",
+    "extra_forbidden": "is not a known field",
+    "string_type": "must be a string",
+    "dict_type": "must be a JSON object",
+    "model_type": "must be a JSON object",
+    "model_attributes_type": "must be a JSON object",
+    "int_type": "must be an integer",
+    "int_parsing": "must be an integer",
+    "greater_than_equal": "must be at least {ge}",
+    "less_than_equal": "must be at most {le}",
+    "string_too_long": "must be at most {max_length} characters",
+}
+
+
+def field_errors(
+    errors: list[dict], *, prefix: str = "", whole: str = "body"
+) -> dict[str, str]:
+    """Pydantic's errors as {"field.path": "message"}, the first per field; an
+    error about the whole object is named `whole`."""
+    fields = {}
+    for error in errors:
+        loc = [str(part) for part in error.get("loc", ())]
+        while loc and loc[0] in {"body", "payload", "query", "path"}:
+            loc = loc[1:]
+        name = prefix + ".".join(loc) if loc else (prefix.rstrip(".") or whole)
+        template = _MESSAGES.get(error.get("type", ""))
+        if template:
+            message = template.format(**error.get("ctx", {}))
+        else:
+            message = str(error.get("msg", "is invalid")).removeprefix("Value error, ")
+        fields.setdefault(name, message)
+    return fields
+
+
+def summary(fields: dict[str, str]) -> str:
+    """One sentence for `detail`: the first field's message, and how many more."""
+    name, message = next(iter(fields.items()))
+    more = f" (and {len(fields) - 1} more)" if len(fields) > 1 else ""
+    return f"{name} {message}{more}"

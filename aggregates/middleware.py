@@ -9,7 +9,7 @@ from django.conf import settings
 from django.db import DatabaseError
 from django.http import HttpRequest, HttpResponse
 
-from aggregates import db, tokens
+from aggregates import tokens
 from aggregates.errors import error_response
 
 logger = logging.getLogger("botlnek.api")
@@ -64,12 +64,8 @@ class ApiGatewayMiddleware:
         raw = bearer_token(request)
         if raw is None:
             return _unauthorized("send 'Authorization: Bearer <token>'")
-        token = tokens.cached_token(raw)
         try:
-            if token is None:
-                token = await db.read(tokens.find_token, raw)
-                if token is not None:
-                    tokens.remember(raw, token)
+            token = await tokens.authenticate(raw)
         except DatabaseError:
             logger.exception("token lookup failed")
             return error_response(
@@ -123,11 +119,7 @@ class WebsocketAuthMiddleware:
         if scheme.lower() != "bearer":
             return await self.browser(scope, receive, send)
         raw = raw.strip()
-        token = tokens.cached_token(raw)
-        if token is None and raw:
-            token = await db.read(tokens.find_token, raw)
-            if token is not None:
-                tokens.remember(raw, token)
+        token = await tokens.authenticate(raw) if raw else None
         return await self.inner({**scope, "api_token": token}, receive, send)
 
 

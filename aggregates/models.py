@@ -7,9 +7,10 @@ from django.core.validators import RegexValidator
 from django.db import models
 from django.utils import timezone
 
+from aggregates.values import KEY_CHARS, KEY_PATTERN
+
 KEY_VALIDATOR = RegexValidator(
-    r"^[A-Za-z0-9._:@+=-]+$",
-    "Use only A-Z a-z 0-9 . _ : @ + = - (no / and no spaces).",
+    f"^{KEY_PATTERN.pattern}$", f"Use only {KEY_CHARS} (no / and no spaces)."
 )
 
 

@@ -1,7 +1,6 @@
-"""Request and response shapes of the JSON API; validation happens here, once."""
+"""Request and response shapes of the JSON API, in one place for the OpenAPI
+document; the rules they check are aggregates.values'."""
 
-import json
-import re
 from typing import Annotated, Any, Literal
 
 from ninja import Schema
@@ -14,23 +13,14 @@ from pydantic import (
     field_validator,
 )
 
-KEY_CHARS = "A-Z a-z 0-9 . _ : @ + = -"
-_KEY_RE = re.compile(r"[A-Za-z0-9._:@+=-]+")
-MAX_ATTRS_BYTES = 64 * 1024
-MAX_DEPTH = 64
+from aggregates.values import (
+    KEY_PATTERN,
+    MAX_ATTRS_BYTES,
+    key_rule,
+    storable_json_size,
+)
+
 MAX_BATCH = 1000
-
-
-def key_rule(max_length: int):
-    def check(value: str) -> str:
-        if not 1 <= len(value) <= max_length or not _KEY_RE.fullmatch(value):
-            raise ValueError(
-                f"must be 1-{max_length} characters from {KEY_CHARS} "
-                "(no / and no spaces)"
-            )
-        return value
-
-    return check
 
 
 def key_schema(max_length: int) -> WithJsonSchema:
@@ -40,7 +30,7 @@ def key_schema(max_length: int) -> WithJsonSchema:
             "type": "string",
             "minLength": 1,
             "maxLength": max_length,
-            "pattern": f"^{_KEY_RE.pattern}$",
+            "pattern": f"^{KEY_PATTERN.pattern}$",
         }
     )
 
@@ -49,61 +39,13 @@ DomainKey = Annotated[str, AfterValidator(key_rule(100)), key_schema(100)]
 Key = Annotated[str, AfterValidator(key_rule(200)), key_schema(200)]
 
 
-# A NUL as json.dumps writes it: "\u0000" after an even number of backslashes
-# (an odd number means the backslash itself was escaped and "u0000" is plain text).
-_NUL = re.compile(r"(?<!\\)(?:\\\\)*\\u0000")
-
-
-def _check_depth(value: Any) -> None:
-    stack = [(value, 1)]
-    while stack:
-        item, depth = stack.pop()
-        if depth > MAX_DEPTH:
-            raise ValueError(f"must not nest deeper than {MAX_DEPTH} levels")
-        if isinstance(item, dict):
-            stack.extend((child, depth + 1) for child in item.values())
-        elif isinstance(item, list):
-            stack.extend((child, depth + 1) for child in item)
-
-
-def _check_json(value: Any) -> int:
-    """Reject NUL characters and deep nesting; answer the serialized size in bytes."""
-    try:
-        # Key order does not change the size, so canonical_json's sorting is skipped.
-        text = json.dumps(value, separators=(",", ":"), ensure_ascii=False)
-    except RecursionError:
-        raise ValueError(f"must not nest deeper than {MAX_DEPTH} levels") from None
-    if _NUL.search(text):
-        raise ValueError("must not contain the NUL character (U+0000)")
-    if text.count("{") + text.count("[") >= MAX_DEPTH:  # else it cannot be too deep
-        _check_depth(value)
-    return len(text.encode())
-
-
-def json_equal(a: Any, b: Any) -> bool:
-    """Equal as JSON values: 1 == 1.0, but true is not 1 (as it is in Python)."""
-    if isinstance(a, bool) or isinstance(b, bool):
-        return type(a) is type(b) and a == b
-    if isinstance(a, int | float) and isinstance(b, int | float):
-        return a == b
-    if isinstance(a, dict) and isinstance(b, dict):
-        return a.keys() == b.keys() and all(json_equal(a[k], b[k]) for k in a)
-    if isinstance(a, list) and isinstance(b, list):
-        return len(a) == len(b) and all(map(json_equal, a, b))
-    return type(a) is type(b) and a == b
-
-
-def canonical_json(value: Any) -> str:
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-
-
 def _check_keys(value: dict[str, str]) -> dict[str, str]:
-    _check_json(value)
+    storable_json_size(value)
     return value
 
 
 def _check_attrs(value: dict[str, Any]) -> dict[str, Any]:
-    size = _check_json(value)
+    size = storable_json_size(value)
     if size > MAX_ATTRS_BYTES:
         raise ValueError(
             f"must be at most {MAX_ATTRS_BYTES} bytes serialized, not {size}"

@@ -8,6 +8,7 @@ import time
 
 from django.utils import timezone
 
+from aggregates import db
 from aggregates.models import ApiToken
 
 TOKEN_PREFIX = "bk_"
@@ -70,6 +71,17 @@ def find_token(raw: str) -> ApiToken | None:
     # The digest lookup already matched; compare again without timing leaks anyway.
     if token is None or not hmac.compare_digest(token.digest, wanted):
         return None
+    return token
+
+
+async def authenticate(raw: str) -> ApiToken | None:
+    """The active token whose secret is `raw`: from this process's cache, else
+    from the database (which may raise DatabaseError)."""
+    token = cached_token(raw)
+    if token is None:
+        token = await db.read(find_token, raw)
+        if token is not None:
+            remember(raw, token)
     return token
 
 

@@ -1,15 +1,22 @@
-"""Dashboard pages (SPEC §5): server-rendered, live parts swapped in by htmx."""
+"""Dashboard pages: server-rendered, their live parts pushed over /ws/dashboard.
 
+A page with live parts says so with @live_parts(render): the dashboard socket
+resolves the page's own URL to its view and calls `render` with the URL's
+arguments whenever the page's domain (or aggregate) moves.
+"""
+
+from collections.abc import Callable
 from functools import wraps
 
 from django.conf import settings
 from django.contrib.auth.views import redirect_to_login
-from django.http import Http404, HttpRequest, HttpResponse
+from django.http import Http404, HttpRequest, HttpResponse, QueryDict
 from django.shortcuts import render
 from django.template.loader import render_to_string
 from django.views.decorators.http import require_safe
 
 from aggregates import store
+from aggregates.errors import NotFound, StoreError
 from aggregates.models import Aggregate, Domain, Receipt, Version
 
 TIMELINE_PAGE = 25
@@ -30,6 +37,35 @@ def dashboard_view(view):
     return wrapped
 
 
+LiveRender = Callable[..., str]
+
+
+def live_parts(render_live: LiveRender):
+    """Mark a page as live: `render_live(query, **url kwargs)` answers its live
+    parts as htmx out-of-band swaps — whole replacements of the current state, so
+    a duplicate push changes nothing and a missed one is made good by the next."""
+
+    def mark(view):
+        view.live_parts = render_live
+        return view
+
+    return mark
+
+
+def _oob(template: str, context: dict) -> str:
+    return render_to_string(template, {**context, "oob": True})
+
+
+def _found_or_404(find: Callable, *args):
+    try:
+        return find(*args)
+    except NotFound as exc:
+        raise Http404(exc.detail) from None
+
+
+# Home: every domain and the newest versions
+
+
 def _feed(domain: Domain | None = None) -> list[Version]:
     versions = Version.objects.select_related("aggregate", "domain", "source")
     if domain is not None:
@@ -41,9 +77,17 @@ def home_context() -> dict:
     return {"domains": list(Domain.objects.all()), "feed": _feed()}
 
 
+def home_live(query: QueryDict) -> str:
+    return _oob("dashboard/partials/home_live.html", home_context())
+
+
+@live_parts(home_live)
 @dashboard_view
 def home(request: HttpRequest) -> HttpResponse:
     return render(request, "dashboard/home.html", {**home_context(), "live": True})
+
+
+# A domain: its aggregates, newest first
 
 
 def domain_context(domain: Domain, prefix: str = "", cursor: str = "") -> dict:
@@ -51,7 +95,7 @@ def domain_context(domain: Domain, prefix: str = "", cursor: str = "") -> dict:
         page = store.list_aggregates(
             domain, limit=50, cursor=cursor or None, prefix=prefix or None
         )
-    except store.StoreError:  # a cursor that is not one: the first page
+    except StoreError:  # a cursor that is not one: the first page
         page = store.list_aggregates(domain, limit=50, cursor=None, prefix=None)
     return {
         "domain": domain,
@@ -61,12 +105,15 @@ def domain_context(domain: Domain, prefix: str = "", cursor: str = "") -> dict:
     }
 
 
+def domain_live(query: QueryDict, domain: str) -> str:
+    context = domain_context(store.get_domain(domain), query.get("prefix", ""))
+    return _oob("dashboard/partials/domain_live.html", context)
+
+
+@live_parts(domain_live)
 @dashboard_view
 def domain_page(request: HttpRequest, domain: str) -> HttpResponse:
-    try:
-        found = store.get_domain(domain)
-    except store.NotFound as exc:
-        raise Http404(exc.detail) from None
+    found = _found_or_404(store.get_domain, domain)
     cursor = request.GET.get("cursor", "")
     context = domain_context(found, request.GET.get("prefix", ""), cursor)
     context["live"] = not cursor  # later pages stay as they were rendered
@@ -75,20 +122,16 @@ def domain_page(request: HttpRequest, domain: str) -> HttpResponse:
     return render(request, "dashboard/domain.html", context)
 
 
+# An aggregate: its state, timeline and picture, as of a version
+
+
 def _number(request: HttpRequest, name: str) -> int | None:
     value = request.GET.get(name, "")
     return int(value) if value.isdigit() and int(value) > 0 else None
 
 
-def aggregate_context(
-    found: Aggregate,
-    as_of: int | None = None,
-    before: int | None = None,
-    diff_from: int | None = None,
-) -> dict:
-    """The aggregate page as of a version (default: the latest)."""
-    as_of = min(as_of or found.version, found.version)
-    before = min(before or as_of + 1, as_of + 1)
+def _timeline(found: Aggregate, before: int) -> list[Version]:
+    """A page of versions below `before`, newest first, each with its receipts."""
     timeline = list(
         Version.objects.filter(aggregate=found, number__lt=before)
         .select_related("source")
@@ -103,9 +146,13 @@ def aggregate_context(
             receipts.setdefault(receipt.version, []).append(receipt)
     for version in timeline:
         version.receipt_list = receipts.get(version.number, [])
+    return timeline
+
+
+def _newest_by_collection(found: Aggregate, as_of: int) -> dict[str, list[Version]]:
     # Versions, not sources: the (aggregate, number) index serves the newest first
     # without sorting every source of a big aggregate.
-    newest = list(
+    newest = (
         Version.objects.filter(aggregate=found, number__lte=as_of)
         .select_related("source")
         .order_by("-number")[:NEWEST_SOURCES]
@@ -113,31 +160,51 @@ def aggregate_context(
     collections: dict[str, list[Version]] = {}
     for version in newest:
         collections.setdefault(version.source.collection, []).append(version)
+    return collections
+
+
+def _counts_as_of(found: Aggregate, as_of: int) -> dict[str, int]:
     counts = (
         Version.objects.filter(aggregate=found, number=as_of)
         .values_list("counts", flat=True)
         .first()
-        or {}
     )
+    return dict(sorted((counts or {}).items()))
+
+
+def _added(found: Aggregate, after: int, up_to: int) -> list[Version]:
+    """The first sources added after version `after`, up to version `up_to`."""
+    return list(
+        Version.objects.filter(aggregate=found, number__gt=after, number__lte=up_to)
+        .select_related("source")
+        .order_by("number")[:NEWEST_SOURCES]
+    )
+
+
+def aggregate_context(
+    found: Aggregate,
+    as_of: int | None = None,
+    before: int | None = None,
+    diff_from: int | None = None,
+) -> dict:
+    """The aggregate page as of a version (default: the latest)."""
+    as_of = min(as_of or found.version, found.version)
+    timeline = _timeline(found, min(before or as_of + 1, as_of + 1))
+    counts = _counts_as_of(found, as_of)
+    collections = _newest_by_collection(found, as_of)
     diff = None
     if diff_from is not None and diff_from < as_of:
-        diff = list(
-            Version.objects.filter(
-                aggregate=found, number__gt=diff_from, number__lte=as_of
-            )
-            .select_related("source")
-            .order_by("number")[:NEWEST_SOURCES]
-        )
+        diff = _added(found, diff_from, as_of)
     return {
         "domain": found.domain,
         "aggregate": found,
         "as_of": as_of,
         "latest": as_of == found.version,
-        "counts": dict(sorted(counts.items())),
-        "collections": [(name, collections.get(name, [])) for name in sorted(counts)],
+        "counts": counts,
+        "collections": [(name, collections.get(name, [])) for name in counts],
         "timeline": timeline,
         "older": timeline[-1].number if timeline and timeline[-1].number > 1 else None,
-        "picture": _picture(timeline, sorted(counts)),
+        "picture": _picture(timeline, list(counts)),
         "diff_from": diff_from,
         "diff": diff,
         # Sources added between the two versions beyond the ones listed.
@@ -145,12 +212,15 @@ def aggregate_context(
     }
 
 
+def aggregate_live(query: QueryDict, domain: str, aggregate: str) -> str:
+    context = aggregate_context(store.get_aggregate(domain, aggregate))
+    return _oob("dashboard/partials/aggregate_live.html", context)
+
+
+@live_parts(aggregate_live)
 @dashboard_view
 def aggregate_page(request: HttpRequest, domain: str, aggregate: str) -> HttpResponse:
-    try:
-        found = store.get_aggregate(domain, aggregate)
-    except store.NotFound as exc:
-        raise Http404(exc.detail) from None
+    found = _found_or_404(store.get_aggregate, domain, aggregate)
     context = aggregate_context(
         found,
         as_of=_number(request, "version"),
@@ -191,18 +261,3 @@ def _picture(timeline: list[Version], lanes: list[str]) -> dict:
         ],
         "marks": marks,
     }
-
-
-def live_fragment(page: str, domain: str = "", aggregate: str = "", prefix="") -> str:
-    """A page's live parts as htmx out-of-band swaps: whole replacements of the
-    current state, so a duplicate changes nothing and a missed one is made good by
-    the next."""
-    if page == "home":
-        context, template = home_context(), "dashboard/partials/home_live.html"
-    elif page == "domain":
-        context = domain_context(store.get_domain(domain), prefix)
-        template = "dashboard/partials/domain_live.html"
-    else:
-        context = aggregate_context(store.get_aggregate(domain, aggregate))
-        template = "dashboard/partials/aggregate_live.html"
-    return render_to_string(template, {**context, "oob": True})

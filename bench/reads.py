@@ -87,13 +87,14 @@ def _fill_in_process(domain: str, aggregate: str, size: int) -> int:
 
 async def _build(domain: str, position: int, mode: str) -> tuple[float, str]:
     """One frame as the hub builds it after a poke: seconds taken, and its text."""
-    from aggregates import db, live, store
+    from aggregates import db, store
+    from aggregates.live.hub import Frame
 
     started = time.perf_counter()
     _, rows = await db.read(
         store.live_frames, domain, after_position=position - 1, limit=1
     )
-    text = await live.Frame(rows[0]).text(mode, "s1")
+    text = await Frame(rows[0]).text(mode, "s1")
     return time.perf_counter() - started, text
 
 

@@ -78,10 +78,10 @@ INSTALLED_APPS = [
     "aggregates",
 ]
 
-# The JSON API (/api/, /livez, /healthz) is served by aggregates.handlers.APIHandler
-# with ApiGatewayMiddleware alone; this full stack is for the dashboard and admin.
+# The JSON API (/api/, /livez, /healthz) is served by aggregates.api_handler.APIHandler
+# with ApiGatewayMiddleware alone (botlnek_site.asgi routes it there); this stack is
+# the dashboard's and the admin's.
 MIDDLEWARE = [
-    "aggregates.middleware.ApiGatewayMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",

@@ -5,7 +5,7 @@ from django.db import connection
 from django.test.utils import CaptureQueriesContext
 
 from aggregates import store
-from aggregates.store import NewSource, register_sources
+from tests.toolkit import fill
 
 PAGES = [
     "/admin/aggregates/domain/",
@@ -17,26 +17,23 @@ PAGES = [
 ]
 
 
-def fill(count: int, prefix: str) -> None:
-    register_sources(
-        [
-            NewSource("c-inputs", f"{prefix}-{i % 5}", "AB"[i % 2], {"i": str(i)})
-            for i in range(count)
-        ]
-    )
+def spread(count: int, prefix: str) -> None:
+    """`count` new sources over five aggregates."""
+    for n in range(5):
+        fill(f"{prefix}-{n}", count // 5)
 
 
 @pytest.fixture
 def history(db):
     store.create_domain("c-inputs", {})
-    fill(10, "small")
+    spread(10, "small")
 
 
 @pytest.mark.parametrize("page", PAGES)
 def test_list_pages_run_the_same_queries_whatever_the_size(admin_client, history, page):
     with CaptureQueriesContext(connection) as small:
         assert admin_client.get(page).status_code == 200
-    fill(90, "large")
+    spread(90, "large")
     with CaptureQueriesContext(connection) as large:
         response = admin_client.get(page)
     assert response.status_code == 200
@@ -92,9 +89,9 @@ def test_saving_a_domain_in_the_admin_keeps_the_write_path_counters(history, rf)
     from aggregates.models import Domain
 
     loaded = Domain.objects.get(key="c-inputs")  # as the change form loads it
-    fill(3, "meanwhile")  # posts land before the save
+    fill("meanwhile", 3)  # posts land before the save
     loaded.attrs = {"owner": "data"}
     site._registry[Domain].save_model(rf.post("/"), loaded, None, change=True)
     domain = Domain.objects.get(key="c-inputs")
     assert (domain.latest_position, domain.attrs) == (13, {"owner": "data"})
-    fill(1, "after")  # and writing goes on
+    fill("after", 1)  # and writing goes on

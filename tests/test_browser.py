@@ -5,10 +5,9 @@ from pathlib import Path
 
 import pytest
 
-from aggregates import store
 from aggregates.store import NewSource, register_sources
-from aggregates.tokens import create_token
-from tests.conftest import IN_CI, ROOT, post_via_http
+from tests.toolkit import IN_CI, ROOT
+from tests.toolkit import post as post_via_http
 
 CHROMIUM = os.environ.get("BOTLNEK_TEST_CHROMIUM", "/usr/bin/chromium")
 SCREENSHOTS = ROOT / "test-artifacts" / "screenshots"
@@ -41,13 +40,12 @@ def browser(monkeypatch):
 
 
 @pytest.fixture
-def site(start_server, transactional_db, django_user_model):
-    store.create_domain("c-inputs", {})
+def site(start_server, token, django_user_model):
     register_sources([NewSource("c-inputs", "2026-11-26", "A", {"run": "am"})])
     register_sources([NewSource("c-inputs", "2026-11-26", "B", {}, {"path": "s3://b"})])
     django_user_model.objects.create_user("ann", password="a long passphrase")
     server = start_server()
-    server.token = create_token(name="browser", scope="write")[1]
+    server.token = token
     return server
 
 
@@ -70,9 +68,9 @@ def logged_in_page(browser, server):
 
 
 def wait_live(page):
-    # The socket's first push replaces the live part: then the page is connected.
-    page.wait_for_function("document.getElementById('live') !== null")
-    page.wait_for_timeout(500)
+    """Until the page's socket is open: what is posted from then on must appear
+    (and what was posted before, the socket's first push brings)."""
+    page.wait_for_selector("body[data-live=open]", state="attached", timeout=5000)
 
 
 def test_pages_update_live_and_show_older_versions(browser, site):

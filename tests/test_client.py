@@ -9,16 +9,8 @@ import sys
 import pytest
 
 from aggregates.client import BotlnekError, Client
-from aggregates.models import Domain
 from aggregates.store import NewSource, register_sources
-from aggregates.tokens import create_token
-from tests.conftest import ROOT
-
-
-@pytest.fixture
-def token(transactional_db):
-    Domain.objects.create(key="c-inputs")
-    return create_token(name="client", scope="write")[1]
+from tests.toolkit import ROOT
 
 
 def test_post_and_post_batch(start_server, token):

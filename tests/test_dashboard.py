@@ -7,15 +7,7 @@ from django.test.utils import CaptureQueriesContext
 from aggregates import store
 from aggregates.models import Aggregate, Receipt
 from aggregates.store import NewSource, register_sources
-
-
-def fill(aggregate: str, count: int, start: int = 0) -> None:
-    register_sources(
-        [
-            NewSource("c-inputs", aggregate, "AB"[i % 2], {"i": str(i)}, {"n": i})
-            for i in range(start, start + count)
-        ]
-    )
+from tests.toolkit import fill
 
 
 @pytest.fixture

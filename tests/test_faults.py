@@ -4,7 +4,6 @@ delivered twice, and the servers heal by themselves."""
 
 import asyncio
 import glob
-import json
 import os
 import shutil
 import subprocess
@@ -17,17 +16,9 @@ from pathlib import Path
 import httpx
 import psycopg
 import pytest
-import websockets
 
-from aggregates.models import Domain, Source, Version
-from aggregates.tokens import create_token
-from tests.conftest import IN_CI, ROOT, free_port
-
-
-@pytest.fixture
-def token(transactional_db):
-    Domain.objects.create(key="c-inputs")
-    return create_token(name="faults", scope="write")[1]
+from aggregates.models import Source, Version
+from tests.toolkit import IN_CI, ROOT, Follower, free_port, wait_for
 
 
 def source(n: int, writer: int = 0) -> dict:
@@ -53,12 +44,13 @@ class Writer(threading.Thread):
         self.failures: list[tuple[int, dict]] = []
         self.transport_errors = 0
         self.done_count = 0
+        self.stopped = threading.Event()  # give up on what is left
 
     def run(self) -> None:
         turn = 0
         with httpx.Client(timeout=30, headers=self.headers) as http:
             for item in self.items:
-                while True:
+                while not self.stopped.is_set():
                     server = self.servers[turn % len(self.servers)]
                     turn += 1
                     try:
@@ -79,27 +71,8 @@ class Writer(threading.Thread):
 async def follow(servers, token, total: int, start: int = 0) -> list[int]:
     """A subscriber that resumes on the next server whenever its connection ends,
     until it has seen `total` positions."""
-    seen: list[int] = []
-    headers = {"Authorization": f"Bearer {token}"}
-    turn = start
-    deadline = time.monotonic() + 120
-    while len(seen) < total:
-        assert time.monotonic() < deadline, f"stuck after {len(seen)} positions"
-        server = servers[turn % len(servers)]
-        url = server.url.replace("http", "ws") + "/ws/subscribe"
-        try:
-            async with websockets.connect(url, additional_headers=headers) as ws:
-                request = {"type": "subscribe", "id": "s", "domain": "c-inputs"}
-                request |= {"after_position": seen[-1] if seen else 0, "mode": "delta"}
-                await ws.send(json.dumps(request))
-                assert json.loads(await ws.recv())["type"] == "subscribed"
-                while len(seen) < total:
-                    frame = json.loads(await asyncio.wait_for(ws.recv(), 30))
-                    seen.append(frame["position"])
-        except (OSError, websockets.ConnectionClosed, websockets.InvalidHandshake):
-            turn += 1
-            await asyncio.sleep(0.1)
-    return seen
+    follower = Follower(servers, token, start=start, pause=(0.1, 0.1))
+    return await follower.follow(total)
 
 
 def assert_nothing_partial_or_twice(expected_identities: int) -> None:
@@ -149,11 +122,10 @@ def test_redis_outage_keeps_writes_and_heals_every_subscriber(
                 assert response.status_code == 201, response.text
                 time.sleep(0.02)
             for server in servers:
-                for _ in range(50):
-                    if http.get(f"{server.url}/healthz").status_code == 200:
-                        break
-                    time.sleep(0.1)
-                health_after.append(http.get(f"{server.url}/healthz").status_code)
+                url = f"{server.url}/healthz"
+                # Healed by itself: ready again soon after Redis is back.
+                wait_for(lambda url=url: http.get(url).status_code == 200, what=url)
+                health_after.append(http.get(url).status_code)
 
     async def scenario():
         # Three subscribers on each process, each from the start.
@@ -186,8 +158,7 @@ def test_a_server_killed_mid_stream_leaves_nothing_partial_and_loses_nothing(
     total = per_writer * len(writers)
 
     def kill_when_busy() -> None:
-        while sum(writer.done_count for writer in writers) < total // 3:
-            time.sleep(0.01)
+        wait_for(lambda: sum(w.done_count for w in writers) >= total // 3, 60)
         doomed.process.kill()  # SIGKILL: no cleanup, requests cut mid-flight
         doomed.process.wait()
 
@@ -213,6 +184,30 @@ def test_a_server_killed_mid_stream_leaves_nothing_partial_and_loses_nothing(
     in_database = list(range(1, total + 1))
     for seen in results:
         assert seen == in_database
+
+
+def test_a_server_stopped_under_writers_exits_promptly(start_server, token):
+    """SIGTERM while posts are committing: the writes still in flight must not hold
+    the process up (a notification sent after the loop stopped once hung it)."""
+    for attempt in range(3):
+        server = start_server()
+        writers = [
+            Writer([server], token, [source(n, 10 * attempt + w) for n in range(200)])
+            for w in range(8)
+        ]
+        for writer in writers:
+            writer.start()
+        try:
+            wait_for(
+                lambda writers=writers: sum(w.done_count for w in writers) >= 40,
+                what="writes",
+            )
+            server.process.terminate()
+            assert server.process.wait(timeout=15) == 0, server.log()
+        finally:
+            for writer in writers:
+                writer.stopped.set()
+                writer.join()
 
 
 @pytest.fixture
@@ -295,8 +290,7 @@ def test_postgresql_restart_fails_requests_cleanly_and_heals(
     health: list[int] = []
 
     def restart_when_busy() -> None:
-        while sum(writer.done_count for writer in writers) < 40:
-            time.sleep(0.01)
+        wait_for(lambda: sum(w.done_count for w in writers) >= 40, 60)
         private_postgres.restart()
         health.append(httpx.get(f"{server.url}/healthz", timeout=30).status_code)
 

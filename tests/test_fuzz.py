@@ -16,7 +16,7 @@ from hypothesis import HealthCheck, settings
 
 from aggregates.api import api
 from aggregates.models import ApiToken
-from aggregates.store import NewSource, _encode_cursor, register_sources
+from aggregates.store import NewSource, encode_cursor, register_sources
 from aggregates.tokens import digest
 
 # Some cases are built when the tests are collected, before any fixture could create
@@ -24,7 +24,7 @@ from aggregates.tokens import digest
 TOKEN = "bk_fuzzer-write-token-for-tests-only"
 AGGREGATES = ["2026-11-26", "2026-11-27"]
 # Cursors are opaque: a generated string is not one, and a 400 says so.
-CURSOR = _encode_cursor(datetime(2100, 1, 1, tzinfo=UTC), 1_000_000)
+CURSOR = encode_cursor(datetime(2100, 1, 1, tzinfo=UTC), 1_000_000)
 
 CONFIG = schemathesis.Config.from_dict(
     {

@@ -9,51 +9,14 @@ import pytest
 import websockets
 
 from aggregates import store
-from aggregates.models import Domain
 from aggregates.store import NewSource, register_sources
 from aggregates.tokens import create_token
-from tests.conftest import post_via_http as post
-
-
-@pytest.fixture
-def token(transactional_db):
-    Domain.objects.create(key="c-inputs")
-    return create_token(name="live", scope="write")[1]
+from tests.toolkit import Subscriber, post, wait_for
 
 
 @pytest.fixture
 def server(start_server):
     return start_server(BOTLNEK_POSITION_CHECK_SECONDS="1")
-
-
-class Subscriber:
-    def __init__(self, server, token):
-        self.url = server.url.replace("http", "ws") + "/ws/subscribe"
-        self.headers = {"Authorization": f"Bearer {token}"} if token else {}
-
-    async def __aenter__(self):
-        self.ws = await websockets.connect(self.url, additional_headers=self.headers)
-        return self
-
-    async def __aexit__(self, *exc):
-        await self.ws.close()
-
-    async def send(self, **frame):
-        await self.ws.send(json.dumps(frame))
-
-    async def subscribe(self, **frame):
-        await self.send(type="subscribe", id="s1", domain="c-inputs", **frame)
-        reply = await self.next()
-        assert reply["type"] == "subscribed", reply
-        return reply
-
-    async def next(self, timeout=10):
-        return json.loads(await asyncio.wait_for(self.ws.recv(), timeout))
-
-    async def versions(self, count, timeout=10):
-        frames = [await self.next(timeout) for _ in range(count)]
-        assert all(f["type"] == "version" for f in frames), frames
-        return frames
 
 
 def test_live_versions_arrive_with_growing_state(server, token):
@@ -106,13 +69,14 @@ def test_resume_after_disconnect_gets_exactly_what_was_missed(server, token):
             missed = await sub.versions(50)
             post(server, token, i="live")
             live = await sub.versions(1)
-            with pytest.raises(TimeoutError):
-                await sub.next(timeout=1.5)  # nothing twice
-        return last, missed, live
+            post(server, token, i="sentinel")  # the very next frame: nothing twice
+            sentinel = await sub.versions(1)
+        return last, missed, live, sentinel
 
-    last, missed, live = asyncio.run(scenario())
+    last, missed, live, sentinel = asyncio.run(scenario())
     assert [f["position"] for f in missed] == list(range(last + 1, last + 51))
     assert live[0]["position"] == last + 51
+    assert sentinel[0]["source"]["keys"] == {"i": "sentinel"}
 
 
 def test_versions_posted_during_replay_leave_no_gap(server, token):
@@ -135,14 +99,15 @@ def test_versions_posted_during_replay_leave_no_gap(server, token):
             thread.start()
             await sub.subscribe(after_position=0, mode="delta")
             frames = await sub.versions(1660, timeout=30)
-            thread.join()
-            with pytest.raises(TimeoutError):
-                await sub.next(timeout=1.5)
+            await asyncio.to_thread(thread.join)
+            post(server, token, aggregate="sentinel")  # nothing twice before it
+            frames += await sub.versions(1)
             return frames
 
     frames = asyncio.run(scenario())
     assert writer_done.is_set()
-    assert [f["position"] for f in frames] == list(range(1, 1661))
+    assert [f["position"] for f in frames] == list(range(1, 1662))
+    assert frames[-1]["aggregate"] == "sentinel"
 
 
 def test_aggregate_subscription_resumes_after_version(server, token):
@@ -283,7 +248,7 @@ def test_browsers_use_their_session_and_an_allowed_origin(server, token):
             headers={"Referer": f"{server.url}/admin/login/"},
         )
         session = browser.cookies["sessionid"]
-    url = server.url.replace("http", "ws") + "/ws/subscribe"
+    url = server.ws_url + "/ws/subscribe"
     cookie = {"Cookie": f"sessionid={session}"}
 
     async def connect(headers):
@@ -303,22 +268,9 @@ def test_a_reader_that_stops_reading_is_closed_with_1013_and_resumes(server, tok
     big = "x" * 60_000  # 400 of these outgrow every socket buffer on the way
 
     async def scenario():
-        url = server.url.replace("http", "ws") + "/ws/subscribe"
-        headers = {"Authorization": f"Bearer {token}"}
-        async with websockets.connect(
-            url, additional_headers=headers, max_size=None, max_queue=1
-        ) as ws:
-            await ws.send(
-                json.dumps(
-                    {
-                        "type": "subscribe",
-                        "id": "s",
-                        "domain": "c-inputs",
-                        "mode": "delta",
-                    }
-                )
-            )
-            assert json.loads(await ws.recv())["type"] == "subscribed"
+        async with Subscriber(server, token, max_size=None, max_queue=1) as slow:
+            await slow.subscribe(mode="delta")
+            ws = slow.ws
             # Read nothing while 400 big and 1,100 small versions arrive live.
             for n in range(15):
                 blob = {"blob": big} if n < 4 else {}
@@ -330,7 +282,10 @@ def test_a_reader_that_stops_reading_is_closed_with_1013_and_resumes(server, tok
                     ],
                 )
                 await asyncio.to_thread(post, server, token, aggregate="poke", n=str(n))
-            await asyncio.sleep(1)
+            # Still reading nothing, until the server has given up on this reader.
+            await asyncio.to_thread(
+                wait_for, lambda: "(1013)" in server.log(), 30, "the 1013 close"
+            )
             positions = []
             with pytest.raises(websockets.ConnectionClosed) as closed:
                 while True:

@@ -6,6 +6,7 @@ answers, all-or-nothing batches, states as of N that replay the first N sources)
 import hashlib
 import json
 from collections import Counter
+from contextlib import ExitStack
 from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
@@ -22,9 +23,12 @@ from hypothesis.stateful import (
     run_state_machine_as_test,
 )
 
-from aggregates import events, store
+from aggregates import store
+from aggregates.errors import Conflict, UnknownDomain
+from aggregates.live import events
 from aggregates.models import Aggregate, Domain, Source, Version
-from aggregates.store import Conflict, NewSource, UnknownDomain
+from aggregates.store import NewSource
+from aggregates.values import isoformat
 
 # Small key spaces, so that duplicates and conflicts happen often.
 DOMAINS = ("c-inputs", "other")
@@ -151,10 +155,11 @@ class WritePath(RuleBasedStateMachine):
         self.histories: dict[tuple[str, str], list[Registered]] = {}
         self.touched: set[tuple[str, str]] = set()
         self.committed: list[events.VersionCommitted] = []
-        self.listener = events.on_versions_committed(self.committed.extend)
+        self.cleanup = ExitStack()
+        self.cleanup.enter_context(events.listening(self.committed.extend))
 
     def teardown(self) -> None:
-        events._listeners.remove(self.listener)
+        self.cleanup.close()
 
     # Drawing items: fresh ones from the small spaces, or the identity of a source
     # already there (or earlier in the same batch) with equal or other attrs.
@@ -402,7 +407,7 @@ class WritePath(RuleBasedStateMachine):
         for n in range(1, len(history) + 1):
             state = store.aggregate_state(aggregate, as_of=n)
             assert state["version"] == n
-            assert state["updated_at"] == store.isoformat(history[n - 1].at)
+            assert state["updated_at"] == isoformat(history[n - 1].at)
             assert [
                 (v["version"], v["position"], v["collection"], v["key"])
                 for v in state["versions"]

@@ -9,7 +9,7 @@ import time
 import httpx
 import pytest
 
-from tests.conftest import ROOT, free_port
+from tests.toolkit import ROOT, free_port
 
 
 def serve(data_dir, port):

@@ -3,7 +3,7 @@
 import pytest
 
 from aggregates.models import Version
-from tests.conftest import ApiClient, post_source
+from tests.toolkit import ApiClient, post_source
 
 RECEIPT = {
     "watcher": "run-c",

@@ -8,7 +8,7 @@ import pytest
 from django.core.exceptions import ImproperlyConfigured
 
 from botlnek_site.env import env_bool, env_int, env_list
-from tests.conftest import ROOT
+from tests.toolkit import ROOT
 
 
 def test_env_helpers_parse_and_reject(monkeypatch):

@@ -4,7 +4,6 @@ the database's. BOTLNEK_SOAK_SECONDS sets the writing time (default 90); the mem
 report goes to test-artifacts/soak.md."""
 
 import asyncio
-import json
 import os
 import random
 import statistics
@@ -13,11 +12,9 @@ import time
 
 import httpx
 import pytest
-import websockets
 
-from aggregates.models import Domain, Version
-from aggregates.tokens import create_token
-from tests.conftest import ROOT
+from aggregates.models import Version
+from tests.toolkit import ROOT, Follower
 
 SECONDS = float(os.environ.get("BOTLNEK_SOAK_SECONDS", "90"))
 SUBSCRIBERS = 240
@@ -37,13 +34,12 @@ def rss_mib(pid: int) -> float:
 class Run:
     def __init__(self, servers, token):
         self.servers = servers
+        self.token = token
         self.headers = {"Authorization": f"Bearer {token}"}
         self.stop_writing = threading.Event()
         self.written = 0
         self.lock = threading.Lock()
         self.samples: list[tuple[float, list[float]]] = []
-        self.reconnects = 0
-        self.frames = 0
 
     def write(self, n: int) -> None:
         rng = random.Random(n)
@@ -71,51 +67,37 @@ class Run:
             pids = [server.process.pid for server in self.servers]
             self.samples.append((time.monotonic() - started, list(map(rss_mib, pids))))
 
-    async def subscribe(self, n: int, total: asyncio.Future) -> list[int]:
-        """Follow the domain, dropping the connection at random and resuming on a
-        random server, until the final position has arrived."""
-        rng = random.Random(1000 + n)
-        mode = "delta" if n % 2 else "full"
-        seen: list[int] = []
-        while not (total.done() and len(seen) >= total.result()):
-            server = rng.choice(self.servers)
-            url = server.url.replace("http", "ws") + "/ws/subscribe"
-            async with websockets.connect(url, additional_headers=self.headers) as ws:
-                request = {"type": "subscribe", "id": "s", "domain": "c-inputs"}
-                request |= {"mode": mode, "after_position": seen[-1] if seen else 0}
-                await ws.send(json.dumps(request))
-                assert json.loads(await ws.recv())["type"] == "subscribed"
-                budget = rng.randint(10, 400)
-                while budget and not (total.done() and len(seen) >= total.result()):
-                    try:
-                        text = await asyncio.wait_for(ws.recv(), 2)
-                    except TimeoutError:
-                        continue
-                    frame = json.loads(text)
-                    assert frame["position"] == len(seen) + 1, (n, frame, seen[-3:])
-                    assert ("state" in frame) == (mode == "full")
-                    seen.append(frame["position"])
-                    self.frames += 1
-                    budget -= 1
-            self.reconnects += 1
-            await asyncio.sleep(rng.uniform(0, 0.5))
-        return seen
+    def follower(self, n: int) -> Follower:
+        """Follows the domain, dropping the connection at random and resuming on a
+        random server; half in full mode, half in delta."""
+        return Follower(
+            self.servers,
+            self.token,
+            mode="delta" if n % 2 else "full",
+            rng=random.Random(1000 + n),
+            hop_every=(10, 400),
+            pause=(0, 0.5),
+            deadline=SECONDS + 120,
+        )
 
 
 @pytest.mark.postgres
 def test_soak_memory_stays_flat_and_every_subscriber_has_everything(
-    start_server, redis_url
+    start_server, token, redis_url
 ):
     REPORT.unlink(missing_ok=True)  # never show an older run's report
-    Domain.objects.create(key="c-inputs")
-    token = create_token(name="soak", scope="write")[1]
     servers = [start_server(BOTLNEK_REDIS_URL=redis_url) for _ in range(2)]
     run = Run(servers, token)
 
     async def scenario():
         total = asyncio.get_running_loop().create_future()
+
+        def everything(seen: list[int]) -> bool:
+            return total.done() and len(seen) >= total.result()
+
+        followers = [run.follower(n) for n in range(SUBSCRIBERS)]
         subscribers = [
-            asyncio.ensure_future(run.subscribe(n, total)) for n in range(SUBSCRIBERS)
+            asyncio.ensure_future(follower.follow(everything)) for follower in followers
         ]
         started = time.monotonic()
         threads = [threading.Thread(target=run.write, args=(n,)) for n in range(4)]
@@ -127,9 +109,11 @@ def test_soak_memory_stays_flat_and_every_subscriber_has_everything(
         for thread in threads:
             await asyncio.to_thread(thread.join)
         total.set_result(run.written)
-        return await asyncio.gather(*subscribers)
+        return followers, await asyncio.gather(*subscribers)
 
-    results = asyncio.run(scenario())
+    followers, results = asyncio.run(scenario())
+    frames = sum(len(seen) for seen in results)
+    reconnects = sum(follower.reconnects for follower in followers)
     in_database = list(
         Version.objects.order_by("position").values_list("position", flat=True)
     )
@@ -148,8 +132,8 @@ def test_soak_memory_stays_flat_and_every_subscriber_has_everything(
         f"{SECONDS:g} s of writing at ~{VERSIONS_PER_SECOND}/s by {WRITERS} writers "
         f"through 2 daphne processes (PostgreSQL + Redis); {SUBSCRIBERS} subscribers "
         f"(half full, half delta) dropping their connection every 10-400 frames and "
-        f"resuming on a random process: {run.written} versions, {run.frames} frames "
-        f"received, {run.reconnects} reconnects, every sequence equal to the "
+        f"resuming on a random process: {run.written} versions, {frames} frames "
+        f"received, {reconnects} reconnects, every sequence equal to the "
         "database's.",
         "",
         "| process | middle third median RSS (MiB) | last third median | growth |",

@@ -4,18 +4,18 @@ import itertools
 
 import pytest
 
-from aggregates import events
+from aggregates.live import events
 from aggregates.models import Aggregate, Source, Version
-from tests.conftest import post_source
+from aggregates.store import NewSource, register_sources
+from tests.toolkit import post_source
 
 
 @pytest.fixture
 def committed():
     """Every VersionCommitted announced while the test runs."""
     seen = []
-    listener = events.on_versions_committed(seen.extend)
-    yield seen
-    events._listeners.remove(listener)
+    with events.listening(seen.extend):
+        yield seen
 
 
 def test_seed_example_grows_one_source_per_version(api, domain):
@@ -188,8 +188,6 @@ def test_full_batch_of_a_thousand(api, domain):
 
 def test_nothing_is_announced_before_commit(api, domain, committed, django_db_blocker):
     from django.db import transaction
-
-    from aggregates.store import NewSource, register_sources
 
     with transaction.atomic():
         register_sources([NewSource("c-inputs", "d1", "A")])

@@ -5,15 +5,8 @@ import json
 import httpx
 import pytest
 
-from aggregates.models import Domain
 from aggregates.store import NewSource, register_sources
 from aggregates.tokens import create_token
-
-
-@pytest.fixture
-def token(transactional_db):
-    Domain.objects.create(key="c-inputs")
-    return create_token(name="sse", scope="write")[1]
 
 
 def read_events(response, count):

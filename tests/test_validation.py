@@ -11,7 +11,7 @@ GOOD = {"domain": "c-inputs", "aggregate": "2026-11-26", "collection": "A"}
 
 def assert_error(response, status, field=None):
     assert response.status_code == status, response.content
-    assert response["Content-Type"].startswith("application/json")
+    assert response.headers["Content-Type"].startswith("application/json")
     body = response.json()
     assert set(body) <= {"error", "detail", "fields"}
     assert body["error"] and body["detail"]

@@ -9,7 +9,7 @@ import os
 import time
 import urllib.error
 import urllib.request
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import websockets
@@ -68,12 +68,15 @@ class Client:
         after_position: int | None = None,
         mode: str = "full",
         max_backoff: float = 30.0,
+        on_subscribed: Callable[[int], None] | None = None,
     ) -> AsyncIterator[dict[str, Any]]:
-        """Version frames (SPEC §4), in position order, each exactly once.
+        """Version frames, in position order, each exactly once.
 
         Without `after_position` it starts with what arrives from now on. When the
         connection drops it reconnects with backoff and resumes after the last
         position it yielded, so nothing is lost and nothing repeats.
+        `on_subscribed(latest_position)` is called each time the server confirms
+        the subscription (at the start and after every reconnection).
         """
         last = after_position
         backoff = 0.5
@@ -100,6 +103,8 @@ class Client:
                             )
                         if message["type"] == "subscribed":
                             backoff = 0.5
+                            if on_subscribed is not None:
+                                on_subscribed(message["position"])
                             if last is None:  # live only: from here, also on resume
                                 last = message["position"]
                         elif message["type"] == "version" and message["position"] > (

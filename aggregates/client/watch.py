@@ -106,7 +106,13 @@ class Watcher:
             loop.add_signal_handler(signum, stopping.set)
         progress = await asyncio.to_thread(self.start_position)
         frames = self.client.subscribe(
-            self.domain, after_position=progress.position, mode="full"
+            self.domain,
+            after_position=progress.position,
+            mode="full",
+            on_subscribed=lambda latest: self.log(
+                f"watch: following {self.domain} from position {progress.position}"
+                f" (latest {latest})"
+            ),
         )
         stop = asyncio.ensure_future(stopping.wait())
         try:

@@ -3,6 +3,7 @@ import json
 from django.core.management.base import BaseCommand, CommandError
 
 from aggregates import store
+from aggregates.errors import NotFound
 from aggregates.management.progress import done, progress
 from aggregates.models import Version
 
@@ -21,7 +22,7 @@ class Command(BaseCommand):
     def handle(self, *args, domain, **options):
         try:
             found = store.get_domain(domain)
-        except store.NotFound as exc:
+        except NotFound as exc:
             raise CommandError(exc.detail) from None
         self.stdout.write(json.dumps({"domain": found.key, "attrs": found.attrs}))
         total, written, after = found.latest_position, 0, 0

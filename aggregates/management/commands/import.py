@@ -5,6 +5,7 @@ from django.core.management.base import BaseCommand, CommandError
 from pydantic import ValidationError
 
 from aggregates import store
+from aggregates.errors import StoreError
 from aggregates.management.progress import done, progress
 from aggregates.schemas import DomainIn, SourceIn
 
@@ -45,7 +46,7 @@ class Command(BaseCommand):
                 source = SourceIn(domain=domain, **data)
             except (ValueError, KeyError, TypeError, ValidationError) as exc:
                 raise CommandError(f"line {number}: {exc}") from None
-            except store.StoreError as exc:
+            except StoreError as exc:
                 raise CommandError(f"line {number}: {exc.detail}") from None
             batch.append(
                 store.NewSource(
@@ -70,7 +71,7 @@ class Command(BaseCommand):
             return
         try:
             results = store.register_sources(batch)
-        except store.StoreError as exc:
+        except StoreError as exc:
             raise CommandError(exc.detail) from None
         for result in results:
             counts["created" if result.created else "existing"] += 1

@@ -1,8 +1,8 @@
 from django.core.management.base import BaseCommand, CommandError
 
 from aggregates.models import ApiToken
-from aggregates.schemas import key_rule
 from aggregates.tokens import create_token, revoke_token
+from aggregates.values import key_rule
 
 
 class Command(BaseCommand):

@@ -1,51 +1,37 @@
-"""The one write path for sources, and the reads built on the same tables.
+"""The one write path: register_sources() appends versions, all or nothing.
 
-register_sources() is the only code that writes Aggregate, Version and Source rows.
-It locks every domain it touches (SELECT … FOR UPDATE on PostgreSQL; SQLite's
-BEGIN IMMEDIATE takes the whole-database write lock), so per-aggregate versions and
-per-domain positions are assigned one writer at a time and become visible in
-position order. The lock is held to commit, which makes position order commit order.
+It is the only code that writes Aggregate, Version and Source rows. It locks every
+domain it touches (SELECT … FOR UPDATE on PostgreSQL; SQLite's BEGIN IMMEDIATE takes
+the whole-database write lock), so per-aggregate versions and per-domain positions
+are assigned one writer at a time and become visible in position order. The lock is
+held to commit, which makes position order commit order. New versions are announced
+with transaction.on_commit, never before the commit.
 """
 
-import base64
 import hashlib
-import json
 from collections.abc import Iterable, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from django.db import connection, transaction
-from django.db.models import Q
 from django.utils import timezone
 
-from aggregates import events
-from aggregates.models import Aggregate, Domain, Receipt, Source, Version
-from aggregates.schemas import canonical_json, json_equal
-
-
-class StoreError(Exception):
-    """A registration that cannot be applied; the whole transaction is rolled back."""
-
-    status = 400
-    code = "invalid"
-
-    def __init__(self, detail: str, *, index: int | None = None, field: str = ""):
-        super().__init__(detail)
-        self.detail = detail
-        self.index = index
-        self.field = field
-
-
-class UnknownDomain(StoreError):
-    status = 404
-    code = "not_found"
-
-
-class Conflict(StoreError):
-    status = 409
-    code = "conflict"
+from aggregates.errors import Conflict, NotFound, UnknownDomain
+from aggregates.live import events
+from aggregates.models import Aggregate, Domain, Receipt
+from aggregates.store.read import get_aggregate, receipt_json
+from aggregates.store.sql import (
+    AGGREGATE,
+    DOMAIN,
+    RECEIPT,
+    SOURCE,
+    VERSION,
+    json_value,
+    placeholders,
+)
+from aggregates.values import canonical_json, isoformat, json_equal, utc
 
 
 @dataclass(frozen=True)
@@ -90,17 +76,6 @@ class Registration:
 def source_key(keys: dict[str, str]) -> str:
     """SHA-256 hex of the canonical JSON of a source's keys (SPEC §2)."""
     return hashlib.sha256(canonical_json(keys).encode()).hexdigest()
-
-
-def isoformat(moment: datetime | str) -> str:
-    """ISO 8601 in UTC, always with microseconds: 2026-11-26T10:00:00.000000Z.
-
-    Takes a datetime, or the naive UTC text SQLite keeps one as (raw queries)."""
-    if isinstance(moment, str):
-        moment = datetime.fromisoformat(moment)
-    if moment.tzinfo is not None:
-        moment = moment.astimezone(UTC).replace(tzinfo=None)
-    return moment.isoformat(timespec="microseconds") + "Z"
 
 
 def register_sources(items: Sequence[NewSource]) -> list[Registration]:
@@ -200,17 +175,6 @@ def _registration(created: bool, item: NewSource, key: str, version) -> Registra
     )
 
 
-# The write path's SQL. It is written out rather than built by the ORM because the
-# ORM's query compilation cost several times the queries themselves (~0.5 ms against
-# ~0.05 ms per statement, measured), and every post runs about eight of them while
-# holding the domain lock. Statements are plain SQL that SQLite and PostgreSQL share.
-
-_DOMAIN = Domain._meta.db_table
-_AGGREGATE = Aggregate._meta.db_table
-_VERSION = Version._meta.db_table
-_SOURCE = Source._meta.db_table
-
-
 @dataclass(slots=True)
 class _DomainRow:
     id: int
@@ -253,15 +217,6 @@ class _NewVersion:
         return self.item.attrs
 
 
-def _placeholders(count: int) -> str:
-    return ", ".join(["%s"] * count)
-
-
-def _json_value(value: Any) -> Any:
-    """A JSON column as Python: SQLite and Django's psycopg setup return text."""
-    return json.loads(value) if isinstance(value, str | bytes) else value
-
-
 class _WriteSql:
     def __init__(self, cursor):
         self.cursor = cursor
@@ -277,8 +232,8 @@ class _WriteSql:
     def lock_domains(self, keys: list[str]) -> dict[str, _DomainRow]:
         # Sorted keys give batches spanning domains one lock order: no deadlocks.
         self.cursor.execute(
-            f'SELECT "id", "key", "latest_position", "aggregate_count" FROM "{_DOMAIN}"'
-            f' WHERE "key" IN ({_placeholders(len(keys))}) ORDER BY "key"{self.lock}',
+            f'SELECT "id", "key", "latest_position", "aggregate_count" FROM "{DOMAIN}"'
+            f' WHERE "key" IN ({placeholders(len(keys))}) ORDER BY "key"{self.lock}',
             keys,
         )
         return {row[1]: _DomainRow(*row) for row in self.cursor.fetchall()}
@@ -292,9 +247,9 @@ class _WriteSql:
         # Two IN lists fetch a superset: one OR per item would overflow SQLite's
         # expression depth on a 1,000-source batch.
         self.cursor.execute(
-            f'SELECT "id", "domain_id", "key", "version", "counts" FROM "{_AGGREGATE}"'
-            f' WHERE "domain_id" IN ({_placeholders(len(domain_ids))})'
-            f' AND "key" IN ({_placeholders(len(keys))})',
+            f'SELECT "id", "domain_id", "key", "version", "counts" FROM "{AGGREGATE}"'
+            f' WHERE "domain_id" IN ({placeholders(len(domain_ids))})'
+            f' AND "key" IN ({placeholders(len(keys))})',
             [*domain_ids, *keys],
         )
         found = {(row[1], row[2]): row for row in self.cursor.fetchall()}
@@ -305,7 +260,7 @@ class _WriteSql:
             if row is None:
                 result[domain_key, key] = _AggregateRow(None, domain, key, 0, {})
             else:
-                counts = _json_value(row[4])
+                counts = json_value(row[4])
                 result[domain_key, key] = _AggregateRow(
                     row[0], domain, key, row[3], counts
                 )
@@ -316,7 +271,7 @@ class _WriteSql:
             return
         at = self._time(now)
         self.cursor.execute(
-            f'INSERT INTO "{_AGGREGATE}" ("domain_id", "key", "version", "counts",'
+            f'INSERT INTO "{AGGREGATE}" ("domain_id", "key", "version", "counts",'
             ' "created_at", "updated_at") VALUES '
             + ", ".join(["(%s, %s, 0, %s, %s, %s)"] * len(rows))
             + ' RETURNING "id"',
@@ -340,15 +295,15 @@ class _WriteSql:
         ordered_keys = sorted(keys)
         self.cursor.execute(
             f'SELECT s."aggregate_id", s."collection", s."key", s."attrs", v."number",'
-            f' v."position", v."at" FROM "{_SOURCE}" s'
-            f' JOIN "{_VERSION}" v ON v."id" = s."version_id"'
-            f' WHERE s."aggregate_id" IN ({_placeholders(len(ids))})'
-            f' AND s."key" IN ({_placeholders(len(ordered_keys))})',
+            f' v."position", v."at" FROM "{SOURCE}" s'
+            f' JOIN "{VERSION}" v ON v."id" = s."version_id"'
+            f' WHERE s."aggregate_id" IN ({placeholders(len(ids))})'
+            f' AND s."key" IN ({placeholders(len(ordered_keys))})',
             [*ids, *ordered_keys],
         )
         return {
             (aggregate_id, collection, key): _ExistingSource(
-                _json_value(attrs), number, position, _aware(at)
+                json_value(attrs), number, position, utc(at)
             )
             for aggregate_id, collection, key, attrs, number, position, at in (
                 self.cursor.fetchall()
@@ -378,7 +333,7 @@ class _WriteSql:
                 ("number", "bigint", [v.number for v in versions]),
                 ("position", "bigint", [v.position for v in versions]),
                 ("counts", "jsonb", [self._json(v.counts) for v in versions]),
-                sql=f'INSERT INTO "{_VERSION}" ("aggregate_id", "domain_id", "number",'
+                sql=f'INSERT INTO "{VERSION}" ("aggregate_id", "domain_id", "number",'
                 ' "position", "counts", "at") SELECT "aggregate_id", "domain_id",'
                 ' "number", "position", "counts", %s FROM "new"',
                 params=[at],
@@ -392,19 +347,19 @@ class _WriteSql:
                 ("key", "text", [v.key for v in versions]),
                 ("keys", "jsonb", [self._json(v.item.keys) for v in versions]),
                 ("attrs", "jsonb", [self._json(v.item.attrs) for v in versions]),
-                sql=f'INSERT INTO "{_SOURCE}" ("version_id", "aggregate_id",'
+                sql=f'INSERT INTO "{SOURCE}" ("version_id", "aggregate_id",'
                 ' "collection", "key", "keys", "attrs")'
                 ' SELECT v."id", n."aggregate_id", n."collection", n."key", n."keys",'
-                f' n."attrs" FROM "new" n JOIN "{_VERSION}" v'
+                f' n."attrs" FROM "new" n JOIN "{VERSION}" v'
                 ' ON v."domain_id" = n."domain_id" AND v."position" = n."position"',
             )
             self.cursor.executemany(
-                f'UPDATE "{_AGGREGATE}" SET "version" = %s, "counts" = %s,'
+                f'UPDATE "{AGGREGATE}" SET "version" = %s, "counts" = %s,'
                 ' "updated_at" = %s WHERE "id" = %s',
                 [(a.version, self._json(a.counts), at, a.id) for a in aggregates],
             )
             self.cursor.executemany(
-                f'UPDATE "{_DOMAIN}" SET "latest_position" = %s,'
+                f'UPDATE "{DOMAIN}" SET "latest_position" = %s,'
                 ' "aggregate_count" = %s WHERE "id" = %s',
                 [(d.latest_position, d.aggregate_count, d.id) for d in domains],
             )
@@ -435,48 +390,7 @@ class _WriteSql:
         )
 
 
-def _aware(value: datetime | str) -> datetime:
-    """A timestamp column read by raw SQL, as an aware UTC datetime."""
-    if isinstance(value, str):
-        value = datetime.fromisoformat(value)
-    return value if value.tzinfo else value.replace(tzinfo=UTC)
-
-
-# Reads. Each runs a fixed number of queries whatever the size of the aggregate.
-
-
-class NotFound(StoreError):
-    status = 404
-    code = "not_found"
-
-
-def get_domain(key: str) -> Domain:
-    try:
-        return Domain.objects.get(key=key)
-    except Domain.DoesNotExist:
-        raise NotFound(f"domain {key!r} does not exist") from None
-
-
-def get_aggregate(domain_key: str, key: str) -> Aggregate:
-    try:
-        return Aggregate.objects.select_related("domain").get(
-            domain__key=domain_key, key=key
-        )
-    except Aggregate.DoesNotExist:
-        get_domain(domain_key)
-        raise NotFound(
-            f"aggregate {key!r} does not exist in domain {domain_key!r}"
-        ) from None
-
-
-def domain_json(domain: Domain) -> dict[str, Any]:
-    return {
-        "key": domain.key,
-        "attrs": domain.attrs,
-        "aggregates": domain.aggregate_count,
-        "latest_position": domain.latest_position,
-        "created_at": isoformat(domain.created_at),
-    }
+# Domains, receipts and retention: the other writes.
 
 
 def create_domain(key: str, attrs: dict[str, Any]) -> tuple[Domain, bool]:
@@ -490,243 +404,6 @@ def create_domain(key: str, attrs: dict[str, Any]) -> tuple[Domain, bool]:
             f"domain {key!r} already exists with different attrs", field="attrs"
         )
     return domain, created
-
-
-def list_aggregates(
-    domain: Domain, *, limit: int, cursor: str | None, prefix: str | None
-) -> dict[str, Any]:
-    """Aggregates of a domain, most recently updated first, keyset-paginated."""
-    rows = Aggregate.objects.filter(domain=domain).order_by("-updated_at", "-id")
-    if prefix:
-        if connection.vendor == "sqlite":
-            # SQLite's LIKE ignores case; keys compare byte by byte (BINARY).
-            rows = rows.filter(key__gte=prefix, key__lt=prefix + "\U0010ffff")
-        else:
-            rows = rows.filter(key__startswith=prefix)
-    if cursor:
-        updated_at, last_id = _decode_cursor(cursor)
-        rows = rows.filter(
-            Q(updated_at__lt=updated_at) | Q(updated_at=updated_at, id__lt=last_id)
-        )
-    page = list(
-        rows.values_list("id", "key", "version", "created_at", "updated_at", "counts")[
-            : limit + 1
-        ]
-    )
-    next_cursor = None
-    if len(page) > limit:
-        page = page[:limit]
-        last = page[-1]
-        next_cursor = _encode_cursor(last[4], last[0])
-    return {
-        "aggregates": [
-            {
-                "key": key,
-                "version": version,
-                "created_at": isoformat(created_at),
-                "updated_at": isoformat(updated_at),
-                "counts": counts,
-            }
-            for _, key, version, created_at, updated_at, counts in page
-        ],
-        "next_cursor": next_cursor,
-    }
-
-
-def _encode_cursor(updated_at: datetime, last_id: int) -> str:
-    raw = json.dumps([updated_at.isoformat(), last_id]).encode()
-    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
-
-
-def _decode_cursor(cursor: str) -> tuple[datetime, int]:
-    try:
-        padded = cursor + "=" * (-len(cursor) % 4)
-        moment, last_id = json.loads(base64.urlsafe_b64decode(padded))
-        return datetime.fromisoformat(moment), int(last_id)
-    except (ValueError, TypeError, OverflowError):
-        raise StoreError(
-            "must be a next_cursor value from an earlier page", field="cursor"
-        ) from None
-
-
-def aggregate_state(aggregate: Aggregate, as_of: int | None = None) -> dict[str, Any]:
-    """The aggregate as of version `as_of` (default: latest): SPEC §3's state shape."""
-    return json.loads(aggregate_state_json(aggregate, as_of))
-
-
-def aggregate_state_json(aggregate: Aggregate, as_of: int | None = None) -> str:
-    """The state as JSON text: the one serializer of this shape, which the API,
-    websockets and SSE all send.
-
-    It is written out directly rather than built as objects and dumped: keys and
-    attrs are spliced in as the JSON text the database holds, so a 10,000-source
-    aggregate costs no 20,000 JSON parses and datetime conversions on the way out.
-    """
-    if as_of is not None and not 1 <= as_of <= aggregate.version:
-        raise NotFound(
-            f"aggregate {aggregate.key!r} has versions 1-{aggregate.version}, "
-            f"not {as_of}"
-        )
-    number = aggregate.version if as_of is None else as_of
-    as_text = "::text" if connection.vendor == "postgresql" else ""
-    with connection.cursor() as cursor:
-        cursor.execute(
-            "SELECT v.number, v.position, v.at, s.collection, s.key,"
-            f" s.keys{as_text}, s.attrs{as_text}"
-            " FROM aggregates_version v JOIN aggregates_source s"
-            " ON s.version_id = v.id"
-            " WHERE v.aggregate_id = %s AND v.number <= %s ORDER BY v.number",
-            [aggregate.pk, number],
-        )
-        rows = cursor.fetchall()
-    versions = []
-    collections: dict[str, list[str]] = {}
-    names: dict[str, str] = {}  # collection: its JSON string, encoded once
-    updated_at = isoformat(aggregate.updated_at)
-    for number, position, at, collection, key, keys, attrs in rows:
-        name = names.get(collection) or names.setdefault(
-            collection, json.dumps(collection, ensure_ascii=False)
-        )
-        updated_at = isoformat(at)
-        versions.append(
-            f'{{"version":{number},"position":{position},"at":"{updated_at}",'
-            f'"collection":{name},"key":"{key}"}}'
-        )
-        collections.setdefault(collection, []).append(
-            f'{{"version":{number},"key":"{key}","keys":{keys},"attrs":{attrs}}}'
-        )
-    head = json.dumps(
-        {
-            "domain": aggregate.domain.key,
-            "key": aggregate.key,
-            "version": len(versions),
-            "created_at": isoformat(aggregate.created_at),
-            "updated_at": updated_at,
-        },
-        ensure_ascii=False,
-        separators=(",", ":"),
-    )
-    by_collection = ",".join(
-        f"{names[name]}:[{','.join(collections[name])}]" for name in sorted(collections)
-    )
-    return (
-        f'{head[:-1]},"versions":[{",".join(versions)}],'
-        f'"collections":{{{by_collection}}}}}'
-    )
-
-
-_FRAME_FIELDS = (
-    "domain__key",
-    "aggregate__key",
-    "number",
-    "position",
-    "at",
-    "source__collection",
-    "source__key",
-    "source__keys",
-    "source__attrs",
-)
-
-
-def _frame(row: tuple) -> dict[str, Any]:
-    domain, aggregate, number, position, at, collection, key, keys, attrs = row[:9]
-    return {
-        "domain": domain,
-        "aggregate": aggregate,
-        "version": number,
-        "position": position,
-        "at": isoformat(at),
-        "source": {"collection": collection, "key": key, "keys": keys, "attrs": attrs},
-    }
-
-
-def _frames(rows: Iterable[tuple]) -> list[dict[str, Any]]:
-    return [_frame(row) for row in rows]
-
-
-def aggregate_versions(aggregate: Aggregate, *, after: int, limit: int) -> list[dict]:
-    """Versions of one aggregate after version `after`, oldest first."""
-    rows = (
-        Version.objects.filter(aggregate=aggregate, number__gt=after)
-        .order_by("number")
-        .values_list(*_FRAME_FIELDS)[:limit]
-    )
-    return _frames(rows)
-
-
-def domain_versions(domain: Domain, *, after_position: int, limit: int) -> list[dict]:
-    """Versions of every aggregate of a domain after a position, in position order."""
-    rows = (
-        Version.objects.filter(domain=domain, position__gt=after_position)
-        .order_by("position")
-        .values_list(*_FRAME_FIELDS)[:limit]
-    )
-    return _frames(rows)
-
-
-def live_frames(
-    domain_key: str,
-    *,
-    after_position: int,
-    limit: int,
-    aggregate: str | None = None,
-    up_to: int | None = None,
-) -> tuple[int, list[dict[str, Any]]]:
-    """For live delivery: the domain's latest position, then version frames (with
-    delta mode's `counts`) after `after_position`, optionally of one aggregate.
-
-    The latest position is read first: every version at or below it has committed,
-    so the frames read afterwards hold all of them that match.
-    """
-    latest = (
-        Domain.objects.filter(key=domain_key)
-        .values_list("latest_position", flat=True)
-        .first()
-    )
-    if latest is None:
-        return 0, []
-    rows = Version.objects.filter(domain__key=domain_key, position__gt=after_position)
-    if aggregate is not None:
-        rows = rows.filter(aggregate__key=aggregate)
-    if up_to is not None:
-        rows = rows.filter(position__lte=up_to)
-    frames = []
-    for row in rows.order_by("position").values_list(*_FRAME_FIELDS, "counts")[:limit]:
-        frame = _frame(row)
-        frame["counts"] = row[9]
-        frames.append(frame)
-    return latest, frames
-
-
-def position_of_version(domain_key: str, aggregate: str, number: int) -> int | None:
-    """The domain position of an aggregate's version N, or None if there is none."""
-    return (
-        Version.objects.filter(
-            domain__key=domain_key, aggregate__key=aggregate, number=number
-        )
-        .values_list("position", flat=True)
-        .first()
-    )
-
-
-def latest_positions(domain_keys: Iterable[str]) -> dict[str, int]:
-    return dict(
-        Domain.objects.filter(key__in=list(domain_keys)).values_list(
-            "key", "latest_position"
-        )
-    )
-
-
-def latest_positions_all() -> dict[str, int]:
-    return dict(Domain.objects.values_list("key", "latest_position"))
-
-
-def state_json_as_of(domain_key: str, aggregate: str, number: int | None) -> str:
-    """An aggregate's state text by keys, as of `number` (None: the latest)."""
-    return aggregate_state_json(get_aggregate(domain_key, aggregate), number)
-
-
-# Receipts: what subscribers did about versions. Never a version themselves.
 
 
 def record_receipt(
@@ -756,30 +433,6 @@ def record_receipt(
         detail=detail,
     )
     return receipt_json(receipt, domain, aggregate)
-
-
-def receipt_json(receipt: Receipt, domain: str, aggregate: str) -> dict[str, Any]:
-    return {
-        "id": receipt.pk,
-        "watcher": receipt.watcher,
-        "domain": domain,
-        "aggregate": aggregate,
-        "version": receipt.version,
-        "outcome": receipt.outcome,
-        "exit_code": receipt.exit_code,
-        "duration_s": receipt.duration_s,
-        "detail": receipt.detail,
-        "at": isoformat(receipt.at),
-    }
-
-
-def list_receipts(domain: str, aggregate: str, *, limit: int) -> list[dict[str, Any]]:
-    """An aggregate's receipts, newest first."""
-    target = get_aggregate(domain, aggregate)
-    return [
-        receipt_json(receipt, domain, aggregate)
-        for receipt in target.receipts.order_by("-id")[:limit]
-    ]
 
 
 # Retention: deleting whole aggregates is the only deletion there is.
@@ -812,15 +465,15 @@ def prune_aggregates(aggregate_ids: list[int], older_than: datetime) -> int:
         if not victims:
             return 0
         ids = [aggregate_id for aggregate_id, _ in victims]
-        marks = _placeholders(len(ids))
-        for table in (_SOURCE, Receipt._meta.db_table, _VERSION, _AGGREGATE):
-            column = "id" if table == _AGGREGATE else "aggregate_id"
+        marks = placeholders(len(ids))
+        for table in (SOURCE, RECEIPT, VERSION, AGGREGATE):
+            column = "id" if table == AGGREGATE else "aggregate_id"
             cursor.execute(f'DELETE FROM "{table}" WHERE "{column}" IN ({marks})', ids)
         gone: dict[int, int] = {}
         for _, domain_id in victims:
             gone[domain_id] = gone.get(domain_id, 0) + 1
         cursor.executemany(
-            f'UPDATE "{_DOMAIN}" SET "aggregate_count" = "aggregate_count" - %s'
+            f'UPDATE "{DOMAIN}" SET "aggregate_count" = "aggregate_count" - %s'
             ' WHERE "id" = %s',
             [(count, domain_id) for domain_id, count in gone.items()],
         )

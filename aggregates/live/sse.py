@@ -5,8 +5,8 @@ from collections.abc import AsyncIterator
 
 from django.conf import settings
 
-from aggregates import live
-from aggregates.consumers import SubscribeIn, Subscription
+from aggregates.live.hub import Frame
+from aggregates.live.subscription import SubscribeIn, Subscription
 
 KEEP_ALIVE_SECONDS = 15
 
@@ -24,7 +24,7 @@ class SseSink:
     async def subscribed(self, subscription: Subscription, position: int) -> None:
         pass  # SSE has no such event; the stream itself says so
 
-    async def version(self, subscription: Subscription, frame: live.Frame) -> None:
+    async def version(self, subscription: Subscription, frame: Frame) -> None:
         data = await frame.text(subscription.mode)
         self.events.put_nowait(
             f"id: {frame.position}\nevent: version\ndata: {data}\n\n"

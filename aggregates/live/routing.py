@@ -1,6 +1,7 @@
 from django.urls import path
 
-from aggregates.consumers import DashboardConsumer, SubscribeConsumer
+from aggregates.live.dashboard import DashboardConsumer
+from aggregates.live.websocket import SubscribeConsumer
 
 websocket_urlpatterns = [
     path("ws/subscribe", SubscribeConsumer.as_asgi()),

@@ -1,4 +1,4 @@
-"""Live delivery inside one server process.
+"""The per-process hub: one channel-layer listener and one feed per domain.
 
 The channel layer is at-most-once, so it only ever says "domain D has reached
 position P"; the database is the source of truth. Each process keeps one Hub: one
@@ -20,7 +20,8 @@ from asgiref.sync import async_to_sync
 from channels.layers import get_channel_layer
 from django.conf import settings
 
-from aggregates import db, events, store
+from aggregates import db, store
+from aggregates.live import events
 
 logger = logging.getLogger("botlnek.live")
 PAGE = 500
@@ -31,10 +32,10 @@ def domain_group(domain: str) -> str:
     return "botlnek.domain." + hashlib.sha256(domain.encode()).hexdigest()[:40]
 
 
-# Publishing: called after commit, on the writer thread.
+# Publishing: registered in AppConfig.ready(); called after commit, on the writer
+# thread.
 
 
-@events.on_versions_committed
 def publish(committed: Sequence[events.VersionCommitted]) -> None:
     latest: dict[str, int] = {}
     for version in committed:
@@ -49,7 +50,13 @@ def _send_soon(group: str, message: dict) -> None:
     layer = get_channel_layer()
     loop = events.server_loop()
     if loop is None:
-        async_to_sync(layer.group_send)(group, message)
+        if events.server_stopped():
+            # A write that commits while the server shuts down: its loop will not
+            # run the send, and waiting for it would hang the shutdown. Every other
+            # process heals from the database at its next position check.
+            logger.info("server stopping: %s not announced", message)
+            return
+        async_to_sync(layer.group_send)(group, message)  # no server: a command
         return
     future = asyncio.run_coroutine_threadsafe(layer.group_send(group, message), loop)
     future.add_done_callback(_report)

@@ -1,0 +1,13 @@
+"""Live delivery: how a committed version reaches every subscriber of this process.
+
+    store.register_sources ── transaction.on_commit ──▶ events.versions_committed
+      ──▶ hub.publish: "domain D reached position P" over the channel layer
+      ──▶ hub.Hub (one per process) ──▶ hub.DomainFeed: reads the new versions once
+      ──▶ subscription.Subscription: replay, gap healing, no duplicates
+      ──▶ a transport: websocket.py (/ws/subscribe), sse.py (/api/stream),
+          dashboard.py (/ws/dashboard: the page's live parts, re-rendered)
+
+The channel layer only ever says that a domain moved; the database is the source
+of truth, so a lost notification delays a version and never loses it.
+daphne_transport.py is the one place that reaches past ASGI into daphne.
+"""

@@ -1,0 +1,83 @@
+"""`/ws/dashboard?path=<page URL>`: pushes a dashboard page's live parts.
+
+The socket names the page it serves by the page's own URL; resolving it gives the
+view, whose @live_parts renderer (aggregates.views) re-renders the live parts. A
+page of a domain listens to that domain (and, for an aggregate's page, only to
+that aggregate's versions); a page of no domain listens to every domain.
+"""
+
+import asyncio
+from urllib.parse import parse_qs
+
+from channels.generic.websocket import AsyncWebsocketConsumer
+from django.conf import settings
+from django.http import QueryDict
+from django.urls import Resolver404, resolve
+
+from aggregates import db, store
+from aggregates.errors import NotFound
+from aggregates.live import hub
+from aggregates.live.websocket import SubscribeConsumer
+
+NOT_FOUND = 4404  # the page is gone, or has no live parts
+
+
+class DashboardConsumer(AsyncWebsocketConsumer):
+    """The first push goes out as soon as the socket opens, so whatever was
+    committed between rendering the page and opening the socket shows up too."""
+
+    channel_layer_alias = SubscribeConsumer.channel_layer_alias
+    RENDER_EVERY = 0.25  # seconds: at most four renders a second per page
+
+    async def connect(self) -> None:
+        user = self.scope.get("user")
+        public = settings.BOTLNEK_PUBLIC_DASHBOARD
+        if not (public or (user is not None and user.is_authenticated)):
+            await self.close()
+            return
+        query = parse_qs(self.scope.get("query_string", b"").decode())
+        path, _, page_query = query.get("path", ["/"])[0].partition("?")
+        try:
+            match = resolve(path)
+        except Resolver404:
+            match = None
+        self.render_live = getattr(match.func, "live_parts", None) if match else None
+        if self.render_live is None:
+            await self.close(code=NOT_FOUND)
+            return
+        self.kwargs = match.kwargs
+        self.query = QueryDict(page_query)
+        self.aggregate = self.kwargs.get("aggregate")
+        if "domain" in self.kwargs:
+            self.domains = [self.kwargs["domain"]]
+        else:
+            self.domains = list(await db.read(store.latest_positions_all))
+        await self.accept()
+        self.dirty = asyncio.Event()
+        self.dirty.set()
+        for domain in self.domains:
+            await hub.hub().listen(domain, self)
+        self.renderer = asyncio.ensure_future(self._render())
+
+    def offer(self, frame: hub.Frame) -> None:
+        if self.aggregate is None or frame.aggregate == self.aggregate:
+            self.dirty.set()
+
+    async def _render(self) -> None:
+        while True:
+            await self.dirty.wait()
+            self.dirty.clear()
+            try:
+                html = await db.read(self.render_live, self.query, **self.kwargs)
+            except NotFound:
+                await self.close(code=NOT_FOUND)
+                return
+            await self.send(text_data=html)
+            await asyncio.sleep(self.RENDER_EVERY)
+
+    async def disconnect(self, code: int) -> None:
+        renderer = getattr(self, "renderer", None)
+        if renderer is not None:
+            renderer.cancel()
+        for domain in getattr(self, "domains", []):
+            await hub.hub().unlisten(domain, self)

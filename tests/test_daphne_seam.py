@@ -1,0 +1,69 @@
+"""The daphne seam (aggregates.live.daphne_transport) against the real classes of the
+installed daphne, autobahn and Twisted: if an upgrade moves what it reaches into,
+these fail here rather than the server running without a bound on slow readers.
+(tests/test_live.py shows the same seam end to end: a stalled reader closed with
+1013 and a reason.)"""
+
+import functools
+
+import pytest
+from twisted.internet.address import IPv4Address
+from twisted.internet.testing import StringTransport
+from twisted.web.http import HTTPChannel
+
+from aggregates.live.daphne_transport import SeamError, attach
+
+
+@pytest.fixture
+def daphne():
+    """daphne's server and a websocket protocol built by its own factory, as it
+    hands them over after upgrading an HTTP connection."""
+    from daphne.server import Server
+    from daphne.ws_protocol import WebSocketFactory
+
+    server = Server(application=None, endpoints=["tcp:port=0:interface=127.0.0.1"])
+    factory = WebSocketFactory(server, server="daphne")
+    factory.setProtocolOptions(maxMessagePayloadSize=1024 * 1024)
+    protocol = factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", 5))
+    transport = StringTransport()
+    transport.registerProducer(HTTPChannel(), True)  # what the upgrade leaves
+    protocol.makeConnection(transport)
+    return server, protocol, transport
+
+
+def test_the_seam_attaches_to_daphnes_send(daphne):
+    server, protocol, transport = daphne
+    pressure = attach(functools.partial(server.handle_reply, protocol))
+
+    assert transport.producer is pressure  # the HTTP channel's place, taken
+    assert pressure.max_message_size == 1024 * 1024
+    transport.producer.pauseProducing()  # Twisted: the socket's buffer is full
+    assert pressure.paused
+    transport.producer.resumeProducing()
+    assert not pressure.paused
+
+    protocol.state = protocol.STATE_OPEN
+    reason = "too many pending frames; resume"
+    assert pressure.close(1013, reason)
+    # A close frame (FIN + opcode 8, payload length), then the code and the reason.
+    frame = bytes([0x88, 2 + len(reason)]) + (1013).to_bytes(2, "big")
+    assert transport.value().endswith(frame + reason.encode())
+
+
+def test_a_daphne_without_what_the_seam_needs_fails_loudly(daphne):
+    server = daphne[0]
+
+    class Changed:  # a websocket protocol of some other daphne or autobahn
+        transport = StringTransport()
+
+    with pytest.raises(SeamError, match="sendCloseFrame"):
+        attach(functools.partial(server.handle_reply, Changed()))
+
+
+def test_another_servers_send_needs_no_seam():
+    async def send(message):
+        pass
+
+    pressure = attach(send)
+    assert not pressure.paused and pressure.max_message_size == 0
+    assert not pressure.close(1013, "reason")  # the caller closes through ASGI
