@@ -17,7 +17,6 @@ from django.http import (
     Http404,
     HttpRequest,
     HttpResponse,
-    JsonResponse,
     StreamingHttpResponse,
 )
 from ninja import NinjaAPI, Query
@@ -27,7 +26,17 @@ from ninja.security import HttpBearer
 from pydantic import BaseModel, Field
 from pydantic import ValidationError as PydanticValidationError
 
-from aggregates import db, limits, store
+from aggregates import db, store
+from aggregates.access import (
+    ERRORS,
+    WRITE_ERRORS,
+    Page,
+    json_response,
+    require_read,
+    require_write,
+    spend_write,
+    token_of,
+)
 from aggregates.errors import (
     ApiError,
     StoreError,
@@ -38,6 +47,8 @@ from aggregates.errors import (
 from aggregates.live import sse
 from aggregates.live.subscription import SubscribeIn
 from aggregates.models import ApiToken
+from aggregates.rules.api import router as rules_router
+from aggregates.rules.read import get_rule
 from aggregates.schemas import (
     MAX_BATCH,
     AggregateList,
@@ -128,61 +139,6 @@ api = NinjaAPI(
     urls_namespace="api",
 )
 
-ERRORS = {
-    **{status: Error for status in (400, 401, 403, 404, 413, 415)},
-    503: Error,  # the database is unreachable: retry
-}
-# Writes may also be rate limited (BOTLNEK_WRITE_RATE).
-WRITE_ERRORS = {**ERRORS, 429: Error}
-
-
-class Page(BaseModel):
-    limit: int = Field(100, ge=1, le=1000)
-
-
-def _token(request: HttpRequest) -> ApiToken:
-    return request.auth  # type: ignore[attr-defined]
-
-
-def _require_read(request: HttpRequest, domain: str) -> None:
-    if not _token(request).can_read(domain):
-        raise ApiError(403, "forbidden", f"this token may not read domain {domain!r}")
-
-
-def _require_write(request: HttpRequest, domain: str | None) -> None:
-    token = _token(request)
-    if token.can_write(domain):
-        return
-    if token.scope != ApiToken.Scope.WRITE:
-        raise ApiError(
-            403, "forbidden", "this token has read scope; writing needs write"
-        )
-    target = "every domain" if domain is None else f"domain {domain!r}"
-    raise ApiError(403, "forbidden", f"this token may not write to {target}")
-
-
-def _spend_write(request: HttpRequest) -> None:
-    """Counts one write against the token's BOTLNEK_WRITE_RATE, if one is set:
-    after the route, the method and the token's scope were checked, so only writes
-    that would otherwise go ahead spend it."""
-    limiter = limits.writes()
-    if limiter is None:
-        return
-    wait = limiter.take(_token(request).pk)
-    if wait:
-        raise ApiError(
-            429,
-            "rate_limited",
-            f"this token may write {limiter.rate} on this server; nothing was "
-            "written, retry after Retry-After seconds",
-            headers={"Retry-After": limits.retry_after(wait)},
-        )
-
-
-def _json(data: Any, status: int = 200) -> JsonResponse:
-    return JsonResponse(data, status=status, json_dumps_params={"ensure_ascii": False})
-
-
 # Domains
 
 
@@ -192,22 +148,22 @@ def _json(data: Any, status: int = 200) -> JsonResponse:
     summary="Create a domain",
 )
 async def create_domain(request: HttpRequest, payload: DomainIn):
-    _require_write(request, None)
-    _spend_write(request)
+    require_write(request, None)
+    spend_write(request)
     domain, created = await db.write(store.create_domain, payload.key, payload.attrs)
-    return _json(store.domain_json(domain), 201 if created else 200)
+    return json_response(store.domain_json(domain), 201 if created else 200)
 
 
 @api.get("/domains", response={200: DomainList, **ERRORS}, summary="List domains")
 async def list_domains(request: HttpRequest):
-    only = _token(request).domains
-    return _json({"domains": await db.read(store.list_domains, only)})
+    only = token_of(request).domains
+    return json_response({"domains": await db.read(store.list_domains, only)})
 
 
 @api.get("/domains/{domain}", response={200: DomainOut, **ERRORS}, summary="A domain")
 async def get_domain(request: HttpRequest, domain: str):
-    _require_read(request, domain)
-    return _json(store.domain_json(await db.read(store.get_domain, domain)))
+    require_read(request, domain)
+    return json_response(store.domain_json(await db.read(store.get_domain, domain)))
 
 
 # Aggregates and their versions
@@ -235,8 +191,8 @@ def _aggregate_page(domain: str, query: AggregatePage) -> dict:
 async def list_aggregates(
     request: HttpRequest, domain: str, query: Query[AggregatePage]
 ):
-    _require_read(request, domain)
-    return _json(await db.read(_aggregate_page, domain, query))
+    require_read(request, domain)
+    return json_response(await db.read(_aggregate_page, domain, query))
 
 
 class AsOf(BaseModel):
@@ -251,7 +207,7 @@ class AsOf(BaseModel):
 async def get_aggregate(
     request: HttpRequest, domain: str, aggregate: str, query: Query[AsOf]
 ):
-    _require_read(request, domain)
+    require_read(request, domain)
     state = await db.read(store.state_json_as_of, domain, aggregate, query.version)
     return HttpResponse(state, content_type="application/json")
 
@@ -275,8 +231,8 @@ def _aggregate_versions(domain: str, key: str, query: AfterVersion) -> dict:
 async def list_aggregate_versions(
     request: HttpRequest, domain: str, aggregate: str, query: Query[AfterVersion]
 ):
-    _require_read(request, domain)
-    return _json(await db.read(_aggregate_versions, domain, aggregate, query))
+    require_read(request, domain)
+    return json_response(await db.read(_aggregate_versions, domain, aggregate, query))
 
 
 class AfterPosition(Page):
@@ -299,8 +255,8 @@ def _domain_versions(key: str, query: AfterPosition) -> dict:
 async def list_domain_versions(
     request: HttpRequest, domain: str, query: Query[AfterPosition]
 ):
-    _require_read(request, domain)
-    return _json(await db.read(_domain_versions, domain, query))
+    require_read(request, domain)
+    return json_response(await db.read(_domain_versions, domain, query))
 
 
 # Sources
@@ -371,8 +327,8 @@ def _validate_sources(payload: Any) -> tuple[list[store.NewSource], bool]:
 async def post_sources(request: HttpRequest):
     sources, batch = _validate_sources(parse_json(request))
     for domain in {source.domain for source in sources}:
-        _require_write(request, domain)
-    _spend_write(request)
+        require_write(request, domain)
+    spend_write(request)
     try:
         results = await db.write(store.register_sources, sources)
     except StoreError as exc:
@@ -382,9 +338,9 @@ async def post_sources(request: HttpRequest):
             raise ApiError(exc.status, exc.code, detail, {field: exc.detail}) from None
         raise
     if batch:
-        return _json({"results": [r.as_json() for r in results]})
+        return json_response({"results": [r.as_json() for r in results]})
     (result,) = results
-    return _json(result.as_json(), 201 if result.created else 200)
+    return json_response(result.as_json(), 201 if result.created else 200)
 
 
 # Receipts
@@ -396,10 +352,10 @@ async def post_sources(request: HttpRequest):
     summary="Record that a subscriber acted (or failed to act) on a version",
 )
 async def post_receipt(request: HttpRequest, payload: ReceiptIn):
-    _require_write(request, payload.domain)
-    _spend_write(request)
+    require_write(request, payload.domain)
+    spend_write(request)
     receipt = await db.write(store.record_receipt, **payload.model_dump())
-    return _json(receipt, 201)
+    return json_response(receipt, 201)
 
 
 @api.get(
@@ -410,9 +366,9 @@ async def post_receipt(request: HttpRequest, payload: ReceiptIn):
 async def list_receipts(
     request: HttpRequest, domain: str, aggregate: str, query: Query[Page]
 ):
-    _require_read(request, domain)
+    require_read(request, domain)
     receipts = await db.read(store.list_receipts, domain, aggregate, limit=query.limit)
-    return _json({"receipts": receipts})
+    return json_response({"receipts": receipts})
 
 
 # Live: Server-Sent Events
@@ -423,38 +379,54 @@ class StreamQuery(BaseModel):
     aggregate: Key | None = None
     mode: Literal["full", "delta"] = "full"
     after_position: int | None = Field(None, ge=0)
+    rule: Key | None = None
+    after_seq: int | None = Field(None, ge=0)
 
 
 @api.get(
     "/stream",
     response={200: None, **ERRORS},
-    summary="Every new version as Server-Sent Events (id: is the position)",
+    summary="New versions (id: the position), or a rule's events (id: the seq), "
+    "as Server-Sent Events",
 )
 async def stream(request: HttpRequest, query: Query[StreamQuery]):
-    _require_read(request, query.domain)
-    if not await db.read(store.latest_positions, [query.domain]):
+    require_read(request, query.domain)
+    if query.rule is not None:
+        await db.read(get_rule, query.domain, query.rule)  # 404 if it is not there
+    elif not await db.read(store.latest_positions, [query.domain]):
         raise ApiError(404, "not_found", f"domain {query.domain!r} does not exist")
-    after = query.after_position
+    after = query.after_seq if query.rule else query.after_position
     last_event_id = request.headers.get("Last-Event-ID")
     if last_event_id is not None:
         if not re.fullmatch(r"[0-9]{1,18}", last_event_id.strip()):
-            detail = "must be the position of the last event received"
+            detail = "must be the id (position or seq) of the last event received"
             raise ApiError(400, "invalid", detail, {"Last-Event-ID": detail})
         after = int(last_event_id)
-    subscription = SubscribeIn(
-        type="subscribe",
-        id="sse",
-        domain=query.domain,
-        aggregate=query.aggregate,
-        after_position=after,
-        mode=query.mode,
-    )
+    cursor = {"after_seq": after} if query.rule else {"after_position": after}
+    try:
+        subscription = SubscribeIn(
+            type="subscribe",
+            id="sse",
+            domain=query.domain,
+            aggregate=query.aggregate,
+            mode=query.mode,
+            rule=query.rule,
+            **cursor,
+        )
+    except PydanticValidationError as exc:
+        fields = field_errors(exc.errors(), whole="query")
+        raise ApiError(400, "invalid", summary(fields), fields) from None
     response = StreamingHttpResponse(
         sse.event_stream(subscription), content_type="text/event-stream"
     )
     response["Cache-Control"] = "no-cache"
     response["X-Accel-Buffering"] = "no"  # let proxies pass events on at once
     return response
+
+
+# Rules (aggregates/rules/api.py)
+
+api.add_router("", rules_router)
 
 
 # Errors in one shape

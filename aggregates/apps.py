@@ -6,7 +6,13 @@ class AggregatesConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self) -> None:
+        from aggregates import serving
         from aggregates.live import events, hub
+        from aggregates.rules.engine import runner
 
-        # Every committed version is announced to this process's live delivery.
-        events.on_versions_committed(hub.publish)
+        # What commits is announced to this process's live delivery, and the
+        # domains with rules are stepped soon after.
+        events.versions_committed.connect(hub.publish)
+        events.rule_events_committed.connect(hub.publish_rule_events)
+        events.versions_committed.connect(runner.versions_committed)
+        serving.in_background(runner.clock)

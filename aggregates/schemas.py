@@ -11,6 +11,7 @@ from pydantic import (
     Field,
     WithJsonSchema,
     field_validator,
+    model_validator,
 )
 
 from aggregates.values import (
@@ -87,6 +88,18 @@ class ReceiptIn(StrictSchema):
     exit_code: int | None = Field(None, ge=-(2**31), le=2**31 - 1)
     duration_s: float | None = Field(None, ge=0)
     detail: str = Field("", max_length=4000)
+    # A receipt of a rule's event: both, or neither (never null).
+    model_config = ConfigDict(
+        json_schema_extra={"dependentRequired": {"rule": ["seq"], "seq": ["rule"]}}
+    )
+    rule: Key = None  # type: ignore[assignment]
+    seq: int = Field(None, ge=1, le=2**62)  # type: ignore[assignment]
+
+    @model_validator(mode="after")
+    def _rule_and_seq(self):
+        if (self.rule is None) != (self.seq is None):
+            raise ValueError("give both rule and seq (a rule's event), or neither")
+        return self
 
     @field_validator("watcher", "detail")
     @classmethod
@@ -95,7 +108,7 @@ class ReceiptIn(StrictSchema):
             raise ValueError("must not contain the NUL character (U+0000)")
         return value
 
-    @field_validator("version", "exit_code", mode="before")
+    @field_validator("version", "exit_code", "seq", mode="before")
     @classmethod
     def _whole_number(cls, value: Any) -> Any:
         # JSON has one kind of number: 3.0 is the integer 3, as JSON Schema and so
@@ -115,6 +128,8 @@ class Receipt(Schema):
     exit_code: int | None
     duration_s: float | None
     detail: str
+    rule: str | None = None
+    seq: int | None = None
     at: str
 
 
@@ -216,3 +231,100 @@ class Error(Schema):
     error: str
     detail: str
     fields: dict[str, str] | None = None
+
+
+# Rules
+
+
+class DeadlineOut(Schema):
+    after: str
+    from_: str = Field(alias="from")
+
+
+class RuleOut(Schema):
+    name: str
+    when: str
+    trigger: str
+    aggregate_prefix: str
+    deadline: DeadlineOut | None
+    on_deadline: str
+    start: str
+    created_at: str
+    latest_seq: int
+    counts: dict[str, int]
+
+
+class RuleList(Schema):
+    rules: list[RuleOut]
+
+
+class RuleEventOut(Schema):
+    rule: str
+    seq: int
+    domain: str
+    aggregate: str
+    event: Literal["fired", "late"]
+    reason: Literal["ready", "deadline"] | None
+    version: int
+    position: int
+    at: str
+    late: bool
+
+
+class RuleEventList(Schema):
+    events: list[RuleEventOut]
+    latest_seq: int
+
+
+class RuleStatusOut(Schema):
+    aggregate: str
+    status: Literal["waiting", "ready", "late", "fired"]
+    version: int
+    deadline: str | None
+    fired_at_version: int | None
+
+
+class RuleStatusList(Schema):
+    aggregates: list[RuleStatusOut]
+    next_cursor: str | None
+
+
+class TermOut(Schema):
+    expr: str
+    value: bool
+    detail: str
+
+
+class WhyOut(Schema):
+    rule: str
+    aggregate: str
+    status: Literal["waiting", "ready", "late", "fired"] | None
+    version: int
+    deadline: str | None
+    ready: bool
+    events: list[RuleEventOut]
+    terms: list[TermOut]
+
+
+class WouldFire(Schema):
+    version: int
+    reason: Literal["ready", "deadline"]
+
+
+class PreviewRow(Schema):
+    aggregate: str
+    status: Literal["waiting", "ready", "late", "fired"]
+    would_fire: WouldFire | None
+
+
+class PreviewOut(Schema):
+    aggregates: list[PreviewRow]
+    counts: dict[str, int]
+
+
+class LeaseOut(Schema):
+    watcher: str
+    holder: str
+    expires_at: str
+    error: str | None = None
+    detail: str | None = None

@@ -12,9 +12,9 @@ django_application = get_asgi_application()
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 
 from aggregates.api_handler import APIHandler, route_http  # noqa: E402
-from aggregates.live.events import bind_server_loop  # noqa: E402
 from aggregates.live.routing import websocket_urlpatterns  # noqa: E402
 from aggregates.middleware import WebsocketAuthMiddleware  # noqa: E402
+from aggregates.serving import bind_server_loop, start_with_server  # noqa: E402
 
 application = bind_server_loop(
     ProtocolTypeRouter(
@@ -24,3 +24,4 @@ application = bind_server_loop(
         }
     )
 )
+start_with_server()

@@ -156,7 +156,9 @@ class WritePath(RuleBasedStateMachine):
         self.touched: set[tuple[str, str]] = set()
         self.committed: list[events.VersionCommitted] = []
         self.cleanup = ExitStack()
-        self.cleanup.enter_context(events.listening(self.committed.extend))
+        self.cleanup.enter_context(
+            events.versions_committed.listening(self.committed.extend)
+        )
 
     def teardown(self) -> None:
         self.cleanup.close()

@@ -26,7 +26,14 @@ def test_receipt_is_recorded_and_listed_newest_first(api, history):
     first = api.post("/api/receipts", RECEIPT)
     assert first.status_code == 201
     body = first.json()
-    assert body == {**RECEIPT, "detail": "", "id": body["id"], "at": body["at"]}
+    assert body == {
+        **RECEIPT,
+        "detail": "",
+        "rule": None,
+        "seq": None,
+        "id": body["id"],
+        "at": body["at"],
+    }
     second = api.post(
         "/api/receipts",
         {**RECEIPT, "outcome": "failure", "exit_code": 3, "detail": "boom"},

@@ -14,7 +14,7 @@ from tests.toolkit import post_source
 def committed():
     """Every VersionCommitted announced while the test runs."""
     seen = []
-    with events.listening(seen.extend):
+    with events.versions_committed.listening(seen.extend):
         yield seen
 
 

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from aggregates.client.conditions import ConditionError
 from aggregates.client.http import BotlnekError, Client
+from aggregates.client.rule_watch import RuleWatcher
 from aggregates.client.watch import Watcher
 
 
@@ -55,6 +56,20 @@ def _watch(args: argparse.Namespace) -> int:
     if not command:
         print("botlnek: watch needs a command after --", file=sys.stderr)
         return 2
+    if args.rule:
+        watcher = RuleWatcher(
+            Client(args.url, args.token),
+            domain=args.domain,
+            rule=args.rule,
+            command=command,
+            name=args.name,
+            timeout=args.timeout,
+            retries=args.retries,
+            from_start=args.from_start,
+            lease_seconds=args.lease,
+        )
+        asyncio.run(watcher.run())
+        return 0
     try:
         watcher = Watcher(
             Client(args.url, args.token),
@@ -120,12 +135,32 @@ def parser() -> argparse.ArgumentParser:
     watch = commands.add_parser(
         "watch",
         parents=[common],
-        help="run a command when an aggregate satisfies a condition",
+        help="run a command when an aggregate is ready",
         description="Run CMD for each aggregate whose state satisfies --when: once "
-        "(the default) or on every new version that satisfies it.",
+        "(the default) or on every new version that satisfies it; or, with --rule, "
+        "for each event of a rule the server evaluates.",
     )
     watch.add_argument("--domain", required=True)
-    watch.add_argument("--when", required=True, help="e.g. 'A >= 1 and B >= 1'")
+    condition = watch.add_mutually_exclusive_group(required=True)
+    condition.add_argument("--when", help="e.g. 'A >= 1 and B >= 1'")
+    condition.add_argument(
+        "--rule",
+        help="run CMD for each 'fired' event of this rule; resumes from the "
+        "receipts of --name, keeps no state file",
+    )
+    watch.add_argument(
+        "--retries",
+        type=int,
+        default=3,
+        help="with --rule: run a failing CMD again up to K times (default 3)",
+    )
+    watch.add_argument(
+        "--lease",
+        type=int,
+        default=30,
+        help="with --rule: seconds a watcher of this --name that dies keeps "
+        "another from taking over (default 30, at least 5)",
+    )
     once_or_every = watch.add_mutually_exclusive_group()
     once_or_every.add_argument("--once", action="store_true", help="(the default)")
     once_or_every.add_argument("--every", action="store_true")

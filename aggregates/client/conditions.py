@@ -1,5 +1,6 @@
-"""`--when` conditions for `botlnek watch`, parsed by a small recursive-descent
-parser (never eval).
+"""Readiness conditions (`botlnek watch --when`, a rule's `when`), parsed by a small
+recursive-descent parser into a tree (never eval). The client and the server share
+this module: one grammar, one error format with columns.
 
     condition := or
     or        := and ("or" and)*
@@ -12,13 +13,16 @@ parser (never eval).
 A collection NAME stands for its number of sources; age() is the age in seconds of a
 collection's newest source; durations are 90s, 15m, 6h, 2d. A missing collection
 counts 0 and its age is infinite. A bare count means "at least one".
+
+Besides answering for given facts, a condition lists its comparisons (`terms`, for
+"why not?") and the moments at which time alone may change its answer (`changes`).
 """
 
 import math
 import re
-from collections.abc import Callable
+from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 _TOKEN = re.compile(
@@ -31,7 +35,8 @@ _TOKEN = re.compile(
     )""",
     re.VERBOSE,
 )
-_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+DURATION = re.compile(r"(\d+)([smhd])")
 _COMPARE = {
     "<": lambda a, b: a < b,
     "<=": lambda a, b: a <= b,
@@ -46,6 +51,29 @@ class ConditionError(ValueError):
     def __init__(self, message: str, column: int):
         super().__init__(f"{message} at column {column}")
         self.column = column
+
+
+def parse_duration(text: str) -> int:
+    """Seconds in a duration like 90s, 15m, 6h or 2d."""
+    match = DURATION.fullmatch(text.strip())
+    if match is None:
+        raise ValueError(f"must be a duration like 90s, 15m, 6h or 2d, not {text!r}")
+    return int(match[1]) * UNITS[match[2]]
+
+
+def format_duration(seconds: float) -> str:
+    """A short human duration: 45s, 12m, 5h12m, 3d4h; ∞ for no source at all."""
+    if math.isinf(seconds):
+        return "∞"
+    seconds = int(seconds)
+    if seconds < 0:
+        return "-" + format_duration(-seconds)
+    for big, small in (("d", "h"), ("h", "m"), ("m", "s")):
+        size, part = UNITS[big], UNITS[small]
+        if seconds >= size:
+            rest = seconds % size // part
+            return f"{seconds // size}{big}" + (f"{rest}{small}" if rest else "")
+    return f"{seconds}s"
 
 
 @dataclass(frozen=True)
@@ -75,7 +103,163 @@ class Facts:
         return cls(counts, newest, now or datetime.now(UTC))
 
 
-Node = Callable[[Facts], Any]
+# The tree. Every node answers for facts; value nodes also say what they are.
+
+
+class Node:
+    def __call__(self, facts: Facts) -> Any:
+        raise NotImplementedError
+
+    def children(self) -> tuple["Node", ...]:
+        return ()
+
+    def detail(self, facts: Facts) -> str:
+        """What this operand stands for in these facts ("" for a constant)."""
+        return ""
+
+    def walk(self) -> Iterator["Node"]:
+        yield self
+        for child in self.children():
+            yield from child.walk()
+
+
+@dataclass(frozen=True, eq=False)
+class Number(Node):
+    value: int
+
+    def __call__(self, facts: Facts) -> int:
+        return self.value
+
+
+@dataclass(frozen=True, eq=False)
+class Count(Node):
+    collection: str
+    text: str  # as written: A, count("src-a")
+
+    def __call__(self, facts: Facts) -> int:
+        return facts.count(self.collection)
+
+    def detail(self, facts: Facts) -> str:
+        return f"{self.text} = {facts.count(self.collection)}"
+
+
+@dataclass(frozen=True, eq=False)
+class Age(Node):
+    collection: str
+    text: str  # as written: age(B)
+
+    def __call__(self, facts: Facts) -> float:
+        return facts.age(self.collection)
+
+    def detail(self, facts: Facts) -> str:
+        return f"{self.text} = {format_duration(facts.age(self.collection))}"
+
+
+@dataclass(frozen=True, eq=False)
+class Compare(Node):
+    """A comparison as written; a bare count (`A`) is the comparison `A >= 1`."""
+
+    left: Node
+    op: str
+    right: Node
+    text: str
+
+    def __call__(self, facts: Facts) -> bool:
+        return _COMPARE[self.op](self.left(facts), self.right(facts))
+
+    def children(self) -> tuple[Node, ...]:
+        return (self.left, self.right)
+
+    def detail(self, facts: Facts) -> str:
+        parts = [side.detail(facts) for side in (self.left, self.right)]
+        return ", ".join(part for part in parts if part)
+
+
+@dataclass(frozen=True, eq=False)
+class Not(Node):
+    inner: Node
+
+    def __call__(self, facts: Facts) -> bool:
+        return not self.inner(facts)
+
+    def children(self) -> tuple[Node, ...]:
+        return (self.inner,)
+
+
+@dataclass(frozen=True, eq=False)
+class Both(Node):
+    left: Node
+    right: Node
+
+    def __call__(self, facts: Facts) -> bool:
+        return bool(self.left(facts)) and bool(self.right(facts))
+
+    def children(self) -> tuple[Node, ...]:
+        return (self.left, self.right)
+
+
+@dataclass(frozen=True, eq=False)
+class Either(Node):
+    left: Node
+    right: Node
+
+    def __call__(self, facts: Facts) -> bool:
+        return bool(self.left(facts)) or bool(self.right(facts))
+
+    def children(self) -> tuple[Node, ...]:
+        return (self.left, self.right)
+
+
+@dataclass(frozen=True)
+class Term:
+    """One comparison of a condition, evaluated: what "why" shows."""
+
+    expr: str
+    value: bool
+    detail: str
+
+
+class Condition:
+    """A parsed condition: call it with facts for its answer."""
+
+    def __init__(self, text: str, root: Node):
+        self.text = text
+        self.root = root
+        self.comparisons = [node for node in root.walk() if isinstance(node, Compare)]
+        self.ages = sorted(
+            {
+                (age.collection, number.value)
+                for compare in self.comparisons
+                for age, number in _age_bounds(compare)
+            }
+        )
+
+    def __call__(self, facts: Facts) -> bool:
+        return bool(self.root(facts))
+
+    def terms(self, facts: Facts) -> list[Term]:
+        """Every comparison, in the order written, with its value and operands."""
+        return [
+            Term(compare.text, bool(compare(facts)), compare.detail(facts))
+            for compare in self.comparisons
+        ]
+
+    def changes(self, newest: dict[str, datetime]) -> list[datetime]:
+        """The moments at which time alone may change the answer: each bound of an
+        `age()` comparison crossed, just after (1 µs) the exact moment."""
+        return sorted(
+            newest[collection] + timedelta(seconds=seconds, microseconds=1)
+            for collection, seconds in self.ages
+            if collection in newest
+        )
+
+
+def _age_bounds(compare: Compare) -> list[tuple[Age, Number]]:
+    if isinstance(compare.left, Age) and isinstance(compare.right, Number):
+        return [(compare.left, compare.right)]
+    if isinstance(compare.right, Age) and isinstance(compare.left, Number):
+        return [(compare.right, compare.left)]
+    return []
 
 
 @dataclass
@@ -104,6 +288,7 @@ def _tokens(text: str) -> list[_Token]:
 
 class _Parser:
     def __init__(self, text: str):
+        self.text = text
         self.tokens = _tokens(text)
         self.index = 0
 
@@ -124,6 +309,11 @@ class _Parser:
             raise ConditionError(f"expected {what}", self.token.column)
         return token
 
+    def source(self, start: _Token) -> str:
+        """The text written from `start` up to the last token taken."""
+        end = self.tokens[self.index - 1]
+        return self.text[start.column - 1 : end.column - 1 + len(end.text)]
+
     def parse(self) -> Node:
         node = self.or_()
         if self.token.kind != "end":
@@ -133,22 +323,22 @@ class _Parser:
     def or_(self) -> Node:
         node = self.and_()
         while self.take("name", "or"):
-            node = _either(node, self.and_())
+            node = Either(node, self.and_())
         return node
 
     def and_(self) -> Node:
         node = self.not_()
         while self.take("name", "and"):
-            node = _both(node, self.not_())
+            node = Both(node, self.not_())
         return node
 
     def not_(self) -> Node:
         if self.take("name", "not"):
-            inner = self.not_()
-            return lambda f: not inner(f)
+            return Not(self.not_())
         return self.compare()
 
     def compare(self) -> Node:
+        start = self.token
         left, left_kind = self.operand()
         op = self.token
         if op.kind == "op" and op.text in _COMPARE:
@@ -156,20 +346,19 @@ class _Parser:
             right, right_kind = self.operand()
             if "bool" in (left_kind, right_kind):
                 raise ConditionError("cannot compare a condition", op.column)
-            compare = _COMPARE[op.text]
-            return lambda f: compare(left(f), right(f))
-        if left_kind not in ("bool", "count"):
+            return Compare(left, op.text, right, self.source(start))
+        if left_kind == "count":
+            return Compare(left, ">=", Number(1), self.source(start))
+        if left_kind != "bool":
             raise ConditionError("expected a comparison", op.column)
         return left
 
     def operand(self) -> tuple[Node, str]:
         token = self.token
         if self.take("int"):
-            value = int(token.text)
-            return (lambda f: value), "number"
+            return Number(int(token.text)), "number"
         if self.take("duration"):
-            seconds = int(token.text[:-1]) * _UNITS[token.text[-1]]
-            return (lambda f: seconds), "number"
+            return Number(int(token.text[:-1]) * UNITS[token.text[-1]]), "number"
         if self.take("op", "("):
             node = self.or_()
             self.expect("op", ")", "')'")
@@ -183,26 +372,18 @@ class _Parser:
             collection = name.text.strip("\"'") if name.kind == "string" else name.text
             self.expect("op", ")", "')'")
             if token.text == "age":
-                return (lambda f: f.age(collection)), "age"
-            return (lambda f: f.count(collection)), "count"
+                return Age(collection, self.source(token)), "age"
+            return Count(collection, self.source(token)), "count"
         if token.kind == "name" and token.text not in ("and", "or", "not"):
             self.index += 1
-            return (lambda f: f.count(token.text)), "count"
+            return Count(token.text, token.text), "count"
         if token.kind == "end":
             raise ConditionError("expected a value, found the end", token.column)
         raise ConditionError(f"unexpected {token.text!r}", token.column)
 
 
-def _either(left: Node, right: Node) -> Node:
-    return lambda facts: bool(left(facts)) or bool(right(facts))
-
-
-def _both(left: Node, right: Node) -> Node:
-    return lambda facts: bool(left(facts)) and bool(right(facts))
-
-
-def parse(text: str) -> Node:
-    """A function of Facts answering whether the condition holds."""
+def parse(text: str) -> Condition:
+    """The condition, callable with Facts; ConditionError names the column."""
     if not text.strip():
         raise ConditionError("the condition is empty", 1)
-    return _Parser(text).parse()
+    return Condition(text, _Parser(text).parse())

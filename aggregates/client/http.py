@@ -60,7 +60,7 @@ class Client:
         """Register up to 1,000 sources all or nothing; answers in request order."""
         return self.request("POST", "/api/sources", sources)["results"]
 
-    async def subscribe(
+    def subscribe(
         self,
         domain: str,
         aggregate: str | None = None,
@@ -78,7 +78,37 @@ class Client:
         `on_subscribed(latest_position)` is called each time the server confirms
         the subscription (at the start and after every reconnection).
         """
-        last = after_position
+        request = {"domain": domain, "mode": mode}
+        if aggregate is not None:
+            request["aggregate"] = aggregate
+        return self._follow(
+            request, "position", after_position, max_backoff, on_subscribed
+        )
+
+    def subscribe_rule(
+        self,
+        domain: str,
+        rule: str,
+        *,
+        after_seq: int | None = None,
+        max_backoff: float = 30.0,
+        on_subscribed: Callable[[int], None] | None = None,
+    ) -> AsyncIterator[dict[str, Any]]:
+        """A rule's events (`rule_event` frames, each with the aggregate's state as
+        of the event's version), in seq order, each exactly once; resumed after
+        the last seq yielded whenever the connection drops."""
+        request = {"domain": domain, "rule": rule}
+        return self._follow(request, "seq", after_seq, max_backoff, on_subscribed)
+
+    async def _follow(
+        self,
+        request: dict[str, Any],
+        cursor: str,
+        after: int | None,
+        max_backoff: float,
+        on_subscribed: Callable[[int], None] | None,
+    ) -> AsyncIterator[dict[str, Any]]:
+        last = after
         backoff = 0.5
         url = "ws" + self.url.removeprefix("http") + "/ws/subscribe"
         headers = {"Authorization": f"Bearer {self.token}"} if self.token else {}
@@ -88,13 +118,10 @@ class Client:
                 async with websockets.connect(
                     url, additional_headers=headers, max_size=None
                 ) as ws:
-                    request = {"type": "subscribe", "id": "s", "domain": domain}
-                    request |= {"mode": mode}
-                    if aggregate is not None:
-                        request["aggregate"] = aggregate
+                    frame = {"type": "subscribe", "id": "s", **request}
                     if last is not None:
-                        request["after_position"] = last
-                    await ws.send(json.dumps(request))
+                        frame[f"after_{cursor}"] = last
+                    await ws.send(json.dumps(frame))
                     async for text in ws:
                         message = json.loads(text)
                         if message["type"] == "error":
@@ -104,13 +131,11 @@ class Client:
                         if message["type"] == "subscribed":
                             backoff = 0.5
                             if on_subscribed is not None:
-                                on_subscribed(message["position"])
+                                on_subscribed(message[cursor])
                             if last is None:  # live only: from here, also on resume
-                                last = message["position"]
-                        elif message["type"] == "version" and message["position"] > (
-                            last or 0
-                        ):
-                            last = message["position"]
+                                last = message[cursor]
+                        elif message[cursor] > (last or 0):
+                            last = message[cursor]
                             yield message
             except websockets.InvalidStatus as exc:
                 status = exc.response.status_code
@@ -145,7 +170,8 @@ class Client:
         while True:
             try:
                 with urllib.request.urlopen(request, timeout=self.timeout) as response:
-                    return json.load(response)
+                    body = response.read()
+                    return json.loads(body) if body else None
             except urllib.error.HTTPError as exc:
                 if exc.code != 429 or retries == rate_limit_retries:
                     raise _error_from(exc) from None

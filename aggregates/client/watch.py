@@ -153,37 +153,9 @@ class Watcher:
         await asyncio.to_thread(self.record, frame, run)
 
     async def run_command(self, frame: dict[str, Any]) -> Run:
-        with tempfile.NamedTemporaryFile(
-            "w", prefix="botlnek-state-", suffix=".json", delete=False
-        ) as state:
-            json.dump(frame["state"], state)
-        env = {
-            **os.environ,
-            "BOTLNEK_DOMAIN": frame["domain"],
-            "BOTLNEK_AGGREGATE": frame["aggregate"],
-            "BOTLNEK_VERSION": str(frame["version"]),
-            "BOTLNEK_POSITION": str(frame["position"]),
-            "BOTLNEK_STATE_FILE": state.name,
-        }
-        started = time.monotonic()
-        try:
-            # Its own process group, so a timeout ends whatever the command started.
-            process = await asyncio.create_subprocess_exec(
-                *self.command, env=env, start_new_session=True
-            )
-            try:
-                code = await asyncio.wait_for(process.wait(), self.timeout)
-            except TimeoutError:
-                os.killpg(process.pid, signal.SIGKILL)
-                await process.wait()
-                return Run("timeout", None, time.monotonic() - started)
-        except OSError as exc:
-            self.log(f"watch: cannot run {self.command[0]}: {exc}")
-            return Run("failure", None, time.monotonic() - started)
-        finally:
-            os.unlink(state.name)
-        outcome = "success" if code == 0 else "failure"
-        return Run(outcome, code, time.monotonic() - started)
+        return await run_command(
+            self.command, frame, {}, timeout=self.timeout, log=self.log
+        )
 
     def record(self, frame: dict[str, Any], run: Run) -> None:
         receipt = {
@@ -201,3 +173,47 @@ class Watcher:
             self.client.request("POST", "/api/receipts", receipt, rate_limit_retries=0)
         except BotlnekError as exc:
             self.log(f"botlnek: warning: could not record the receipt: {exc}")
+
+
+async def run_command(
+    command: list[str],
+    frame: dict[str, Any],
+    extra_env: dict[str, str],
+    *,
+    timeout: float | None,
+    log: Callable[[str], None],
+) -> Run:
+    """Run `command` for a frame: its facts in the environment, the aggregate's
+    state in a file; killed with what it started after `timeout` seconds."""
+    with tempfile.NamedTemporaryFile(
+        "w", prefix="botlnek-state-", suffix=".json", delete=False
+    ) as state:
+        json.dump(frame["state"], state)
+    env = {
+        **os.environ,
+        "BOTLNEK_DOMAIN": frame["domain"],
+        "BOTLNEK_AGGREGATE": frame["aggregate"],
+        "BOTLNEK_VERSION": str(frame["version"]),
+        "BOTLNEK_POSITION": str(frame["position"]),
+        "BOTLNEK_STATE_FILE": state.name,
+        **extra_env,
+    }
+    started = time.monotonic()
+    try:
+        # Its own process group, so a timeout ends whatever the command started.
+        process = await asyncio.create_subprocess_exec(
+            *command, env=env, start_new_session=True
+        )
+        try:
+            code = await asyncio.wait_for(process.wait(), timeout)
+        except TimeoutError:
+            os.killpg(process.pid, signal.SIGKILL)
+            await process.wait()
+            return Run("timeout", None, time.monotonic() - started)
+    except OSError as exc:
+        log(f"watch: cannot run {command[0]}: {exc}")
+        return Run("failure", None, time.monotonic() - started)
+    finally:
+        os.unlink(state.name)
+    outcome = "success" if code == 0 else "failure"
+    return Run(outcome, code, time.monotonic() - started)

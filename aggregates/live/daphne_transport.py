@@ -120,6 +120,14 @@ def attach(send) -> WritePressure:
     return pressure
 
 
+def when_running(callback: Callable[[], None]) -> None:
+    """Under daphne, call `callback` once its reactor (and so its event loop) runs
+    (Twisted's callWhenRunning); elsewhere, nothing."""
+    reactor = sys.modules.get("twisted.internet.reactor")
+    if reactor is not None and "daphne.server" in sys.modules:
+        reactor.callWhenRunning(callback)
+
+
 def when_stopping(callback: Callable[[], None], *, stopped: Callable[[], None]) -> None:
     """Under daphne, call `callback` when it begins to shut down (Twisted's "before
     shutdown" trigger, while the event loop still serves) and `stopped` once its

@@ -2,8 +2,8 @@
 
 The socket names the page it serves by the page's own URL; resolving it gives the
 view, whose @live_parts renderer (aggregates.views) re-renders the live parts. A
-page of a domain listens to that domain (and, for an aggregate's page, only to
-that aggregate's versions); a page of no domain listens to every domain.
+page of a domain listens to that domain's versions (for an aggregate's page, only
+that aggregate's) and rule events; a page of no domain listens to every domain.
 """
 
 import asyncio
@@ -55,12 +55,18 @@ class DashboardConsumer(AsyncWebsocketConsumer):
         await self.accept()
         self.dirty = asyncio.Event()
         self.dirty.set()
-        for domain in self.domains:
-            await hub.hub().listen(domain, self)
+        self.feeds = [
+            feed
+            for domain in self.domains
+            for feed in (hub.versions_feed(domain), hub.rules_feed(domain))
+        ]
+        for feed in self.feeds:
+            await hub.hub().listen(feed, self)
         self.renderer = asyncio.ensure_future(self._render())
 
-    def offer(self, frame: hub.Frame) -> None:
-        if self.aggregate is None or frame.aggregate == self.aggregate:
+    def offer(self, frame: hub.Frame | None) -> None:
+        """A version of the domain, or None: some rule of it recorded events."""
+        if frame is None or self.aggregate is None or frame.aggregate == self.aggregate:
             self.dirty.set()
 
     async def _render(self) -> None:
@@ -79,5 +85,5 @@ class DashboardConsumer(AsyncWebsocketConsumer):
         renderer = getattr(self, "renderer", None)
         if renderer is not None:
             renderer.cancel()
-        for domain in getattr(self, "domains", []):
-            await hub.hub().unlisten(domain, self)
+        for feed in getattr(self, "feeds", []):
+            await hub.hub().unlisten(feed, self)

@@ -13,6 +13,7 @@ import asyncio
 import hashlib
 import json
 import logging
+from collections import Counter
 from collections.abc import Sequence
 from typing import Any, Protocol
 
@@ -20,8 +21,10 @@ from asgiref.sync import async_to_sync
 from channels.layers import get_channel_layer
 from django.conf import settings
 
-from aggregates import db, store
+from aggregates import db, serving, store
+from aggregates.errors import NotFound
 from aggregates.live import events
+from aggregates.rules.read import latest_seqs, rule_events
 
 logger = logging.getLogger("botlnek.live")
 PAGE = 500
@@ -45,12 +48,23 @@ def publish(committed: Sequence[events.VersionCommitted]) -> None:
         _send_soon(domain_group(domain), message)
 
 
+def publish_rule_events(committed: Sequence[events.RuleEventsCommitted]) -> None:
+    for rule in committed:
+        message = {
+            "type": "rule.changed",
+            "domain": rule.domain,
+            "rule": rule.rule,
+            "seq": rule.seq,
+        }
+        _send_soon(domain_group(rule.domain), message)
+
+
 def _send_soon(group: str, message: dict) -> None:
     """Send without making the writer wait for the layer, when a server loop runs."""
     layer = get_channel_layer()
-    loop = events.server_loop()
+    loop = serving.server_loop()
     if loop is None:
-        if events.server_stopped():
+        if serving.server_stopped():
             # A write that commits while the server shuts down: its loop will not
             # run the send, and waiting for it would hang the shutdown. Every other
             # process heals from the database at its next position check.
@@ -68,7 +82,7 @@ def _report(future) -> None:
         logger.warning("notification lost: %s", future.exception())
 
 
-# Frames
+# Frames: what a feed hands its listeners
 
 
 class Frame:
@@ -82,6 +96,10 @@ class Frame:
         self.position: int = frame["position"]
         self.body = frame  # with "counts"
         self._full: asyncio.Future | None = None
+
+    @property
+    def cursor(self) -> int:
+        return self.position
 
     def delta_tail(self) -> str:
         # Everything after {"type":…,"subscription":…, — shared by every subscriber.
@@ -109,83 +127,187 @@ class Frame:
         return head + tail
 
 
+class RuleFrame:
+    """One event of a rule as sent to subscribers, with the aggregate's state as of
+    the event's version (null once the aggregate was pruned); built once."""
+
+    __slots__ = ("_text", "aggregate", "body", "seq", "version")
+
+    def __init__(self, event: dict[str, Any]):
+        self.body = event
+        self.seq: int = event["seq"]
+        self.aggregate: str = event["aggregate"]
+        self.version: int = event["version"]
+        self._text: asyncio.Future | None = None
+
+    @property
+    def cursor(self) -> int:
+        return self.seq
+
+    async def text(self, mode: str = "full", subscription: str | None = None) -> str:
+        if self._text is None:
+            self._text = asyncio.ensure_future(self._build())
+        tail = await asyncio.shield(self._text)
+        head = '{"type":"rule_event",'
+        if subscription is not None:
+            head += '"subscription":' + json.dumps(subscription) + ","
+        return head + tail
+
+    async def _build(self) -> str:
+        try:
+            state = await db.read(
+                store.state_json_as_of,
+                self.body["domain"],
+                self.aggregate,
+                self.version,
+            )
+        except NotFound:
+            state = "null"
+        return (
+            json.dumps(self.body, ensure_ascii=False)[1:-1] + ',"state":' + state + "}"
+        )
+
+
 class Listener(Protocol):
-    def offer(self, frame: Frame) -> None: ...
+    def offer(self, frame: Any) -> None: ...
 
 
-class DomainFeed:
-    """The versions of one domain as this process learns of them, in order."""
+# Feeds: one stream of this process, read once from the database and handed to
+# every listener here. A feed is named by (kind, domain, rule):
+#   ("versions", d, "")  the domain's versions, by position;
+#   ("rule", d, r)       rule r's events, by seq;
+#   ("rules", d, "")     that some rule of the domain recorded events (no frames).
+FeedKey = tuple[str, str, str]
 
-    def __init__(self, domain: str, position: int):
-        self.domain = domain
-        self.position = position  # every version up to here went to the listeners
-        self.target = position
+
+def versions_feed(domain: str) -> FeedKey:
+    return ("versions", domain, "")
+
+
+def rule_feed(domain: str, rule: str) -> FeedKey:
+    return ("rule", domain, rule)
+
+
+def rules_feed(domain: str) -> FeedKey:
+    return ("rules", domain, "")
+
+
+async def _read(key: FeedKey, after: int) -> list:
+    kind, domain, rule = key
+    if kind == "versions":
+        _, rows = await db.read(
+            store.live_frames, domain, after_position=after, limit=PAGE
+        )
+        return [Frame(row) for row in rows]
+    if kind == "rule":
+        _, events = await db.read(
+            rule_events, domain, rule, after_seq=after, limit=PAGE
+        )
+        return [RuleFrame(event) for event in events]
+    return []
+
+
+async def _latest(keys: list[FeedKey]) -> dict[FeedKey, int]:
+    """Where each feed's stream stands in the database now."""
+    return await db.read(_latest_now, keys)
+
+
+def _latest_now(keys: list[FeedKey]) -> dict[FeedKey, int]:
+    domains = {domain for kind, domain, _ in keys if kind == "versions"}
+    positions = store.latest_positions(domains) if domains else {}
+    ruled = {domain for kind, domain, _ in keys if kind != "versions"}
+    seqs = latest_seqs(ruled) if ruled else {}
+    latest = {}
+    for key in keys:
+        kind, domain, rule = key
+        if kind == "versions":
+            latest[key] = positions.get(domain, 0)
+        elif kind == "rule":
+            latest[key] = seqs.get((domain, rule), 0)
+        else:
+            latest[key] = sum(seq for (d, _), seq in seqs.items() if d == domain)
+    return latest
+
+
+class Feed:
+    """A stream of this process, in order, as the process learns of it."""
+
+    def __init__(self, key: FeedKey, cursor: int):
+        self.key = key
+        self.cursor = cursor  # everything up to here went to the listeners
+        self.target = cursor
         self.listeners: set[Listener] = set()
         self._task: asyncio.Task | None = None
 
-    def poke(self, position: int) -> None:
-        self.target = max(self.target, position)
-        if self.target > self.position and (self._task is None or self._task.done()):
+    def poke(self, target: int) -> None:
+        self.target = max(self.target, target)
+        if self.target > self.cursor and (self._task is None or self._task.done()):
             self._task = asyncio.ensure_future(self._catch_up())
 
     async def _catch_up(self) -> None:
         try:
-            while self.target > self.position:
-                _, rows = await db.read(
-                    store.live_frames,
-                    self.domain,
-                    after_position=self.position,
-                    limit=PAGE,
-                )
-                if not rows:
+            if self.key[0] == "rules":  # no frames: only that something happened
+                self.cursor = self.target
+                for listener in list(self.listeners):
+                    listener.offer(None)
+                return
+            while self.target > self.cursor:
+                frames = await _read(self.key, self.cursor)
+                if not frames:
                     return
-                for row in rows:
-                    frame = Frame(row)
-                    self.position = frame.position
+                for frame in frames:
+                    self.cursor = frame.cursor
                     for listener in list(self.listeners):
                         listener.offer(frame)
         except Exception:
-            logger.exception("reading new versions of %s failed", self.domain)
+            logger.exception("reading %s failed", self.key)
 
 
 class Hub:
     def __init__(self) -> None:
         self.layer = get_channel_layer()
-        self.feeds: dict[str, DomainFeed] = {}
+        self.feeds: dict[FeedKey, Feed] = {}
         self.channel: str | None = None
         self._tasks: list[asyncio.Task] = []
         # Joining and leaving a domain's group must not interleave: a leave landing
         # after a new join would leave that domain deaf until the position check.
         self._membership = asyncio.Lock()
 
-    async def listen(self, domain: str, listener: Listener) -> None:
+    async def listen(self, key: FeedKey, listener: Listener) -> None:
         async with self._membership:
-            await self._listen(domain, listener)
+            await self._listen(key, listener)
 
-    async def _listen(self, domain: str, listener: Listener) -> None:
+    async def _listen(self, key: FeedKey, listener: Listener) -> None:
         if self.channel is None:
             self.channel = await self.layer.new_channel("botlnek.hub.")
             self._tasks = [
                 asyncio.ensure_future(self._receive()),
                 asyncio.ensure_future(self._check_positions()),
             ]
-        feed = self.feeds.get(domain)
+        feed = self.feeds.get(key)
         if feed is None:
-            # Join the group before reading the position: nothing falls between.
-            await self.layer.group_add(domain_group(domain), self.channel)
-            latest = (await db.read(store.latest_positions, [domain])).get(domain, 0)
-            feed = self.feeds.setdefault(domain, DomainFeed(domain, latest))
+            domain = key[1]
+            if not self._domains().get(domain):
+                # Join the group before reading where the stream stands: nothing
+                # falls between.
+                await self.layer.group_add(domain_group(domain), self.channel)
+            latest = (await _latest([key]))[key]
+            feed = self.feeds.setdefault(key, Feed(key, latest))
         feed.listeners.add(listener)
 
-    async def unlisten(self, domain: str, listener: Listener) -> None:
+    async def unlisten(self, key: FeedKey, listener: Listener) -> None:
         async with self._membership:
-            feed = self.feeds.get(domain)
+            feed = self.feeds.get(key)
             if feed is None:
                 return
             feed.listeners.discard(listener)
             if not feed.listeners:
-                del self.feeds[domain]
-                await self.layer.group_discard(domain_group(domain), self.channel)
+                del self.feeds[key]
+                if not self._domains().get(key[1]):
+                    await self.layer.group_discard(domain_group(key[1]), self.channel)
+
+    def _domains(self) -> Counter[str]:
+        return Counter(domain for _, domain, _ in self.feeds)
 
     async def _receive(self) -> None:
         while True:
@@ -197,9 +319,19 @@ class Hub:
                 logger.warning("channel layer receive failed: %s", exc)
                 await asyncio.sleep(1)
                 continue
-            feed = self.feeds.get(message.get("domain", ""))
-            if feed is not None and message.get("type") == "domain.changed":
-                feed.poke(int(message["position"]))
+            domain = message.get("domain", "")
+            if message.get("type") == "domain.changed":
+                self._poke(versions_feed(domain), int(message["position"]))
+            elif message.get("type") == "rule.changed":
+                self._poke(rule_feed(domain, message.get("rule", "")), message["seq"])
+                activity = self.feeds.get(rules_feed(domain))
+                if activity is not None:
+                    activity.poke(activity.cursor + 1)
+
+    def _poke(self, key: FeedKey, target: int) -> None:
+        feed = self.feeds.get(key)
+        if feed is not None:
+            feed.poke(int(target))
 
     async def _check_positions(self) -> None:
         """Catch a lost *last* notification, and re-join groups that expired."""
@@ -209,10 +341,11 @@ class Hub:
             if not self.feeds:
                 continue
             try:
-                latest = await db.read(store.latest_positions, list(self.feeds))
-                for domain, feed in list(self.feeds.items()):
+                latest = await _latest(list(self.feeds))
+                for domain in self._domains():
                     await self.layer.group_add(domain_group(domain), self.channel)
-                    feed.poke(latest.get(domain, 0))
+                for key, target in latest.items():
+                    self._poke(key, target)
             except Exception as exc:
                 logger.warning("position check failed: %s", exc)
 

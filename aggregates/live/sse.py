@@ -21,14 +21,13 @@ class SseSink:
     def __init__(self) -> None:
         self.events: asyncio.Queue[str | None] = asyncio.Queue()
 
-    async def subscribed(self, subscription: Subscription, position: int) -> None:
+    async def subscribed(self, subscription: Subscription, latest: int) -> None:
         pass  # SSE has no such event; the stream itself says so
 
     async def version(self, subscription: Subscription, frame: Frame) -> None:
         data = await frame.text(subscription.mode)
-        self.events.put_nowait(
-            f"id: {frame.position}\nevent: version\ndata: {data}\n\n"
-        )
+        kind = subscription.stream.kind
+        self.events.put_nowait(f"id: {frame.cursor}\nevent: {kind}\ndata: {data}\n\n")
         if self.events.qsize() > settings.BOTLNEK_WS_MAX_PENDING:
             self.overflow()  # a reader this far behind: end rather than buffer
 

@@ -1,19 +1,21 @@
 """A subscription, whatever carries it: replay, gap healing, no duplicates.
 
-A subscription joins its domain's feed first, says `subscribed`, replays from the
-database in pages after its cursor, then takes live frames, dropping any at or below
-its cursor and reading any gap from the database before going on. Its sink (a
-websocket, an SSE response) only sends what it is handed.
+A subscription follows a stream — a domain's versions by position, or a rule's
+events by seq. It joins the stream's feed first, says `subscribed`, replays from
+the database in pages after its cursor, then takes live frames, dropping any at or
+below its cursor and reading any gap from the database before going on. Its sink
+(a websocket, an SSE response) only sends what it is handed.
 """
 
 import asyncio
-from typing import Literal, Protocol
+from typing import Any, Literal, Protocol
 
 from django.conf import settings
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from aggregates import db, store
 from aggregates.live import hub
+from aggregates.rules.read import rule_events
 from aggregates.schemas import DomainKey, Key
 
 
@@ -27,9 +29,21 @@ class SubscribeIn(BaseModel):
     after_position: int | None = Field(None, ge=0)
     after_version: int | None = Field(None, ge=0)
     mode: Literal["full", "delta"] = "full"
+    rule: Key | None = None
+    after_seq: int | None = Field(None, ge=0)
 
     @model_validator(mode="after")
     def _one_cursor(self):
+        if self.rule is not None:
+            versions = (self.aggregate, self.after_position, self.after_version)
+            if any(value is not None for value in versions):
+                raise ValueError(
+                    "a rule subscription takes after_seq, not aggregate, "
+                    "after_position or after_version"
+                )
+            return self
+        if self.after_seq is not None:
+            raise ValueError("after_seq needs a rule")
         if self.after_position is not None and self.after_version is not None:
             raise ValueError("give at most one of after_position and after_version")
         if self.after_version is not None and self.aggregate is None:
@@ -40,67 +54,31 @@ class SubscribeIn(BaseModel):
 class Sink(Protocol):
     """Where a subscription's frames go: a websocket, or an SSE response."""
 
-    async def subscribed(self, subscription: "Subscription", position: int) -> None: ...
+    async def subscribed(self, subscription: "Subscription", latest: int) -> None: ...
 
-    async def version(self, subscription: "Subscription", frame: hub.Frame) -> None: ...
+    async def version(self, subscription: "Subscription", frame: Any) -> None: ...
 
     def is_slow(self) -> bool: ...
 
     def overflow(self) -> None: ...
 
 
-class Subscription:
-    def __init__(self, sink: Sink, request: SubscribeIn):
-        self.sink = sink
-        self.id = request.id
+class Versions:
+    """A domain's versions (of one aggregate, if asked), by position."""
+
+    kind = "version"
+
+    def __init__(self, request: SubscribeIn):
+        self.request = request
         self.domain = request.domain
         self.aggregate = request.aggregate
-        self.mode = request.mode
-        self.request = request
         self.after_version = request.after_version or 0
-        self.cursor = 0  # the domain position up to which everything was handled
-        self.queue: asyncio.Queue[hub.Frame] = asyncio.Queue()
-        self.task: asyncio.Task | None = None
-        # While replaying, live frames are not kept, only the highest position:
-        # a long replay must not pile them up (the database has them anyway).
-        self.replaying = True
-        self.seen = 0
+        self.feed = hub.versions_feed(request.domain)
 
-    def offer(self, frame: hub.Frame) -> None:
-        if self.replaying:
-            self.seen = max(self.seen, frame.position)
-            return
-        self.queue.put_nowait(frame)
-        if self.queue.qsize() <= settings.BOTLNEK_WS_MAX_PENDING:
-            return
-        if self.sink.is_slow():
-            self.sink.overflow()
-            return
-        # A burst, not a slow reader: keep only the newest frame; the run loop
-        # then reads the gap before it from the database.
-        while self.queue.qsize() > 1:
-            self.queue.get_nowait()
+    async def latest(self) -> int:
+        return (await db.read(store.latest_positions, [self.domain]))[self.domain]
 
-    async def run(self) -> None:
-        await hub.hub().listen(self.domain, self)
-        latest = (await db.read(store.latest_positions, [self.domain]))[self.domain]
-        await self.sink.subscribed(self, latest)
-        self.cursor = await self._start(latest)
-        await self._fill(up_to=None)
-        self.replaying = False
-        if self.seen > self.cursor:  # announced during the replay
-            await self._fill(up_to=self.seen)
-        while True:
-            frame = await self.queue.get()
-            if frame.position <= self.cursor:
-                continue
-            if frame.position > self.cursor + 1:
-                await self._fill(up_to=frame.position)  # a notification went missing
-                continue
-            await self._deliver(frame)
-            self.cursor = frame.position
-
-    async def _start(self, latest: int) -> int:
+    async def start(self, latest: int) -> int:
         request = self.request
         if request.after_position is not None:
             return request.after_position
@@ -116,34 +94,128 @@ class Subscription:
             return 0
         return latest  # live only
 
-    async def _fill(self, up_to: int | None) -> None:
-        """Send every version after the cursor (up to `up_to`) from the database."""
+    async def read(self, after: int, up_to: int | None) -> tuple[int, list]:
+        latest, rows = await db.read(
+            store.live_frames,
+            self.domain,
+            after_position=after,
+            limit=hub.PAGE,
+            aggregate=self.aggregate,
+            up_to=up_to,
+        )
+        return latest, [hub.Frame(row) for row in rows]
+
+    def wants(self, frame: hub.Frame) -> bool:
+        if self.aggregate is not None and frame.aggregate != self.aggregate:
+            return False
+        return frame.version > self.after_version
+
+
+class RuleEvents:
+    """A rule's events, by seq."""
+
+    kind = "rule_event"
+
+    def __init__(self, request: SubscribeIn):
+        self.domain = request.domain
+        self.rule = request.rule
+        self.after_seq = request.after_seq
+        self.feed = hub.rule_feed(request.domain, request.rule)
+
+    async def latest(self) -> int:
+        latest, _ = await db.read(
+            rule_events, self.domain, self.rule, after_seq=0, limit=0
+        )
+        return latest
+
+    async def start(self, latest: int) -> int:
+        return latest if self.after_seq is None else self.after_seq
+
+    async def read(self, after: int, up_to: int | None) -> tuple[int, list]:
+        latest, events = await db.read(
+            rule_events,
+            self.domain,
+            self.rule,
+            after_seq=after,
+            limit=hub.PAGE,
+            up_to=up_to,
+        )
+        return latest, [hub.RuleFrame(event) for event in events]
+
+    def wants(self, frame: hub.RuleFrame) -> bool:
+        return True
+
+
+class Subscription:
+    """Replays a stream from the database after its cursor, then follows it live:
+    no gap (a gap is read from the database) and no duplicate (a frame at or
+    below the cursor is dropped)."""
+
+    def __init__(self, sink: Sink, request: SubscribeIn):
+        self.sink = sink
+        self.id = request.id
+        self.mode = request.mode
+        self.stream = RuleEvents(request) if request.rule else Versions(request)
+        self.cursor = 0  # the stream's cursor up to which everything was handled
+        self.queue: asyncio.Queue = asyncio.Queue()
+        self.task: asyncio.Task | None = None
+        # While replaying, live frames are not kept, only the highest cursor:
+        # a long replay must not pile them up (the database has them anyway).
+        self.replaying = True
+        self.seen = 0
+
+    def offer(self, frame) -> None:
+        if self.replaying:
+            self.seen = max(self.seen, frame.cursor)
+            return
+        self.queue.put_nowait(frame)
+        if self.queue.qsize() <= settings.BOTLNEK_WS_MAX_PENDING:
+            return
+        if self.sink.is_slow():
+            self.sink.overflow()
+            return
+        # A burst, not a slow reader: keep only the newest frame; the run loop
+        # then reads the gap before it from the database.
+        while self.queue.qsize() > 1:
+            self.queue.get_nowait()
+
+    async def run(self) -> None:
+        await hub.hub().listen(self.stream.feed, self)
+        latest = await self.stream.latest()
+        await self.sink.subscribed(self, latest)
+        self.cursor = await self.stream.start(latest)
+        await self._fill(up_to=None)
+        self.replaying = False
+        if self.seen > self.cursor:  # announced during the replay
+            await self._fill(up_to=self.seen)
         while True:
-            latest, rows = await db.read(
-                store.live_frames,
-                self.domain,
-                after_position=self.cursor,
-                limit=hub.PAGE,
-                aggregate=self.aggregate,
-                up_to=up_to,
-            )
-            for row in rows:
-                await self._deliver(hub.Frame(row))
-                self.cursor = row["position"]
-            if len(rows) < hub.PAGE:
+            frame = await self.queue.get()
+            if frame.cursor <= self.cursor:
+                continue
+            if frame.cursor > self.cursor + 1:
+                await self._fill(up_to=frame.cursor)  # a notification went missing
+                continue
+            await self._deliver(frame)
+            self.cursor = frame.cursor
+
+    async def _fill(self, up_to: int | None) -> None:
+        """Send everything after the cursor (up to `up_to`) from the database."""
+        while True:
+            latest, frames = await self.stream.read(self.cursor, up_to)
+            for frame in frames:
+                await self._deliver(frame)
+                self.cursor = frame.cursor
+            if len(frames) < hub.PAGE:
                 # Everything up to `latest` had committed before the rows were read.
                 reached = latest if up_to is None else min(latest, up_to)
                 self.cursor = max(self.cursor, reached)
                 return
 
-    async def _deliver(self, frame: hub.Frame) -> None:
-        if self.aggregate is not None and frame.aggregate != self.aggregate:
-            return
-        if frame.version <= self.after_version:
-            return
-        await self.sink.version(self, frame)
+    async def _deliver(self, frame) -> None:
+        if self.stream.wants(frame):
+            await self.sink.version(self, frame)
 
     async def stop(self) -> None:
         if self.task is not None:
             self.task.cancel()
-        await hub.hub().unlisten(self.domain, self)
+        await hub.hub().unlisten(self.stream.feed, self)

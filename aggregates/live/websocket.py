@@ -13,12 +13,25 @@ from channels.generic.websocket import AsyncWebsocketConsumer
 from pydantic import ValidationError
 
 from aggregates import db, limits, store
-from aggregates.errors import field_errors, summary
+from aggregates.errors import NotFound, field_errors, summary
 from aggregates.live import daphne_transport
 from aggregates.live.hub import Frame
 from aggregates.live.subscription import SubscribeIn, Subscription
+from aggregates.rules.read import get_rule
 
 logger = logging.getLogger("botlnek.live")
+
+
+def _missing(domain: str, rule: str | None) -> str:
+    """Why a subscription cannot start: the domain or rule does not exist."""
+    try:
+        if rule is not None:
+            get_rule(domain, rule)
+        else:
+            store.get_domain(domain)
+    except NotFound as exc:
+        return exc.detail
+    return ""
 
 
 class SubscribeConsumer(AsyncWebsocketConsumer):
@@ -58,9 +71,11 @@ class SubscribeConsumer(AsyncWebsocketConsumer):
     async def send_json(self, data: dict[str, Any]) -> None:
         await self.send(text_data=json.dumps(data, ensure_ascii=False))
 
-    async def subscribed(self, subscription: Subscription, position: int) -> None:
+    async def subscribed(self, subscription: Subscription, latest: int) -> None:
+        # A rule subscription's cursor is its seq, a domain's its position.
+        cursor = "seq" if subscription.stream.kind == "rule_event" else "position"
         await self.send_json(
-            {"type": "subscribed", "id": subscription.id, "position": position}
+            {"type": "subscribed", "id": subscription.id, cursor: latest}
         )
 
     def is_slow(self) -> bool:
@@ -131,9 +146,9 @@ class SubscribeConsumer(AsyncWebsocketConsumer):
             detail = f"this token may not read domain {request.domain!r}"
             await self.error("forbidden", detail, request.id)
             return
-        if not await db.read(store.latest_positions, [request.domain]):
-            detail = f"domain {request.domain!r} does not exist"
-            await self.error("not_found", detail, request.id)
+        missing = await db.read(_missing, request.domain, request.rule)
+        if missing:
+            await self.error("not_found", missing, request.id)
             return
         subscription = Subscription(self, request)
         self.subscriptions[request.id] = subscription

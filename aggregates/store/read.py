@@ -11,7 +11,7 @@ from datetime import datetime
 from typing import Any
 
 from django.db import connection
-from django.db.models import Q
+from django.db.models import Q, QuerySet
 
 from aggregates.errors import NotFound, StoreError
 from aggregates.models import Aggregate, Domain, Receipt, Version
@@ -61,11 +61,7 @@ def list_aggregates(
     """Aggregates of a domain, most recently updated first, keyset-paginated."""
     rows = Aggregate.objects.filter(domain=domain).order_by("-updated_at", "-id")
     if prefix:
-        if connection.vendor == "sqlite":
-            # SQLite's LIKE ignores case; keys compare byte by byte (BINARY).
-            rows = rows.filter(key__gte=prefix, key__lt=prefix + "\U0010ffff")
-        else:
-            rows = rows.filter(key__startswith=prefix)
+        rows = with_prefix(rows, prefix)
     if cursor:
         updated_at, last_id = _decode_cursor(cursor)
         rows = rows.filter(
@@ -94,6 +90,16 @@ def list_aggregates(
         ],
         "next_cursor": next_cursor,
     }
+
+
+def with_prefix(rows: QuerySet, prefix: str, field: str = "key") -> QuerySet:
+    """Rows whose key starts with `prefix`, case and all."""
+    if connection.vendor == "sqlite":
+        # SQLite's LIKE ignores case; keys compare byte by byte (BINARY).
+        return rows.filter(
+            **{f"{field}__gte": prefix, f"{field}__lt": prefix + "\U0010ffff"}
+        )
+    return rows.filter(**{f"{field}__startswith": prefix})
 
 
 def encode_cursor(updated_at: datetime, last_id: int) -> str:
@@ -232,6 +238,8 @@ def receipt_json(receipt: Receipt, domain: str, aggregate: str) -> dict[str, Any
         "exit_code": receipt.exit_code,
         "duration_s": receipt.duration_s,
         "detail": receipt.detail,
+        "rule": receipt.rule or None,
+        "seq": receipt.seq,
         "at": isoformat(receipt.at),
     }
 

@@ -11,13 +11,14 @@ from typing import Any
 
 from django.db import connection
 
-from aggregates.models import Aggregate, Domain, Receipt, Source, Version
+from aggregates.models import Aggregate, Domain, Receipt, RuleStatus, Source, Version
 
 DOMAIN = Domain._meta.db_table
 AGGREGATE = Aggregate._meta.db_table
 VERSION = Version._meta.db_table
 SOURCE = Source._meta.db_table
 RECEIPT = Receipt._meta.db_table
+RULE_STATUS = RuleStatus._meta.db_table
 
 
 def placeholders(count: int) -> str:

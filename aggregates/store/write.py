@@ -18,14 +18,15 @@ from typing import Any
 from django.db import connection, transaction
 from django.utils import timezone
 
-from aggregates.errors import Conflict, NotFound, UnknownDomain
+from aggregates.errors import Conflict, NotFound, StoreError, UnknownDomain
 from aggregates.live import events
-from aggregates.models import Aggregate, Domain, Receipt
+from aggregates.models import Aggregate, Domain, Receipt, RuleEvent, RuleStatus
 from aggregates.store.read import get_aggregate, receipt_json
 from aggregates.store.sql import (
     AGGREGATE,
     DOMAIN,
     RECEIPT,
+    RULE_STATUS,
     SOURCE,
     VERSION,
     json_value,
@@ -158,7 +159,7 @@ def register_sources(items: Sequence[NewSource]) -> list[Registration]:
                 )
                 for v in new_versions
             ]
-            transaction.on_commit(lambda: events.versions_committed(committed))
+            transaction.on_commit(lambda: events.versions_committed.send(committed))
     return results
 
 
@@ -416,6 +417,8 @@ def record_receipt(
     exit_code: int | None = None,
     duration_s: float | None = None,
     detail: str = "",
+    rule: str | None = None,
+    seq: int | None = None,
 ) -> dict[str, Any]:
     target = get_aggregate(domain, aggregate)
     if version > target.version:
@@ -423,7 +426,11 @@ def record_receipt(
             f"aggregate {aggregate!r} has versions 1-{target.version}, not {version}",
             field="version",
         )
+    if rule is not None:
+        _check_rule_event(target, rule, seq, version)
     receipt = Receipt.objects.create(
+        rule=rule or "",
+        seq=seq,
         aggregate=target,
         watcher=watcher,
         version=version,
@@ -435,12 +442,40 @@ def record_receipt(
     return receipt_json(receipt, domain, aggregate)
 
 
+def _check_rule_event(aggregate: Aggregate, rule: str, seq: int, version: int):
+    """A receipt of a rule's event must name that event as the log has it."""
+    event = (
+        RuleEvent.objects.filter(
+            rule__domain_id=aggregate.domain_id, rule__name=rule, seq=seq
+        )
+        .values_list("aggregate", "version")
+        .first()
+    )
+    if event is None:
+        raise NotFound(
+            f"rule {rule!r} of domain {aggregate.domain.key!r} has no event {seq}",
+            field="seq",
+        )
+    if event != (aggregate.key, version):
+        raise StoreError(
+            f"event {seq} of rule {rule!r} is about version {event[1]} of "
+            f"aggregate {event[0]!r}",
+            field="seq",
+        )
+
+
 # Retention: deleting whole aggregates is the only deletion there is.
 
+# Statuses of a rule still waiting for an aggregate: pruning keeps such aggregates.
+PENDING = [RuleStatus.Status.WAITING, RuleStatus.Status.LATE]
 
-def prune_aggregates(aggregate_ids: list[int], older_than: datetime) -> int:
+
+def prune_aggregates(
+    aggregate_ids: list[int], older_than: datetime, *, include_pending: bool = False
+) -> int:
     """Delete these aggregates, with their history, if still untouched since
-    `older_than`; answer how many went. Short: it holds their domains' locks."""
+    `older_than` and (unless `include_pending`) no rule waits for them or has
+    them late; answer how many went. Short: it holds their domains' locks."""
     with transaction.atomic(), connection.cursor() as cursor:
         domain_ids = sorted(
             set(
@@ -457,16 +492,17 @@ def prune_aggregates(aggregate_ids: list[int], older_than: datetime) -> int:
             .order_by("key")
             .values_list("id")
         )
-        victims = list(
-            Aggregate.objects.filter(
-                id__in=aggregate_ids, updated_at__lt=older_than
-            ).values_list("id", "domain_id")
+        victims = Aggregate.objects.filter(
+            id__in=aggregate_ids, updated_at__lt=older_than
         )
+        if not include_pending:
+            victims = victims.exclude(rule_statuses__status__in=PENDING)
+        victims = list(victims.values_list("id", "domain_id"))
         if not victims:
             return 0
         ids = [aggregate_id for aggregate_id, _ in victims]
         marks = placeholders(len(ids))
-        for table in (SOURCE, RECEIPT, VERSION, AGGREGATE):
+        for table in (RULE_STATUS, SOURCE, RECEIPT, VERSION, AGGREGATE):
             column = "id" if table == AGGREGATE else "aggregate_id"
             cursor.execute(f'DELETE FROM "{table}" WHERE "{column}" IN ({marks})', ids)
         gone: dict[int, int] = {}

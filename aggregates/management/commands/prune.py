@@ -8,6 +8,7 @@ from django.utils import timezone
 from aggregates import store
 from aggregates.management.progress import done, progress
 from aggregates.models import Aggregate
+from aggregates.store.write import PENDING
 
 UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}
 
@@ -24,18 +25,28 @@ def duration(text: str) -> timedelta:
 class Command(BaseCommand):
     help = (
         "Delete whole aggregates not updated for a while, with their versions, "
-        "sources and receipts: the only deletion there is."
+        "sources and receipts: the only deletion there is. Aggregates a rule still "
+        "waits for (waiting or late) are kept unless --include-pending."
     )
 
     def add_arguments(self, parser):
         parser.add_argument("--older-than", required=True, type=str)
         parser.add_argument("--domain", help="only this domain")
         parser.add_argument("--dry-run", action="store_true")
+        parser.add_argument(
+            "--include-pending",
+            action="store_true",
+            help="also delete aggregates a rule still has waiting or late",
+        )
         parser.add_argument("--batch", type=int, default=200)
 
-    def handle(self, *args, older_than, domain, dry_run, batch, **options):
+    def handle(
+        self, *args, older_than, domain, dry_run, batch, include_pending, **options
+    ):
         cutoff = timezone.now() - duration(older_than)
         old = Aggregate.objects.filter(updated_at__lt=cutoff)
+        if not include_pending:
+            old = old.exclude(rule_statuses__status__in=PENDING)
         if domain:
             old = old.filter(domain__key=domain)
         if dry_run:
@@ -58,7 +69,9 @@ class Command(BaseCommand):
             ids = list(old.order_by("id").values_list("id", flat=True)[:batch])
             if not ids:
                 break
-            deleted += store.prune_aggregates(ids, cutoff)
+            deleted += store.prune_aggregates(
+                ids, cutoff, include_pending=include_pending
+            )
             progress(deleted, total, "aggregates deleted")
         if total:
             done()

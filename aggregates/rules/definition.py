@@ -1,0 +1,169 @@
+"""A rule's definition: the shape users send, its checks, and the compiled form the
+evaluator runs (its condition parsed, its deadline worked out per aggregate)."""
+
+import re
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Annotated, Any, Literal
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
+
+from aggregates.client.conditions import (
+    Condition,
+    ConditionError,
+    parse,
+    parse_duration,
+)
+from aggregates.models import Rule
+from aggregates.schemas import Key
+from aggregates.values import KEY_CHARS, KEY_PATTERN
+
+
+def _prefix_rule(value: str) -> str:
+    if value and not KEY_PATTERN.fullmatch(value):
+        raise ValueError(f"must be characters from {KEY_CHARS}, or empty")
+    return value
+
+
+def _duration_rule(value: str) -> str:
+    seconds = parse_duration(value)
+    if not 1 <= seconds <= 366 * 86400:
+        raise ValueError("must be between 1s and 366d")
+    return value
+
+
+class DeadlineIn(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True, populate_by_name=True)
+
+    after: Annotated[str, AfterValidator(_duration_rule)] = Field(
+        description="a duration: 90s, 15m, 6h, 2d"
+    )
+    from_: Literal["first_source", "key_date"] = Field(alias="from")
+
+
+class RuleIn(BaseModel):
+    """A rule's whole definition (POST and PUT)."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    name: Key
+    when: str = Field(min_length=1, max_length=1000)
+    trigger: Literal["once", "every"] = "once"
+    aggregate_prefix: Annotated[str, AfterValidator(_prefix_rule)] = Field(
+        "", max_length=200
+    )
+    deadline: DeadlineIn | None = None
+    on_deadline: Literal["late", "fire"] = "late"
+    start: Literal["now", "history"] = "now"
+
+    @field_validator("when")
+    @classmethod
+    def _condition(cls, value: str) -> str:
+        try:
+            parse(value)
+        except ConditionError as exc:
+            raise ValueError(str(exc)) from None
+        return value
+
+    def fields(self) -> dict[str, Any]:
+        """The model fields this definition sets."""
+        deadline = self.deadline
+        return {
+            "name": self.name,
+            "when": self.when,
+            "trigger": self.trigger,
+            "aggregate_prefix": self.aggregate_prefix,
+            "deadline_seconds": parse_duration(deadline.after) if deadline else None,
+            "deadline_from": deadline.from_ if deadline else "",
+            "on_deadline": self.on_deadline,
+            "start": self.start,
+        }
+
+
+def definition_json(rule: Rule) -> dict[str, Any]:
+    """A rule as the API answers it (without its counts)."""
+    deadline = None
+    if rule.deadline_seconds is not None:
+        deadline = {
+            "after": _duration_text(rule.deadline_seconds),
+            "from": rule.deadline_from,
+        }
+    from aggregates.values import isoformat
+
+    return {
+        "name": rule.name,
+        "when": rule.when,
+        "trigger": rule.trigger,
+        "aggregate_prefix": rule.aggregate_prefix,
+        "deadline": deadline,
+        "on_deadline": rule.on_deadline,
+        "start": rule.start,
+        "created_at": isoformat(rule.created_at),
+    }
+
+
+def _duration_text(seconds: int) -> str:
+    """The largest whole unit: 30h stays 30h, 86400 s reads 1d."""
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds % size == 0:
+            return f"{seconds // size}{unit}"
+    return f"{seconds}s"
+
+
+# A date in a key: YYYY-MM-DD, optionally THH:MM[:SS] and Z; never part of a longer
+# number.
+_KEY_DATE = re.compile(
+    r"(?<![0-9])(\d{4})-(\d{2})-(\d{2})(?:T(\d{2}):(\d{2})(?::(\d{2}))?)?Z?(?![0-9])"
+)
+
+
+def key_date(key: str) -> datetime | None:
+    """The first valid ISO date in an aggregate key, as UTC; None if there is none
+    (an invalid one such as 2026-13-40 is skipped)."""
+    start = 0
+    while (match := _KEY_DATE.search(key, start)) is not None:
+        numbers = [int(part) if part else 0 for part in match.groups()]
+        try:
+            return datetime(*numbers, tzinfo=UTC)
+        except ValueError:
+            start = match.start() + 1
+    return None
+
+
+@dataclass(frozen=True)
+class CompiledRule:
+    """What the evaluator needs of a rule, parsed once."""
+
+    id: int
+    name: str
+    condition: Condition
+    every: bool
+    prefix: str
+    deadline_after: timedelta | None
+    deadline_from: str
+    fire_at_deadline: bool
+
+    @classmethod
+    def of(cls, rule: Rule) -> "CompiledRule":
+        after = rule.deadline_seconds
+        return cls(
+            id=rule.pk,
+            name=rule.name,
+            condition=parse(rule.when),
+            every=rule.trigger == Rule.Trigger.EVERY,
+            prefix=rule.aggregate_prefix,
+            deadline_after=timedelta(seconds=after) if after is not None else None,
+            deadline_from=rule.deadline_from,
+            fire_at_deadline=rule.on_deadline == Rule.OnDeadline.FIRE,
+        )
+
+    def matches(self, aggregate: str) -> bool:
+        return aggregate.startswith(self.prefix)
+
+    def deadline(self, aggregate: str, first_at: datetime) -> datetime | None:
+        if self.deadline_after is None:
+            return None
+        if self.deadline_from == Rule.DeadlineFrom.KEY_DATE:
+            base = key_date(aggregate)
+            return None if base is None else base + self.deadline_after
+        return first_at + self.deadline_after

@@ -1,0 +1,428 @@
+"""The rules engine: a durable consumer of each domain's positions, and a clock.
+
+step(domain) is one transaction. It locks every rule of the domain (FOR UPDATE
+NOWAIT on PostgreSQL: a step already running elsewhere is left to finish the
+work; SQLite's BEGIN IMMEDIATE serializes steps with writes), reads the versions
+after the rules' cursors (`Rule.position`) in position order, and for each applies
+first the time-based transitions due before it (across the domain's aggregates,
+in time order), then the version itself to every rule that matches. Caught up, it
+applies what the clock has made due (`RuleStatus.next_due_at`, an index; never a
+scan of every aggregate). Events get the next `seq` of their rule, and cursors,
+statuses and events are written in the same transaction: a step that fails
+records nothing and moves no cursor, and one that commits is never redone. Why it
+can neither skip nor double-record: positions become visible in order (the
+domain's write lock is held to commit), so the versions after a cursor are read
+without gaps; the rule rows' lock admits one step per domain at a time; and the
+unique (rule, seq) constraint is the last line of defence.
+
+Each server process runs Runner: it steps a domain soon after a commit there
+(and coalesces bursts), and every CLOCK_SECONDS looks for domains whose rules are
+behind or have something due, so a transition is recorded within a few seconds
+of its moment, and whatever fell due while no server ran is recorded as soon as
+one does.
+"""
+
+import asyncio
+import heapq
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from django.db import DatabaseError, connection, transaction
+from django.db.models import F, Max
+from django.utils import timezone
+
+from aggregates import db
+from aggregates.live import events
+from aggregates.models import Domain, Rule, RuleEvent, RuleStatus, Source, Version
+from aggregates.rules import evaluate
+from aggregates.rules.definition import CompiledRule
+from aggregates.rules.evaluate import Happened, State, VersionFacts
+from aggregates.values import isoformat, utc
+
+logger = logging.getLogger("botlnek.rules")
+
+BATCH = 500  # versions per step
+DUE_BATCH = 2000  # clock-due statuses per step
+CLOCK_SECONDS = 1.0
+# The clock acts on moments at least this far in the past: a version stamped
+# before a moment but not yet committed then still counts as before it.
+GRACE = timedelta(seconds=1)
+
+
+@dataclass
+class _Tracked:
+    """A status during a step: its row (if any), rule and aggregate."""
+
+    rule: CompiledRule
+    aggregate_id: int
+    aggregate: str
+    first_at: datetime
+    state: State
+    row_id: int | None = None
+    touched: bool = False
+
+
+def step(domain_key: str, now: datetime | None = None) -> bool:
+    """One step of the domain's rules; True when there is more to do at once."""
+    now = now or timezone.now()
+    with transaction.atomic():
+        rules = _lock_rules(domain_key)
+        if rules is None:
+            return False  # another process is stepping this domain
+        if not rules:
+            return False
+        work = _Step(rules, now)
+        more = work.run()
+        committed = work.save()
+    if committed:
+        transaction.on_commit(lambda: events.rule_events_committed.send(committed))
+    return more
+
+
+def _lock_rules(domain_key: str) -> list[Rule] | None:
+    rules = Rule.objects.filter(domain__key=domain_key).order_by("id")
+    if connection.features.has_select_for_update_nowait:
+        rules = rules.select_for_update(nowait=True, of=("self",))
+    try:
+        return list(rules)
+    except DatabaseError:
+        if connection.vendor == "postgresql":
+            return None  # locked: the step running elsewhere does the work
+        raise
+
+
+class _Step:
+    def __init__(self, rules: list[Rule], now: datetime):
+        self.rows = {rule.pk: rule for rule in rules}
+        self.rules = {rule.pk: CompiledRule.of(rule) for rule in rules}
+        self.domain_id = rules[0].domain_id
+        self.now = now
+        self.tracked: dict[tuple[int, int], _Tracked] = {}
+        self.due: list[tuple[datetime, int, int]] = []  # (moment, rule, aggregate)
+        self.happened: list[tuple[_Tracked, Happened]] = []
+        self.history: dict[tuple[int, int], dict[str, datetime]] = {}
+
+    def run(self) -> bool:
+        start = min(rule.position for rule in self.rows.values())
+        versions = _versions(self.domain_id, start)
+        caught_up = len(versions) < BATCH
+        horizon = self.now - GRACE
+        if versions and not caught_up:
+            horizon = min(horizon, versions[-1].facts.at)
+        self._load(versions, horizon)
+        for version in versions:
+            self._run_due(until=version.facts.at)
+            self._apply(version)
+        due_left = False
+        if caught_up:
+            due_left = self._run_due(until=horizon, limit=DUE_BATCH)
+        if versions:
+            for rule in self.rows.values():
+                rule.position = max(rule.position, versions[-1].facts.position)
+        return not caught_up or due_left
+
+    def _load(self, versions: list["_Version"], horizon: datetime) -> None:
+        """The statuses this step may change: of the batch's aggregates, and due."""
+        aggregate_ids = {version.aggregate_id for version in versions}
+        rows = RuleStatus.objects.filter(rule_id__in=self.rules).select_related(
+            "aggregate"
+        )
+        found = list(rows.filter(aggregate_id__in=aggregate_ids)) if versions else []
+        found += list(
+            rows.filter(next_due_at__lte=horizon)
+            .exclude(aggregate_id__in=aggregate_ids)
+            .order_by("next_due_at")[:DUE_BATCH]
+        )
+        for row in found:
+            tracked = _Tracked(
+                rule=self.rules[row.rule_id],
+                aggregate_id=row.aggregate_id,
+                aggregate=row.aggregate.key,
+                first_at=row.aggregate.created_at,
+                state=_state(row),
+                row_id=row.pk,
+            )
+            self.tracked[row.rule_id, row.aggregate_id] = tracked
+            self._schedule(tracked)
+
+    def _schedule(self, tracked: _Tracked) -> None:
+        due = tracked.state.next_due_at
+        if due is not None:
+            key = (tracked.rule.id, tracked.aggregate_id)
+            heapq.heappush(self.due, (due, *key))
+
+    def _run_due(self, until: datetime, limit: int | None = None) -> bool:
+        """Apply time-based transitions due up to `until`, in time order; True if
+        more were due than `limit` allowed."""
+        done = 0
+        while self.due and self.due[0][0] <= until:
+            if limit is not None and done >= limit:
+                return True
+            moment, rule_id, aggregate_id = heapq.heappop(self.due)
+            tracked = self.tracked[rule_id, aggregate_id]
+            if tracked.state.next_due_at != moment:
+                continue  # rescheduled since
+            done += 1
+            tracked.touched = True
+            rule = tracked.rule
+            if not rule.matches(tracked.aggregate):
+                tracked.state.next_due_at = None  # the rule no longer applies
+                continue
+            # The definition may have changed (PUT) since the deadline was set.
+            tracked.state.deadline = rule.deadline(tracked.aggregate, tracked.first_at)
+            happened = evaluate.advance(rule, tracked.state, moment)
+            self._record(tracked, happened)
+            self._schedule(tracked)
+        return False
+
+    def _apply(self, row: "_Version") -> None:
+        aggregate_id, version = row.aggregate_id, row.facts
+        for rule in self.rules.values():
+            if self.rows[rule.id].position >= version.position:
+                continue  # this rule has evaluated it already
+            if not rule.matches(version.aggregate):
+                continue
+            tracked = self.tracked.get((rule.id, aggregate_id))
+            if tracked is None:
+                newest = self._newest_as_of(aggregate_id, version)
+                state, happened = evaluate.begin(rule, version, newest)
+                tracked = _Tracked(
+                    rule, aggregate_id, version.aggregate, version.first_at, state
+                )
+                self.tracked[rule.id, aggregate_id] = tracked
+            else:
+                happened = evaluate.apply(rule, tracked.state, version)
+            tracked.touched = True
+            self._record(tracked, happened)
+            self._schedule(tracked)
+
+    def _newest_as_of(
+        self, aggregate_id: int, version: VersionFacts
+    ) -> dict[str, datetime]:
+        """An aggregate's newest source per collection as of a version, for a rule
+        that meets the aggregate after its first version."""
+        if version.version == 1:
+            return {version.collection: version.at}
+        key = (aggregate_id, version.version)
+        if key not in self.history:
+            rows = (
+                Source.objects.filter(
+                    aggregate_id=aggregate_id, version__number__lte=version.version
+                )
+                .values("collection")
+                .annotate(newest=Max("version__at"))
+            )
+            self.history[key] = {row["collection"]: row["newest"] for row in rows}
+        return dict(self.history[key])
+
+    def _record(self, tracked: _Tracked, happened: list[Happened]) -> None:
+        self.happened.extend((tracked, event) for event in happened)
+
+    def save(self) -> list[events.RuleEventsCommitted]:
+        """Write statuses, events and cursors; what to announce after commit."""
+        changed = [tracked for tracked in self.tracked.values() if tracked.touched]
+        RuleStatus.objects.bulk_create(
+            [_row(tracked, self.now) for tracked in changed],
+            update_conflicts=True,
+            unique_fields=["rule", "aggregate"],
+            update_fields=_STATUS_FIELDS,
+        )
+        recorded = []
+        for tracked, happened in self.happened:
+            rule = self.rows[tracked.rule.id]
+            rule.latest_seq += 1
+            recorded.append(
+                RuleEvent(
+                    rule_id=rule.pk,
+                    seq=rule.latest_seq,
+                    aggregate=tracked.aggregate,
+                    event=happened.event,
+                    reason=happened.reason or "",
+                    version=happened.version,
+                    position=happened.position,
+                    late=happened.late,
+                    at=self.now,
+                )
+            )
+        RuleEvent.objects.bulk_create(recorded)
+        Rule.objects.bulk_update(self.rows.values(), ["position", "latest_seq"])
+        domain = Domain.objects.only("key").get(pk=self.domain_id).key
+        latest = {
+            rule.name: rule.latest_seq
+            for rule in self.rows.values()
+            if any(event.rule_id == rule.pk for event in recorded)
+        }
+        return [
+            events.RuleEventsCommitted(domain, name, seq)
+            for name, seq in latest.items()
+        ]
+
+
+_STATUS_FIELDS = [
+    "status",
+    "version",
+    "position",
+    "counts",
+    "newest",
+    "deadline",
+    "evaluated_at",
+    "was_ready",
+    "late",
+    "fired_version",
+    "next_due_at",
+    "changed_at",
+]
+
+
+@dataclass(frozen=True)
+class _Version:
+    aggregate_id: int
+    facts: VersionFacts
+
+
+def _versions(domain_id: int, after: int) -> list[_Version]:
+    rows = (
+        Version.objects.filter(domain_id=domain_id, position__gt=after)
+        .order_by("position")
+        .values_list(
+            "position",
+            "aggregate_id",
+            "aggregate__key",
+            "aggregate__created_at",
+            "number",
+            "at",
+            "source__collection",
+            "counts",
+        )[:BATCH]
+    )
+    found = []
+    for position, aggregate_id, key, first_at, number, at, collection, counts in rows:
+        facts = VersionFacts(key, number, position, at, collection, counts, first_at)
+        found.append(_Version(aggregate_id, facts))
+    return found
+
+
+def _state(row: RuleStatus) -> State:
+    return State(
+        status=row.status,
+        version=row.version,
+        position=row.position,
+        counts=dict(row.counts),
+        newest={name: utc(at) for name, at in row.newest.items()},
+        deadline=row.deadline,
+        evaluated_at=row.evaluated_at,
+        changed_at=row.changed_at,
+        was_ready=row.was_ready,
+        late=row.late,
+        fired_version=row.fired_version,
+        next_due_at=row.next_due_at,
+    )
+
+
+def _row(tracked: _Tracked, now: datetime) -> RuleStatus:
+    state = tracked.state
+    return RuleStatus(
+        id=tracked.row_id,
+        rule_id=tracked.rule.id,
+        aggregate_id=tracked.aggregate_id,
+        status=state.status,
+        version=state.version,
+        position=state.position,
+        counts=state.counts,
+        newest={name: isoformat(at) for name, at in state.newest.items()},
+        deadline=state.deadline,
+        evaluated_at=state.evaluated_at,
+        was_ready=state.was_ready,
+        late=state.late,
+        fired_version=state.fired_version,
+        next_due_at=state.next_due_at,
+        changed_at=state.changed_at,
+    )
+
+
+# Which domains have work, for the clock.
+
+
+def domains_with_work(now: datetime | None = None) -> list[str]:
+    """Domains whose rules are behind their positions, or have something due."""
+    horizon = (now or timezone.now()) - GRACE
+    behind = Rule.objects.filter(position__lt=F("domain__latest_position"))
+    due = RuleStatus.objects.filter(next_due_at__lte=horizon)
+    keys = set(behind.values_list("domain__key", flat=True))
+    keys |= set(due.values_list("rule__domain__key", flat=True).distinct())
+    return sorted(keys)
+
+
+def domains_with_rules() -> set[str]:
+    return set(Rule.objects.values_list("domain__key", flat=True).distinct())
+
+
+def catch_up(domain_key: str, now: datetime | None = None) -> None:
+    """Step until nothing is left to do now (commands and tests)."""
+    while step(domain_key, now):
+        pass
+
+
+class Runner:
+    """A process's rules engine: steps domains after commits and on the clock."""
+
+    def __init__(self) -> None:
+        self.started = False  # the clock runs: this process serves
+        self.ruled: set[str] = set()
+        self.running: dict[str, asyncio.Task] = {}
+        self.again: set[str] = set()
+
+    def versions_committed(self, committed: Sequence[events.VersionCommitted]):
+        """After a commit (on the writer's thread): step the domains with rules."""
+        for domain in {version.domain for version in committed}:
+            if domain in self.ruled:
+                self.poke_threadsafe(domain)
+
+    def watch(self, domain: str) -> None:
+        """A rule was created in `domain`: step it from now on (and now)."""
+        self.ruled.add(domain)
+        if self.started:
+            self.poke(domain)
+
+    def poke_threadsafe(self, domain: str) -> None:
+        from aggregates import serving
+
+        loop = serving.server_loop()
+        if loop is not None:
+            loop.call_soon_threadsafe(self.poke, domain)
+
+    def poke(self, domain: str) -> None:
+        if domain in self.running:
+            self.again.add(domain)  # once the step running now is done
+            return
+        self.running[domain] = asyncio.ensure_future(self._steps(domain))
+
+    async def _steps(self, domain: str) -> None:
+        try:
+            while True:
+                self.again.discard(domain)
+                try:
+                    more = await db.write(step, domain)
+                except DatabaseError as exc:
+                    logger.warning("rules of %s: step failed: %s", domain, exc)
+                    return
+                if not more and domain not in self.again:
+                    return
+        finally:
+            del self.running[domain]
+
+    async def clock(self) -> None:
+        self.started = True
+        while True:
+            try:
+                self.ruled = await db.read(domains_with_rules)
+                for domain in await db.read(domains_with_work):
+                    self.poke(domain)
+            except DatabaseError as exc:
+                logger.warning("rules clock: %s", exc)
+            await asyncio.sleep(CLOCK_SECONDS)
+
+
+runner = Runner()

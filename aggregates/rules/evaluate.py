@@ -1,0 +1,170 @@
+"""The rule evaluator: a pure state machine per (rule, aggregate), no database.
+
+The engine (engine.py) runs it on every version in position order and on the clock;
+preview and "why" run the very same code on history, so what they say is what the
+engine records. Time inside a status only moves forward: `advance` applies the
+moments at which time alone changes the outcome (an age() bound crossed, the
+deadline) up to a given time; a version is applied at its own time, after them.
+
+    once:  waiting ──(deadline)──▶ late ──(ready)──▶ fired      (fired for good)
+           waiting ──────────────(ready)───────────▶ fired
+    every: fires at each version at which the condition holds, and whenever it
+           becomes true by time alone; its status is ready while it holds.
+"""
+
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from aggregates.client.conditions import Facts
+from aggregates.models import RuleEvent, RuleStatus
+from aggregates.rules.definition import CompiledRule
+
+Status = RuleStatus.Status
+
+
+@dataclass
+class State:
+    """What a RuleStatus row holds."""
+
+    status: str
+    version: int
+    position: int
+    counts: dict[str, int]
+    newest: dict[str, datetime]
+    deadline: datetime | None
+    evaluated_at: datetime
+    changed_at: datetime
+    was_ready: bool = False
+    late: bool = False
+    fired_version: int | None = None
+    next_due_at: datetime | None = None
+
+
+@dataclass(frozen=True)
+class VersionFacts:
+    """One version of an aggregate, as the evaluator sees it."""
+
+    aggregate: str
+    version: int
+    position: int
+    at: datetime
+    collection: str
+    counts: dict[str, int]
+    first_at: datetime  # the aggregate's first version's time
+
+
+@dataclass(frozen=True)
+class Happened:
+    """An event to record in the rule's log."""
+
+    event: str
+    reason: str | None
+    version: int
+    position: int
+    late: bool
+    moment: datetime = field(compare=False)
+
+
+def begin(
+    rule: CompiledRule, version: VersionFacts, newest: dict[str, datetime]
+) -> tuple[State, list[Happened]]:
+    """The first version of an aggregate this rule evaluates; `newest` holds the
+    aggregate's newest source time per collection as of this version."""
+    state = State(
+        status=Status.WAITING,
+        version=version.version,
+        position=version.position,
+        counts=dict(version.counts),
+        newest=dict(newest),
+        deadline=rule.deadline(version.aggregate, version.first_at),
+        evaluated_at=version.at,
+        changed_at=version.at,
+    )
+    happened = _evaluate(rule, state, version.at, by_version=True)
+    state.next_due_at = next_due(rule, state)
+    return state, happened
+
+
+def apply(rule: CompiledRule, state: State, version: VersionFacts) -> list[Happened]:
+    """A later version of the aggregate: time up to it first, then the version."""
+    happened = advance(rule, state, version.at)
+    moment = max(version.at, state.evaluated_at)  # time never runs back
+    state.version, state.position = version.version, version.position
+    state.counts = dict(version.counts)
+    state.newest[version.collection] = version.at
+    state.deadline = rule.deadline(version.aggregate, version.first_at)
+    state.evaluated_at = state.changed_at = moment
+    happened += _evaluate(rule, state, moment, by_version=True)
+    state.next_due_at = next_due(rule, state)
+    return happened
+
+
+def advance(rule: CompiledRule, state: State, until: datetime) -> list[Happened]:
+    """Apply every moment up to `until` at which time alone changes the outcome."""
+    happened: list[Happened] = []
+    while (moment := next_due(rule, state)) is not None and moment <= until:
+        state.evaluated_at = moment
+        happened += _evaluate(rule, state, moment, by_version=False)
+    state.evaluated_at = max(state.evaluated_at, until)
+    state.next_due_at = next_due(rule, state)
+    return happened
+
+
+def next_due(rule: CompiledRule, state: State) -> datetime | None:
+    """The next moment after `evaluated_at` at which time alone may change the
+    outcome; None when nothing ever will."""
+    if not rule.every and state.status == Status.FIRED:
+        return None
+    moments = rule.condition.changes(state.newest)
+    if state.deadline is not None and not state.late and state.fired_version is None:
+        moments.append(state.deadline)
+    return min((m for m in moments if m > state.evaluated_at), default=None)
+
+
+def ready(rule: CompiledRule, state: State, now: datetime) -> bool:
+    return rule.condition(facts(state, now))
+
+
+def facts(state: State, now: datetime) -> Facts:
+    return Facts(state.counts, state.newest, now)
+
+
+def _evaluate(
+    rule: CompiledRule, state: State, moment: datetime, *, by_version: bool
+) -> list[Happened]:
+    if not rule.every and state.status == Status.FIRED:
+        return []
+    is_ready = ready(rule, state, moment)
+    overdue = state.deadline is not None and moment >= state.deadline
+    happened = []
+    if is_ready and (by_version or not state.was_ready or not rule.every):
+        happened.append(_event(state, RuleEvent.Kind.FIRED, "ready", overdue, moment))
+        state.fired_version = state.version
+        _set(state, Status.READY if rule.every else Status.FIRED, moment)
+    elif not is_ready and overdue and not state.late and state.fired_version is None:
+        state.late = True  # the deadline passed before it was ever ready
+        if rule.fire_at_deadline:
+            happened.append(
+                _event(state, RuleEvent.Kind.FIRED, "deadline", True, moment)
+            )
+            state.fired_version = state.version
+            _set(state, Status.LATE if rule.every else Status.FIRED, moment)
+        else:
+            happened.append(_event(state, RuleEvent.Kind.LATE, None, True, moment))
+            _set(state, Status.LATE, moment)
+    elif not is_ready and rule.every:
+        _set(state, Status.LATE if state.late else Status.WAITING, moment)
+    state.was_ready = is_ready
+    return happened
+
+
+def _set(state: State, status: str, moment: datetime) -> None:
+    if state.status != status:
+        state.status = status
+        state.changed_at = moment
+
+
+def _event(
+    state: State, event: str, reason: str | None, late: bool, moment: datetime
+) -> Happened:
+    return Happened(event, reason, state.version, state.position, late, moment)

@@ -1,0 +1,308 @@
+"""What the rules engine recorded, and what a rule would say: listings, "why",
+the event log, receipts, and the preview (the evaluator run on history, nothing
+saved)."""
+
+import base64
+import json
+from collections import Counter
+from datetime import datetime
+from typing import Any
+
+from django.db.models import Count, Max, Q
+from django.utils import timezone
+
+from aggregates.client.conditions import Facts
+from aggregates.errors import NotFound, StoreError
+from aggregates.models import (
+    Aggregate,
+    Receipt,
+    Rule,
+    RuleEvent,
+    RuleStatus,
+    Source,
+    Version,
+)
+from aggregates.rules import evaluate
+from aggregates.rules.definition import CompiledRule, RuleIn, definition_json
+from aggregates.rules.evaluate import VersionFacts
+from aggregates.store.read import (
+    get_aggregate,
+    get_domain,
+    receipt_json,
+    with_prefix,
+)
+from aggregates.values import isoformat, utc
+
+STATUS_ORDER = ["late", "waiting", "ready", "fired"]  # what needs a look first
+EVENTS_PER_AGGREGATE = 100
+
+
+def get_rule(domain: str, name: str) -> Rule:
+    try:
+        return Rule.objects.select_related("domain").get(domain__key=domain, name=name)
+    except Rule.DoesNotExist:
+        get_domain(domain)
+        raise NotFound(f"rule {name!r} does not exist in domain {domain!r}") from None
+
+
+def status_counts(rules: list[Rule]) -> dict[int, dict[str, int]]:
+    rows = (
+        RuleStatus.objects.filter(rule__in=rules)
+        .values("rule_id", "status")
+        .annotate(n=Count("id"))
+    )
+    counts: dict[int, dict[str, int]] = {
+        rule.pk: dict.fromkeys(STATUS_ORDER, 0) for rule in rules
+    }
+    for row in rows:
+        counts[row["rule_id"]][row["status"]] = row["n"]
+    return counts
+
+
+def rule_json(rule: Rule, counts: dict[str, int]) -> dict[str, Any]:
+    return {**definition_json(rule), "latest_seq": rule.latest_seq, "counts": counts}
+
+
+def list_rules(domain: str) -> list[dict[str, Any]]:
+    rules = list(Rule.objects.filter(domain=get_domain(domain)).order_by("name"))
+    counts = status_counts(rules)
+    return [rule_json(rule, counts[rule.pk]) for rule in rules]
+
+
+def read_rule(domain: str, name: str) -> dict[str, Any]:
+    rule = get_rule(domain, name)
+    return rule_json(rule, status_counts([rule])[rule.pk])
+
+
+# The event log
+
+
+def event_json(event: RuleEvent, rule: str, domain: str) -> dict[str, Any]:
+    return {
+        "rule": rule,
+        "seq": event.seq,
+        "domain": domain,
+        "aggregate": event.aggregate,
+        "event": event.event,
+        "reason": event.reason or None,
+        "version": event.version,
+        "position": event.position,
+        "at": isoformat(event.at),
+        "late": event.late,
+    }
+
+
+def rule_events(
+    domain: str, rule: str, *, after_seq: int, limit: int, up_to: int | None = None
+) -> tuple[int, list[dict[str, Any]]]:
+    """The rule's latest seq, then its events after `after_seq` (up to `up_to`),
+    in seq order."""
+    found = get_rule(domain, rule)
+    events = RuleEvent.objects.filter(rule=found, seq__gt=after_seq).order_by("seq")
+    if up_to is not None:
+        events = events.filter(seq__lte=up_to)
+    return found.latest_seq, [
+        event_json(event, rule, domain) for event in events[:limit]
+    ]
+
+
+def latest_seqs(domains: set[str]) -> dict[tuple[str, str], int]:
+    rows = Rule.objects.filter(domain__key__in=domains).values_list(
+        "domain__key", "name", "latest_seq"
+    )
+    return {(domain, name): seq for domain, name, seq in rows}
+
+
+# Statuses
+
+
+def status_json(row: RuleStatus) -> dict[str, Any]:
+    return {
+        "aggregate": row.aggregate.key,
+        "status": row.status,
+        "version": row.version,
+        "deadline": isoformat(row.deadline) if row.deadline else None,
+        "fired_at_version": row.fired_version,
+    }
+
+
+def list_statuses(
+    domain: str, rule: str, *, status: str | None, limit: int, cursor: str | None
+) -> dict[str, Any]:
+    """The aggregates a rule has evaluated, most recently changed first."""
+    found = get_rule(domain, rule)
+    rows = RuleStatus.objects.filter(rule=found).select_related("aggregate")
+    if status:
+        rows = rows.filter(status=status)
+    if cursor:
+        changed_at, last_id = _decode(cursor)
+        rows = rows.filter(
+            Q(changed_at__lt=changed_at) | Q(changed_at=changed_at, id__lt=last_id)
+        )
+    page = list(rows.order_by("-changed_at", "-id")[: limit + 1])
+    next_cursor = None
+    if len(page) > limit:
+        page = page[:limit]
+        next_cursor = _encode(page[-1].changed_at, page[-1].pk)
+    return {
+        "aggregates": [status_json(row) for row in page],
+        "next_cursor": next_cursor,
+    }
+
+
+def statuses_of(domain: str, aggregates: list[str]) -> dict[str, dict[str, RuleStatus]]:
+    """For the dashboard's matrix: aggregate key → rule name → its status."""
+    rows = RuleStatus.objects.filter(
+        rule__domain__key=domain, aggregate__key__in=aggregates
+    ).select_related("rule", "aggregate")
+    found: dict[str, dict[str, RuleStatus]] = {}
+    for row in rows:
+        found.setdefault(row.aggregate.key, {})[row.rule.name] = row
+    return found
+
+
+def _encode(changed_at: datetime, last_id: int) -> str:
+    raw = json.dumps([changed_at.isoformat(), last_id]).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def _decode(cursor: str) -> tuple[datetime, int]:
+    try:
+        padded = cursor + "=" * (-len(cursor) % 4)
+        moment, last_id = json.loads(base64.urlsafe_b64decode(padded))
+        return datetime.fromisoformat(moment), int(last_id)
+    except (ValueError, TypeError, OverflowError):
+        raise StoreError(
+            "must be a next_cursor value from an earlier page", field="cursor"
+        ) from None
+
+
+# Why
+
+
+def why(domain: str, rule: str, aggregate: str) -> dict[str, Any]:
+    """Where the rule stands for an aggregate, and every comparison evaluated now."""
+    found = get_rule(domain, rule)
+    target = get_aggregate(domain, aggregate)
+    compiled = CompiledRule.of(found)
+    if not compiled.matches(aggregate):
+        raise NotFound(
+            f"aggregate {aggregate!r} does not start with rule {rule!r}'s "
+            f"aggregate_prefix {found.aggregate_prefix!r}"
+        )
+    now = timezone.now()
+    row = RuleStatus.objects.filter(rule=found, aggregate=target).first()
+    if row is not None:
+        counts = row.counts
+        newest = {name: utc(at) for name, at in row.newest.items()}
+        status, version, deadline = row.status, row.version, row.deadline
+    else:  # not evaluated yet: a rule that started after its last version
+        counts = dict(target.counts)
+        newest = newest_by_collection(target.pk, target.version)
+        status, version = None, target.version
+        deadline = compiled.deadline(aggregate, target.created_at)
+    terms = compiled.condition.terms(Facts(counts, newest, now))
+    events = RuleEvent.objects.filter(rule=found, aggregate=aggregate).order_by("-seq")
+    return {
+        "rule": found.name,
+        "aggregate": aggregate,
+        "status": status,
+        "version": version,
+        "deadline": isoformat(deadline) if deadline else None,
+        "ready": compiled.condition(Facts(counts, newest, now)),
+        "events": [
+            event_json(event, rule, domain)
+            for event in reversed(events[:EVENTS_PER_AGGREGATE])
+        ],
+        "terms": [
+            {"expr": term.expr, "value": term.value, "detail": term.detail}
+            for term in terms
+        ],
+    }
+
+
+def newest_by_collection(aggregate_id: int, version: int) -> dict[str, datetime]:
+    """An aggregate's newest source time per collection, as of a version."""
+    rows = (
+        Source.objects.filter(aggregate_id=aggregate_id, version__number__lte=version)
+        .values("collection")
+        .annotate(newest=Max("version__at"))
+    )
+    return {row["collection"]: row["newest"] for row in rows}
+
+
+# Receipts of a rule's events
+
+
+def rule_receipts(
+    domain: str, rule: str, *, watcher: str | None, limit: int
+) -> list[dict[str, Any]]:
+    """Receipts carrying this rule, highest seq first."""
+    found = get_rule(domain, rule)
+    rows = Receipt.objects.filter(
+        aggregate__domain_id=found.domain_id, rule=found.name, seq__isnull=False
+    ).select_related("aggregate")
+    if watcher:
+        rows = rows.filter(watcher=watcher)
+    return [
+        receipt_json(receipt, domain, receipt.aggregate.key)
+        for receipt in rows.order_by("-seq", "-id")[:limit]
+    ]
+
+
+# Preview: the evaluator on history, nothing saved
+
+
+def preview(domain: str, definition: RuleIn, *, limit: int) -> dict[str, Any]:
+    """What the rule would record for the most recently updated aggregates it
+    matches, had it existed since their first versions."""
+    found = get_domain(domain)
+    rule = CompiledRule.of(Rule(domain=found, pk=0, **definition.fields()))
+    aggregates = list(
+        with_prefix(Aggregate.objects.filter(domain=found), rule.prefix)
+        .order_by("-updated_at", "-id")
+        .values_list("id", "key", "created_at")[:limit]
+    )
+    versions = (
+        Version.objects.filter(aggregate_id__in=[a[0] for a in aggregates])
+        .order_by("aggregate_id", "number")
+        .values_list(
+            "aggregate_id", "number", "position", "at", "source__collection", "counts"
+        )
+    )
+    by_aggregate: dict[int, list[tuple]] = {}
+    for row in versions:
+        by_aggregate.setdefault(row[0], []).append(row)
+    now = timezone.now()
+    answers = []
+    for aggregate_id, key, created_at in aggregates:
+        state, happened = None, []
+        for _, number, position, at, collection, counts in by_aggregate.get(
+            aggregate_id, []
+        ):
+            facts = VersionFacts(
+                key, number, position, at, collection, counts, created_at
+            )
+            if state is None:
+                state, happened = evaluate.begin(rule, facts, {collection: at})
+            else:
+                happened += evaluate.apply(rule, state, facts)
+        if state is None:
+            continue
+        happened += evaluate.advance(rule, state, now)
+        fired = next((h for h in happened if h.event == RuleEvent.Kind.FIRED), None)
+        answers.append(
+            {
+                "aggregate": key,
+                "status": state.status,
+                "would_fire": (
+                    {"version": fired.version, "reason": fired.reason}
+                    if fired
+                    else None
+                ),
+            }
+        )
+    return {
+        "aggregates": answers,
+        "counts": dict(Counter(a["status"] for a in answers)),
+    }

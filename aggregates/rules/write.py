@@ -1,0 +1,66 @@
+"""Creating, replacing and removing rules. The engine does the rest."""
+
+from django.db import IntegrityError, transaction
+from django.utils import timezone
+
+from aggregates.errors import Conflict, StoreError
+from aggregates.models import Domain, Rule, RuleEvent, RuleStatus
+from aggregates.rules.definition import RuleIn
+from aggregates.rules.read import get_rule, read_rule
+from aggregates.store.read import get_domain
+
+# Rule names that would read as the API's own paths.
+RESERVED_NAMES = {"preview"}
+
+
+def create_rule(domain: str, definition: RuleIn) -> dict:
+    """A new rule. With `start: now` it evaluates what comes after the domain's
+    current position; with `start: history`, everything from position 0."""
+    if definition.name in RESERVED_NAMES:
+        raise StoreError(f"{definition.name!r} is a reserved name", field="name")
+    found = get_domain(domain)
+    with transaction.atomic():
+        position = 0
+        if definition.start == Rule.Start.NOW:
+            position = Domain.objects.get(pk=found.pk).latest_position
+        try:
+            with transaction.atomic():
+                rule = Rule.objects.create(
+                    domain=found, position=position, **definition.fields()
+                )
+        except IntegrityError:
+            raise Conflict(
+                f"domain {domain!r} already has a rule named {definition.name!r}",
+                field="name",
+            ) from None
+    return read_rule(domain, rule.name)
+
+
+def replace_rule(domain: str, name: str, definition: RuleIn) -> dict:
+    """A whole new definition; the log, its seq and the statuses stay. Every status
+    the rule may still change is re-examined at once under the new definition."""
+    rule = get_rule(domain, name)
+    if definition.name != name:
+        raise Conflict(
+            f"a rule's name is its identity: this is {name!r}, not "
+            f"{definition.name!r} (create a new rule to use another name)",
+            field="name",
+        )
+    fields = definition.fields()
+    fields.pop("start")  # where a rule started is history
+    with transaction.atomic():
+        Rule.objects.filter(pk=rule.pk).update(**fields)
+        waiting = RuleStatus.objects.filter(rule=rule)
+        if definition.trigger == Rule.Trigger.ONCE:
+            waiting = waiting.exclude(status=RuleStatus.Status.FIRED)
+        waiting.update(next_due_at=timezone.now())
+    return read_rule(domain, name)
+
+
+def delete_rule(domain: str, name: str) -> None:
+    """The rule, its statuses and its events."""
+    rule = get_rule(domain, name)
+    with transaction.atomic():
+        RuleStatus.objects.filter(rule=rule).delete()
+        RuleEvent.objects.filter(rule=rule).delete()
+        rule.delete()

@@ -1,0 +1,133 @@
+"""What a serving process does besides answering requests: it knows the event loop
+that serves (so work on other threads can hand work to it), runs background work
+on it (the rules clock), and stops cleanly.
+
+The background work starts with the server: under daphne, which knows no ASGI
+lifespan, by Twisted's "when running" trigger (through the daphne seam); under
+another ASGI server, by the lifespan startup message. Nothing starts it in a
+process that only imports the application (the tests' in-process client).
+"""
+
+import asyncio
+import logging
+import os
+import sys
+from collections.abc import Awaitable, Callable
+
+from aggregates import db
+from aggregates.live import daphne_transport
+
+logger = logging.getLogger("botlnek.serving")
+
+_server_loop: asyncio.AbstractEventLoop | None = None
+_stopping = False
+_background: list[Callable[[], Awaitable[None]]] = []
+_tasks: list[asyncio.Task] = []
+
+
+def server_loop() -> asyncio.AbstractEventLoop | None:
+    """The loop serving requests in this process, while it runs."""
+    loop = _server_loop
+    return loop if loop is not None and loop.is_running() else None
+
+
+def server_stopped() -> bool:
+    """This process is stopping, and its serving loop no longer runs."""
+    return _stopping and (_server_loop is None or not _server_loop.is_running())
+
+
+def in_background(run: Callable[[], Awaitable[None]]) -> None:
+    """Run `run()` on the serving loop for as long as the process serves."""
+    _background.append(run)
+
+
+def _serve(loop: asyncio.AbstractEventLoop) -> None:
+    """The loop that serves is known."""
+    global _server_loop
+    if _server_loop is not loop:
+        _server_loop = loop
+        daphne_transport.when_stopping(_stop_taking_requests, stopped=_exit_when_done)
+
+
+def _start_background(loop: asyncio.AbstractEventLoop) -> None:
+    _serve(loop)
+    if not _tasks:
+        _tasks.extend(loop.create_task(_supervised(run)) for run in _background)
+
+
+async def _supervised(run: Callable[[], Awaitable[None]]) -> None:
+    while True:
+        try:
+            await run()
+            return
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            logger.exception("background work %r failed; restarting it", run)
+            await asyncio.sleep(1)
+
+
+def start_with_server() -> None:
+    """Under daphne, start the background work when the server starts, before any
+    request arrives (called where the ASGI application is built)."""
+    daphne_transport.when_running(lambda: _start_background(asyncio.get_event_loop()))
+
+
+def _stop_taking_requests() -> None:
+    global _stopping
+    _stopping = True
+
+
+def _exit_when_done() -> None:
+    """The loop has stopped: finish the database work in flight, then exit at once.
+
+    Exiting the usual way would have the interpreter garbage-collect coroutines
+    that daphne left suspended, which crashed CPython 3.11 (a segmentation fault
+    in asyncio.Queue.get) when requests kept arriving during the shutdown.
+    """
+    db.finish()
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
+
+
+def bind_server_loop(app):
+    """Wrap the ASGI application so the loop serving it is known, and so that a
+    stopping server turns new requests away instead of starting them."""
+
+    async def bound(scope, receive, send):
+        loop = asyncio.get_running_loop()
+        if _server_loop is not loop:
+            _serve(loop)
+        if scope["type"] == "lifespan":
+            await _lifespan(loop, receive, send)
+            return
+        if _stopping and scope["type"] in ("http", "websocket"):
+            await _turn_away(scope, send)
+            return
+        await app(scope, receive, send)
+
+    return bound
+
+
+async def _lifespan(loop: asyncio.AbstractEventLoop, receive, send) -> None:
+    while True:
+        message = await receive()
+        if message["type"] == "lifespan.startup":
+            _start_background(loop)
+            await send({"type": "lifespan.startup.complete"})
+        elif message["type"] == "lifespan.shutdown":
+            await send({"type": "lifespan.shutdown.complete"})
+            return
+
+
+async def _turn_away(scope, send) -> None:
+    """503 (or a refused handshake): the client retries, on another process."""
+    if scope["type"] == "websocket":
+        await send({"type": "websocket.close", "code": 1012})
+        return
+    body = b'{"error": "unavailable", "detail": "the server is stopping; retry"}'
+    headers = [(b"content-type", b"application/json"), (b"retry-after", b"1")]
+    await send({"type": "http.response.start", "status": 503, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
