@@ -1,7 +1,21 @@
 from django import forms
 from django.contrib import admin, messages
+from django.utils import timezone
+from pydantic import ValidationError
 
-from aggregates.models import Aggregate, ApiToken, Domain, Receipt, Source, Version
+from aggregates.errors import field_errors
+from aggregates.models import (
+    Aggregate,
+    ApiToken,
+    Domain,
+    Receipt,
+    Rule,
+    RuleEvent,
+    RuleStatus,
+    Source,
+    Version,
+)
+from aggregates.rules.definition import RuleIn
 from aggregates.tokens import create_token, forget_all
 from aggregates.values import key_rule
 
@@ -91,6 +105,99 @@ class ReceiptAdmin(ReadOnlyAdmin):
     list_filter = ["outcome", "watcher"]
     list_select_related = ["aggregate"]
     search_fields = ["aggregate__key", "watcher"]
+    ordering = ["-id"]
+
+
+class RuleForm(forms.ModelForm):
+    """A rule's definition, checked as the API checks it."""
+
+    class Meta:
+        model = Rule
+        fields = [
+            "domain",
+            "name",
+            "when",
+            "trigger",
+            "aggregate_prefix",
+            "deadline_seconds",
+            "deadline_from",
+            "on_deadline",
+            "start",
+        ]
+
+    def clean(self):
+        cleaned = super().clean()
+        deadline = None
+        if cleaned.get("deadline_seconds"):
+            deadline = {
+                "after": f"{cleaned['deadline_seconds']}s",
+                "from": cleaned.get("deadline_from") or "first_source",
+            }
+        try:
+            RuleIn.model_validate(
+                {
+                    "name": cleaned.get("name") or "",
+                    "when": cleaned.get("when") or "",
+                    "trigger": cleaned.get("trigger"),
+                    "aggregate_prefix": cleaned.get("aggregate_prefix") or "",
+                    "deadline": deadline,
+                    "on_deadline": cleaned.get("on_deadline"),
+                    "start": cleaned.get("start"),
+                }
+            )
+        except ValidationError as exc:
+            for name, message in field_errors(exc.errors()).items():
+                field = "deadline_seconds" if name.startswith("deadline") else name
+                self.add_error(field if field in self.fields else None, message)
+        return cleaned
+
+
+@admin.register(Rule)
+class RuleAdmin(admin.ModelAdmin):
+    """Changing a definition here is a PUT: the log and its seq stay."""
+
+    form = RuleForm
+    list_display = ["name", "domain", "when", "trigger", "latest_seq", "created_at"]
+    list_filter = ["domain", "trigger"]
+    list_select_related = ["domain"]
+    search_fields = ["name", "when"]
+    readonly_fields = ["position", "latest_seq", "created_at"]
+
+    def get_readonly_fields(self, request, obj=None):
+        # Name and domain are the rule's identity; where it started is history.
+        fixed = ["domain", "name", "start"] if obj else []
+        return [*self.readonly_fields, *fixed]
+
+    def save_model(self, request, obj, form, change):
+        if change:
+            fields = [
+                name for name in form.changed_data if name in RuleForm.Meta.fields
+            ]
+            obj.save(update_fields=fields or None)
+            # As a PUT does: every status the rule may still change, re-examined.
+            RuleStatus.objects.filter(rule=obj).exclude(
+                status=RuleStatus.Status.FIRED
+            ).update(next_due_at=timezone.now())
+            return
+        obj.position = obj.domain.latest_position if obj.start == Rule.Start.NOW else 0
+        super().save_model(request, obj, form, change)
+
+
+@admin.register(RuleEvent)
+class RuleEventAdmin(ReadOnlyAdmin):
+    list_display = [
+        "seq",
+        "rule",
+        "event",
+        "reason",
+        "aggregate",
+        "version",
+        "late",
+        "at",
+    ]
+    list_filter = ["event", "rule"]
+    list_select_related = ["rule"]
+    search_fields = ["aggregate"]
     ordering = ["-id"]
 
 

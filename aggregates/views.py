@@ -17,7 +17,17 @@ from django.views.decorators.http import require_safe
 
 from aggregates import store
 from aggregates.errors import NotFound, StoreError
-from aggregates.models import Aggregate, Domain, Receipt, Version
+from aggregates.models import (
+    Aggregate,
+    Domain,
+    Receipt,
+    Rule,
+    RuleEvent,
+    RuleStatus,
+    Version,
+)
+from aggregates.rules import read as rules_read
+from aggregates.rules.definition import CompiledRule, definition_json
 
 TIMELINE_PAGE = 25
 NEWEST_SOURCES = 50
@@ -102,7 +112,27 @@ def domain_context(domain: Domain, prefix: str = "", cursor: str = "") -> dict:
         "aggregates": page["aggregates"],
         "next_cursor": page["next_cursor"],
         "prefix": prefix,
+        **_readiness(domain, page["aggregates"]),
     }
+
+
+def _readiness(domain: Domain, aggregates: list[dict]) -> dict:
+    """The readiness matrix: each aggregate's status under each rule, and each
+    rule's counts, late first."""
+    rules = list(Rule.objects.filter(domain=domain).order_by("name"))
+    if not rules:
+        return {"rules": []}
+    counts = rules_read.status_counts(rules)
+    statuses = rules_read.statuses_of(domain.key, [row["key"] for row in aggregates])
+    for row in aggregates:
+        by_rule = statuses.get(row["key"], {})
+        row["readiness"] = [
+            by_rule.get(rule.name) if CompiledRule.of(rule).matches(row["key"]) else ""
+            for rule in rules
+        ]
+    for rule in rules:
+        rule.counts = counts[rule.pk]
+    return {"rules": rules}
 
 
 def domain_live(query: QueryDict, domain: str) -> str:
@@ -181,6 +211,23 @@ def _added(found: Aggregate, after: int, up_to: int) -> list[Version]:
     )
 
 
+def _why(found: Aggregate) -> list[dict]:
+    """Each rule of the domain that matches the aggregate: where it stands, why,
+    and the receipts of its events."""
+    whys = []
+    rows = {row.rule_id: row for row in found.rule_statuses.all()}
+    for rule in Rule.objects.filter(domain=found.domain_id).order_by("name"):
+        if not CompiledRule.of(rule).matches(found.key):
+            continue
+        why = rules_read.why(found.domain.key, rule.name, found.key)
+        why["row"] = rows.get(rule.pk)
+        why["receipts"] = list(
+            found.receipts.filter(rule=rule.name).order_by("-id")[:10]
+        )
+        whys.append(why)
+    return whys
+
+
 def aggregate_context(
     found: Aggregate,
     as_of: int | None = None,
@@ -209,6 +256,8 @@ def aggregate_context(
         "diff": diff,
         # Sources added between the two versions beyond the ones listed.
         "diff_more": as_of - diff_from - len(diff) if diff is not None else 0,
+        # Rules speak of the latest version only.
+        "whys": _why(found) if as_of == found.version else [],
     }
 
 
@@ -230,6 +279,47 @@ def aggregate_page(request: HttpRequest, domain: str, aggregate: str) -> HttpRes
     # As of an older version, or an older page of the timeline: nothing newer.
     context["live"] = context["latest"] and not request.GET.get("before")
     return render(request, "dashboard/aggregate.html", context)
+
+
+# A rule: its definition, counts (late first) and event log
+
+
+EVENT_LOG = 50
+
+
+def rule_context(domain: str, rule: str) -> dict:
+    found = rules_read.get_rule(domain, rule)
+    counts = rules_read.status_counts([found])[found.pk]
+    late = list(
+        RuleStatus.objects.filter(rule=found, status=RuleStatus.Status.LATE)
+        .select_related("aggregate")
+        .order_by("deadline", "id")[:20]
+    )
+    events = list(RuleEvent.objects.filter(rule=found).order_by("-seq")[:EVENT_LOG])
+    return {
+        "domain": found.domain,
+        "rule": found,
+        "definition": definition_json(found),
+        # A once rule is never `ready` (it fires); an every rule never `fired`.
+        "counts": [
+            (status, counts[status])
+            for status in rules_read.STATUS_ORDER
+            if status != ("ready" if found.trigger == Rule.Trigger.ONCE else "fired")
+        ],
+        "late": late,
+        "events": events,
+    }
+
+
+def rule_live(query: QueryDict, domain: str, rule: str) -> str:
+    return _oob("dashboard/partials/rule_live.html", rule_context(domain, rule))
+
+
+@live_parts(rule_live)
+@dashboard_view
+def rule_page(request: HttpRequest, domain: str, rule: str) -> HttpResponse:
+    context = _found_or_404(rule_context, domain, rule)
+    return render(request, "dashboard/rule.html", {**context, "live": True})
 
 
 def _picture(timeline: list[Version], lanes: list[str]) -> dict:

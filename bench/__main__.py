@@ -1,14 +1,14 @@
 """Every benchmark in one run, and one report with the targets marked met or missed.
 
-    python -m bench [--quick] [--only ingest fanout reads] [--out FILE]
+    python -m bench [--quick] [--only ingest fanout reads rules] [--out FILE]
 
 Runs ingest on SQLite and PostgreSQL (bench/ingest.py), the fan-out scenarios on
-the in-memory and Redis layers in delta and full mode (bench/fanout.py) and the read
-benchmarks (bench/reads.py); shows progress on stderr; prints the report and writes
-it to bench/results.md. --quick shrinks every size and runs everything once: a smoke
-test whose figures mean nothing, written to a temporary file unless --out says
-otherwise. Needs what the parts need: wrk, PostgreSQL at $BENCH_POSTGRES_URL (dropped
-and created), Redis on 127.0.0.1:6379.
+the in-memory and Redis layers in delta and full mode (bench/fanout.py), the read
+benchmarks (bench/reads.py) and the rules' (bench/rules.py); shows progress on
+stderr; prints the report and writes it to bench/results.md. --quick shrinks every
+size and runs everything once: a smoke test whose figures mean nothing, written to
+a temporary file unless --out says otherwise. Needs what the parts need: wrk,
+PostgreSQL at $BENCH_POSTGRES_URL (dropped and created), Redis on 127.0.0.1:6379.
 """
 
 import argparse
@@ -27,10 +27,10 @@ from datetime import UTC, datetime
 from functools import partial
 from pathlib import Path
 
-from bench import fanout, ingest, reads
+from bench import fanout, ingest, reads, rules
 from bench.ingest import ROOT, versions
 
-SECTIONS = ("ingest", "fanout", "reads")
+SECTIONS = ("ingest", "fanout", "reads", "rules")
 LAYERS = ("memory", "redis")
 MODES = ("delta", "full")
 
@@ -48,6 +48,7 @@ class Plan:
     dashboard_big: int
     api_big: int
     requests: int  # timed GETs behind each read median
+    rules_waiting: int  # aggregates a rule waits for when its clock is timed
 
 
 FULL = Plan(
@@ -60,6 +61,7 @@ FULL = Plan(
     dashboard_big=100_000,
     api_big=10_000,
     requests=20,
+    rules_waiting=100_000,
 )
 QUICK = Plan(
     runs=1,
@@ -71,6 +73,7 @@ QUICK = Plan(
     dashboard_big=1_000,
     api_big=1_000,
     requests=5,
+    rules_waiting=2_000,
 )
 
 
@@ -101,6 +104,12 @@ def steps(plan: Plan, only: set[str]) -> list[Step]:
                     )
                     name = f"fan-out {layer} {mode} {subscribers}×{rate}/s"
                     found.append(("fanout", name, measure))
+    if "rules" in only:
+        for db in ("sqlite", "postgres"):
+            measure = partial(rules.ingest, db, plan.runs, plan.duration)
+            found.append(("rules_ingest", f"20 rules on {db}", measure))
+            measure = partial(rules.waiting, db, plan.rules_waiting, plan.requests)
+            found.append(("rules_waiting", f"rules clock on {db}", measure))
     if "reads" in only:
         measure = partial(reads.frames, list(plan.frame_sizes), plan.frame_runs)
         found.append(("frames", "frames by aggregate size", measure))
@@ -257,6 +266,25 @@ def targets(plan: Plan, results: dict[str, list]) -> list[tuple[str, str, bool]]
                 r["delivered"] == 1 and r["p99"] <= limit,
             )
         )
+    for r in results.get("rules_ingest", []):
+        ratio = r["ruled"] / r["plain"]
+        rows.append(
+            (
+                f"single posts on {r['db']} into a domain with 20 rules ≥ 0.8× one "
+                "with none",
+                f"{ratio:.2f}× ({r['ruled']:,.0f} against {r['plain']:,.0f} req/s)",
+                ratio >= 0.8,
+            )
+        )
+    for r in results.get("rules_waiting", []):
+        rows.append(
+            (
+                f"a deadline on {r['db']} recorded within 5 s, {r['size']:,} "
+                "aggregates waiting",
+                f"{r['delay_s']:.2f} s after it",
+                0 <= r["delay_s"] <= 5,
+            )
+        )
     for figures in results.get("pages", []):
         page = figures["dashboard"]
         rows.append(
@@ -358,6 +386,25 @@ def report(
             "",
             *reads.pages_table(results["pages"][0]),
         ]
+    if "rules_ingest" in results or "rules_waiting" in results:
+        lines += [
+            "",
+            "## Rules",
+            "",
+            "One daphne process per database. Ingest: wrk -t2 -c16 single posts into "
+            "a domain without rules and one with 20 (both triggers, prefixes, "
+            "deadlines, `age()`), the runs interleaved, each figure the median of "
+            f"{plan.runs} runs of {plan.duration} s; then how long the engine took "
+            "after the run to have evaluated every version. Clock: aggregates "
+            "posted in batches of 1,000, each waiting for a B under a rule with a "
+            "deadline; then one more whose deadline passes 5 s later, and the time "
+            "from that deadline to its recorded `late`; why and preview (100 "
+            f"aggregates) are medians of {plan.requests} requests.",
+            "",
+            *rules.table(
+                results.get("rules_ingest", []), results.get("rules_waiting", [])
+            ),
+        ]
     if failures:
         lines += ["", "## Failed steps", "", *(f"- {f}" for f in failures)]
     return "\n".join(lines) + "\n"
@@ -378,7 +425,7 @@ def main() -> None:
         choices=SECTIONS,
         default=SECTIONS,
         metavar="PART",
-        help="run only these: ingest, fanout, reads (default: all)",
+        help="run only these: ingest, fanout, reads, rules (default: all)",
     )
     parser.add_argument(
         "--out",

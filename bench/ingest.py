@@ -129,12 +129,19 @@ class Server:
         self.log.close()
 
 
-def wrk(server: Server, path: str, duration: int, aggregate: str | None, run: str):
+def wrk(
+    server: Server,
+    path: str,
+    duration: int,
+    aggregate: str | None,
+    run: str,
+    domain: str = "bench",
+):
     args = ["wrk", "-t2", "-c16", f"-d{duration}s", "--latency", URL + path]
     env = {
         **os.environ,
         "BENCH_TOKEN": server.token,
-        "BENCH_DOMAIN": "bench",
+        "BENCH_DOMAIN": domain,
         "BENCH_AGGREGATE": aggregate or "",
         "BENCH_RUN": run,
     }

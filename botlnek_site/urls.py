@@ -15,5 +15,6 @@ urlpatterns = [
     path("accounts/logout/", auth_views.LogoutView.as_view(), name="logout"),
     path("", views.home, name="home"),
     path("d/<str:domain>/", views.domain_page, name="domain"),
+    path("d/<str:domain>/rules/<str:rule>/", views.rule_page, name="rule"),
     path("d/<str:domain>/<str:aggregate>/", views.aggregate_page, name="aggregate"),
 ]

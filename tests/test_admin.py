@@ -14,6 +14,8 @@ PAGES = [
     "/admin/aggregates/source/",
     "/admin/aggregates/apitoken/",
     "/admin/aggregates/receipt/",
+    "/admin/aggregates/rule/",
+    "/admin/aggregates/ruleevent/",
 ]
 
 
@@ -95,3 +97,30 @@ def test_saving_a_domain_in_the_admin_keeps_the_write_path_counters(history, rf)
     domain = Domain.objects.get(key="c-inputs")
     assert (domain.latest_position, domain.attrs) == (13, {"owner": "data"})
     fill("after", 1)  # and writing goes on
+
+
+def test_rules_are_defined_in_the_admin_as_in_the_api(admin_client, history):
+    from aggregates.models import Domain, Rule
+
+    domain = Domain.objects.get(key="c-inputs")
+    form = {
+        "domain": domain.pk,
+        "name": "run-c",
+        "when": "A >= and B",
+        "trigger": "once",
+        "aggregate_prefix": "",
+        "deadline_seconds": "",
+        "deadline_from": "",
+        "on_deadline": "late",
+        "start": "now",
+    }
+    refused = admin_client.post("/admin/aggregates/rule/add/", form)
+    assert refused.status_code == 200
+    assert b"at column 6" in refused.content
+    assert not Rule.objects.exists()
+    added = admin_client.post(
+        "/admin/aggregates/rule/add/", {**form, "when": "A >= 1 and B >= 1"}
+    )
+    assert added.status_code == 302
+    rule = Rule.objects.get()
+    assert (rule.when, rule.position) == ("A >= 1 and B >= 1", 10)  # from now on

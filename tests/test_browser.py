@@ -5,6 +5,7 @@ from pathlib import Path
 
 import pytest
 
+from aggregates import store
 from aggregates.store import NewSource, register_sources
 from tests.toolkit import IN_CI, ROOT
 from tests.toolkit import post as post_via_http
@@ -113,3 +114,29 @@ def test_page_reconnects_and_catches_up_after_a_server_restart(
     assert restarted.port == site.port
     page.wait_for_selector("#version-3", timeout=15000)
     page.wait_for_selector("#connection.down", state="hidden", timeout=5000)
+
+
+def test_the_readiness_matrix_changes_live(browser, site):
+    from aggregates.models import Rule
+    from aggregates.rules import engine
+
+    Rule.objects.create(
+        domain=store.get_domain("c-inputs"), name="run-c", when="A >= 2 and B >= 1"
+    )
+    register_sources([NewSource("c-inputs", "2026-11-27", "A", {"run": "am"})])
+    engine.catch_up("c-inputs")
+    page, errors = logged_in_page(browser, site)
+    page.goto(f"{site.url}/d/c-inputs/")
+    wait_live(page)
+    cell = "#aggregate-2026-11-27 td.rule-column"
+    assert page.inner_text(cell) == "waiting"
+    post(site, "2026-11-27", "B")
+    post(site, "2026-11-27", "A", run="pm")  # ready: the server fires run-c
+    page.wait_for_selector(f"{cell} >> text=fired v3", timeout=10000)
+    page.screenshot(path=SCREENSHOTS / "domain-rules.png", full_page=True)
+    page.goto(f"{site.url}/d/c-inputs/rules/run-c/")
+    page.wait_for_selector("#event-1")
+    page.screenshot(path=SCREENSHOTS / "rule.png", full_page=True)
+    page.set_viewport_size({"width": 390, "height": 844})
+    page.screenshot(path=SCREENSHOTS / "rule-phone.png", full_page=True)
+    assert errors == []

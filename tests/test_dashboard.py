@@ -5,20 +5,23 @@ from django.db import connection
 from django.test.utils import CaptureQueriesContext
 
 from aggregates import store
-from aggregates.models import Aggregate, Receipt
+from aggregates.models import Aggregate, Receipt, Rule
+from aggregates.rules import engine
 from aggregates.store import NewSource, register_sources
 from tests.toolkit import fill
 
 
 @pytest.fixture
 def seed(db):
-    store.create_domain("c-inputs", {})
+    domain = store.create_domain("c-inputs", {})[0]
+    Rule.objects.create(domain=domain, name="run-c", when="A >= 2 and B >= 1")
     register_sources([NewSource("c-inputs", "2026-11-26", "A", {"run": "am"})])
     register_sources([NewSource("c-inputs", "2026-11-26", "B", {}, {"path": "s3://b"})])
     register_sources([NewSource("c-inputs", "2026-11-26", "A", {"run": "pm"})])
+    engine.catch_up("c-inputs")
 
 
-PAGES = ["/", "/d/c-inputs/", "/d/c-inputs/2026-11-26/"]
+PAGES = ["/", "/d/c-inputs/", "/d/c-inputs/2026-11-26/", "/d/c-inputs/rules/run-c/"]
 
 
 @pytest.mark.parametrize("page", PAGES)
@@ -147,3 +150,64 @@ def test_demo_command_tells_the_story(admin_client, db):
     assert "run-c ran on version 2 — success" in page
     call_command("demo", "--days", "2")  # again: nothing doubles
     assert Aggregate.objects.get(key=yesterday.key).version == 3
+
+
+def cells(html: str, row: str) -> list[str]:
+    """The text of a table row's cells, tags stripped."""
+    import re
+
+    found = re.search(rf'<tr id="{row}">(.*?)</tr>', html, re.S)
+    assert found, row
+    return [
+        re.sub(r"<[^>]+>|\s+", " ", cell).strip()
+        for cell in re.findall(r"<td[^>]*>(.*?)</td>", found.group(1), re.S)
+    ]
+
+
+def test_domain_page_shows_the_readiness_matrix(admin_client, seed):
+    domain = store.get_domain("c-inputs")
+    Rule.objects.create(
+        domain=domain,
+        name="b-by-noon",
+        when="B >= 1",
+        deadline_seconds=12 * 3600,
+        deadline_from=Rule.DeadlineFrom.KEY_DATE,
+        start=Rule.Start.HISTORY,
+    )
+    Rule.objects.create(
+        domain=domain, name="only-x", when="A >= 1", aggregate_prefix="x"
+    )
+    fill("2026-11-27", 1)  # an A: waiting for run-c, late for b-by-noon
+    engine.catch_up("c-inputs")
+    html = admin_client.get("/d/c-inputs/").content.decode()
+    header = html[html.index("<thead>") : html.index("</thead>")]
+    assert header.index("b-by-noon") < header.index("only-x") < header.index("run-c")
+    assert cells(html, "aggregate-2026-11-26")[3:6] == ["fired v2", "·", "fired v3"]
+    assert cells(html, "aggregate-2026-11-27")[3:6] == ["late", "·", "waiting"]
+    summary = html[html.index('id="rules-summary"') : html.index('class="search"')]
+    assert "1 late" in summary and "1 waiting" in summary
+
+
+def test_aggregate_page_says_why_for_each_rule(admin_client, seed):
+    fill("2026-11-27", 1)
+    engine.catch_up("c-inputs")
+    html = admin_client.get("/d/c-inputs/2026-11-27/").content.decode()
+    why = html[html.index('class="whys"') : html.index("Sources by collection")]
+    assert "waiting" in why
+    assert '✗</span> <code>A &gt;= 2</code> <span class="muted">A = 1</span>' in why
+    assert '✗</span> <code>B &gt;= 1</code> <span class="muted">B = 0</span>' in why
+
+
+def test_rule_page_counts_late_first_and_logs_events(admin_client, seed):
+    html = admin_client.get("/d/c-inputs/rules/run-c/").content.decode()
+    tiles = html[html.index('class="tiles"') : html.index("Events")]
+    assert tiles.index("late") < tiles.index("waiting") < tiles.index("fired")
+    assert "ready" not in tiles  # a once rule fires; it is never left ready
+    assert cells(html, "event-1") == [
+        "1",
+        "fired",
+        "2026-11-26",
+        "v3",
+        cells(html, "event-1")[4],
+    ]
+    assert admin_client.get("/d/c-inputs/rules/nope/").status_code == 404

@@ -70,10 +70,23 @@ def _send_soon(group: str, message: dict) -> None:
             # process heals from the database at its next position check.
             logger.info("server stopping: %s not announced", message)
             return
+        if _loop_in_this_thread():
+            # Not a server's loop, and this thread cannot wait for the send:
+            # subscribers elsewhere heal from the database.
+            logger.info("no server loop here: %s not announced", message)
+            return
         async_to_sync(layer.group_send)(group, message)  # no server: a command
         return
     future = asyncio.run_coroutine_threadsafe(layer.group_send(group, message), loop)
     future.add_done_callback(_report)
+
+
+def _loop_in_this_thread() -> bool:
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return False
+    return True
 
 
 def _report(future) -> None:

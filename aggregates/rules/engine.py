@@ -35,15 +35,17 @@ from django.utils import timezone
 
 from aggregates import db
 from aggregates.live import events
-from aggregates.models import Domain, Rule, RuleEvent, RuleStatus, Source, Version
-from aggregates.rules import evaluate
+from aggregates.models import Rule, RuleStatus, Source, Version
+from aggregates.rules import evaluate, sql
 from aggregates.rules.definition import CompiledRule
 from aggregates.rules.evaluate import Happened, State, VersionFacts
-from aggregates.values import isoformat, utc
 
 logger = logging.getLogger("botlnek.rules")
 
 BATCH = 500  # versions per step
+# A commit is followed by a step this much later, so that the versions of a burst
+# share one step (most of a step's cost is per step, not per version).
+STEP_DELAY = 0.2
 DUE_BATCH = 2000  # clock-due statuses per step
 CLOCK_SECONDS = 1.0
 # The clock acts on moments at least this far in the past: a version stamped
@@ -82,7 +84,8 @@ def step(domain_key: str, now: datetime | None = None) -> bool:
 
 
 def _lock_rules(domain_key: str) -> list[Rule] | None:
-    rules = Rule.objects.filter(domain__key=domain_key).order_by("id")
+    rules = Rule.objects.filter(domain__key=domain_key).select_related("domain")
+    rules = rules.order_by("id")
     if connection.features.has_select_for_update_nowait:
         rules = rules.select_for_update(nowait=True, of=("self",))
     try:
@@ -98,6 +101,8 @@ class _Step:
         self.rows = {rule.pk: rule for rule in rules}
         self.rules = {rule.pk: CompiledRule.of(rule) for rule in rules}
         self.domain_id = rules[0].domain_id
+        self.domain = rules[0].domain.key
+        self.position: int | None = None  # where the step leaves the cursors
         self.now = now
         self.tracked: dict[tuple[int, int], _Tracked] = {}
         self.due: list[tuple[datetime, int, int]] = []  # (moment, rule, aggregate)
@@ -118,33 +123,23 @@ class _Step:
         due_left = False
         if caught_up:
             due_left = self._run_due(until=horizon, limit=DUE_BATCH)
-        if versions:
-            for rule in self.rows.values():
-                rule.position = max(rule.position, versions[-1].facts.position)
+        self.position = versions[-1].facts.position if versions else None
         return not caught_up or due_left
 
     def _load(self, versions: list["_Version"], horizon: datetime) -> None:
         """The statuses this step may change: of the batch's aggregates, and due."""
         aggregate_ids = {version.aggregate_id for version in versions}
-        rows = RuleStatus.objects.filter(rule_id__in=self.rules).select_related(
-            "aggregate"
-        )
-        found = list(rows.filter(aggregate_id__in=aggregate_ids)) if versions else []
-        found += list(
-            rows.filter(next_due_at__lte=horizon)
-            .exclude(aggregate_id__in=aggregate_ids)
-            .order_by("next_due_at")[:DUE_BATCH]
-        )
-        for row in found:
+        found = sql.load_statuses(self.rules, aggregate_ids, horizon, DUE_BATCH)
+        for row_id, rule_id, aggregate_id, key, first_at, state in found:
             tracked = _Tracked(
-                rule=self.rules[row.rule_id],
-                aggregate_id=row.aggregate_id,
-                aggregate=row.aggregate.key,
-                first_at=row.aggregate.created_at,
-                state=_state(row),
-                row_id=row.pk,
+                rule=self.rules[rule_id],
+                aggregate_id=aggregate_id,
+                aggregate=key,
+                first_at=first_at,
+                state=state,
+                row_id=row_id,
             )
-            self.tracked[row.rule_id, row.aggregate_id] = tracked
+            self.tracked[rule_id, aggregate_id] = tracked
             self._schedule(tracked)
 
     def _schedule(self, tracked: _Tracked) -> None:
@@ -222,58 +217,35 @@ class _Step:
 
     def save(self) -> list[events.RuleEventsCommitted]:
         """Write statuses, events and cursors; what to announce after commit."""
-        changed = [tracked for tracked in self.tracked.values() if tracked.touched]
-        RuleStatus.objects.bulk_create(
-            [_row(tracked, self.now) for tracked in changed],
-            update_conflicts=True,
-            unique_fields=["rule", "aggregate"],
-            update_fields=_STATUS_FIELDS,
+        sql.save_statuses(
+            (tracked.row_id, tracked.rule.id, tracked.aggregate_id, tracked.state)
+            for tracked in self.tracked.values()
+            if tracked.touched
         )
-        recorded = []
+        recorded, seqs = [], {}
         for tracked, happened in self.happened:
             rule = self.rows[tracked.rule.id]
             rule.latest_seq += 1
+            seqs[rule.pk] = rule.latest_seq
             recorded.append(
-                RuleEvent(
-                    rule_id=rule.pk,
-                    seq=rule.latest_seq,
-                    aggregate=tracked.aggregate,
-                    event=happened.event,
-                    reason=happened.reason or "",
-                    version=happened.version,
-                    position=happened.position,
-                    late=happened.late,
-                    at=self.now,
+                (
+                    rule.pk,
+                    rule.latest_seq,
+                    tracked.aggregate,
+                    happened.event,
+                    happened.reason or "",
+                    happened.version,
+                    happened.position,
+                    happened.late,
+                    self.now,
                 )
             )
-        RuleEvent.objects.bulk_create(recorded)
-        Rule.objects.bulk_update(self.rows.values(), ["position", "latest_seq"])
-        domain = Domain.objects.only("key").get(pk=self.domain_id).key
-        latest = {
-            rule.name: rule.latest_seq
-            for rule in self.rows.values()
-            if any(event.rule_id == rule.pk for event in recorded)
-        }
+        sql.save_events(recorded)
+        sql.save_cursors(self.domain_id, self.position, seqs)
         return [
-            events.RuleEventsCommitted(domain, name, seq)
-            for name, seq in latest.items()
+            events.RuleEventsCommitted(self.domain, self.rows[rule_id].name, seq)
+            for rule_id, seq in seqs.items()
         ]
-
-
-_STATUS_FIELDS = [
-    "status",
-    "version",
-    "position",
-    "counts",
-    "newest",
-    "deadline",
-    "evaluated_at",
-    "was_ready",
-    "late",
-    "fired_version",
-    "next_due_at",
-    "changed_at",
-]
 
 
 @dataclass(frozen=True)
@@ -302,44 +274,6 @@ def _versions(domain_id: int, after: int) -> list[_Version]:
         facts = VersionFacts(key, number, position, at, collection, counts, first_at)
         found.append(_Version(aggregate_id, facts))
     return found
-
-
-def _state(row: RuleStatus) -> State:
-    return State(
-        status=row.status,
-        version=row.version,
-        position=row.position,
-        counts=dict(row.counts),
-        newest={name: utc(at) for name, at in row.newest.items()},
-        deadline=row.deadline,
-        evaluated_at=row.evaluated_at,
-        changed_at=row.changed_at,
-        was_ready=row.was_ready,
-        late=row.late,
-        fired_version=row.fired_version,
-        next_due_at=row.next_due_at,
-    )
-
-
-def _row(tracked: _Tracked, now: datetime) -> RuleStatus:
-    state = tracked.state
-    return RuleStatus(
-        id=tracked.row_id,
-        rule_id=tracked.rule.id,
-        aggregate_id=tracked.aggregate_id,
-        status=state.status,
-        version=state.version,
-        position=state.position,
-        counts=state.counts,
-        newest={name: isoformat(at) for name, at in state.newest.items()},
-        deadline=state.deadline,
-        evaluated_at=state.evaluated_at,
-        was_ready=state.was_ready,
-        late=state.late,
-        fired_version=state.fired_version,
-        next_due_at=state.next_due_at,
-        changed_at=state.changed_at,
-    )
 
 
 # Which domains have work, for the clock.
@@ -402,6 +336,7 @@ class Runner:
     async def _steps(self, domain: str) -> None:
         try:
             while True:
+                await asyncio.sleep(STEP_DELAY)
                 self.again.discard(domain)
                 try:
                     more = await db.write(step, domain)

@@ -101,6 +101,10 @@ def apply(rule: CompiledRule, state: State, version: VersionFacts) -> list[Happe
 
 def advance(rule: CompiledRule, state: State, until: datetime) -> list[Happened]:
     """Apply every moment up to `until` at which time alone changes the outcome."""
+    if state.next_due_at is None or state.next_due_at > until:
+        # Nothing due (next_due_at is kept whenever the state changes).
+        state.evaluated_at = max(state.evaluated_at, until)
+        return []
     happened: list[Happened] = []
     while (moment := next_due(rule, state)) is not None and moment <= until:
         state.evaluated_at = moment

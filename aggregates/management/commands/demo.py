@@ -1,16 +1,19 @@
-from datetime import date, timedelta
+from datetime import timedelta
 
 from django.core.management.base import BaseCommand
+from django.utils import timezone
 
 from aggregates import store
-from aggregates.models import Receipt
+from aggregates.models import Receipt, Rule
+from aggregates.rules import engine
 from aggregates.store import NewSource, register_sources
 
 
 class Command(BaseCommand):
     help = (
         "Fill a demo domain with the A/B/C story: A publishes twice a day, B once, "
-        "and C ran once both were there."
+        "and C ran once both were there; a rule says when C may run, and that "
+        "one day is late (B never came)."
     )
 
     def add_arguments(self, parser):
@@ -19,7 +22,9 @@ class Command(BaseCommand):
 
     def handle(self, *args, domain, days, **options):
         store.create_domain(domain, {"about": "the A/B/C story: C needs A and B"})
-        today = date.today()
+        today = timezone.now().date()
+        # The day B never came: late under the rule below.
+        missing_b = (today - timedelta(days=2)).isoformat()
         for offset in range(days, 0, -1):
             day = (today - timedelta(days=offset)).isoformat()
             sources = [
@@ -33,8 +38,10 @@ class Command(BaseCommand):
                     domain, day, "A", {"run": "pm"}, {"path": f"s3://a/{day}/pm"}
                 ),
             ]
+            if day == missing_b:
+                sources.pop(1)
             results = [register_sources([source])[0] for source in sources]
-            if results[1].created:  # C ran when B made the day complete
+            if day != missing_b and results[1].created:  # C ran when B came
                 Receipt.objects.create(
                     aggregate=store.get_aggregate(domain, day),
                     watcher="run-c",
@@ -51,4 +58,16 @@ class Command(BaseCommand):
                 )
             ]
         )
+        # When C may run: A twice and B once, due 30 hours after the day began.
+        Rule.objects.get_or_create(
+            domain=store.get_domain(domain),
+            name="run-c",
+            defaults={
+                "when": "A >= 2 and B >= 1",
+                "deadline_seconds": 30 * 3600,
+                "deadline_from": Rule.DeadlineFrom.KEY_DATE,
+                "start": Rule.Start.HISTORY,
+            },
+        )
+        engine.catch_up(domain)
         self.stdout.write(f"Demo domain {domain!r} is ready: open /d/{domain}/")

@@ -1,0 +1,194 @@
+"""Rules benchmark: what 20 rules cost single-post ingest, how soon the clock
+records a deadline with 100,000 aggregates waiting, and the why endpoint and the
+preview at that size. Servers are started as a user would (bench/ingest.py)."""
+
+import statistics
+import tempfile
+import time
+from datetime import UTC, datetime, timedelta
+
+from bench.ingest import Server, wrk
+
+# 20 rules of the kinds users write: both triggers, prefixes, deadlines, age().
+# The last fires at every version: its seq tells how far the engine got.
+RULES = [
+    *(
+        {
+            "name": f"ready-{n}",
+            "when": "A >= 2 and B >= 1",
+            "deadline": {"after": "1h", "from": "first_source"},
+        }
+        for n in range(5)
+    ),
+    *({"name": f"each-{n}", "when": "A >= 1", "trigger": "every"} for n in range(5)),
+    *({"name": f"fresh-{n}", "when": "age(A) < 1h and B >= 1"} for n in range(5)),
+    *(
+        {
+            "name": f"dated-{n}",
+            "when": "B >= 2",
+            "deadline": {"after": "30h", "from": "key_date"},
+            "on_deadline": "fire",
+        }
+        for n in range(4)
+    ),
+    {"name": "probe", "when": "A >= 0", "trigger": "every"},
+]
+
+
+def _create(server: Server, domain: str, rules: list[dict]) -> None:
+    response = server.http.post("/api/domains", json={"key": domain})
+    assert response.status_code in (200, 201), response.text
+    for rule in rules:
+        response = server.http.post(f"/api/domains/{domain}/rules", json=rule)
+        assert response.status_code == 201, response.text
+
+
+def _caught_up(server: Server, domain: str, timeout: float = 120) -> float:
+    """Seconds until the engine has evaluated every version of the domain."""
+    started = time.monotonic()
+    latest = server.http.get(f"/api/domains/{domain}").json()["latest_position"]
+    while time.monotonic() - started < timeout:
+        seq = server.http.get(f"/api/domains/{domain}/rules/probe").json()["latest_seq"]
+        if seq >= latest:
+            return time.monotonic() - started
+        time.sleep(0.05)
+    raise RuntimeError(f"the rules engine did not catch up with {domain}")
+
+
+def ingest(db: str, runs: int, duration: int) -> dict:
+    """Single posts (wrk, 16 writers) into a domain without rules and one with 20,
+    interleaved; and how long after each ruled run the engine was done."""
+    with tempfile.TemporaryDirectory() as data_dir:
+        server = Server(db, data_dir)
+        try:
+            _create(server, "ruled", RULES)
+            for domain in ("bench", "ruled"):
+                wrk(server, "/api/sources", min(2, duration), "warm", "w", domain)
+            plain, ruled, lag = [], [], []
+            for r in range(runs):
+                plain.append(
+                    wrk(server, "/api/sources", duration, f"p{r}", "p", "bench")
+                )
+                ruled.append(
+                    wrk(server, "/api/sources", duration, f"r{r}", "r", "ruled")
+                )
+                lag.append(_caught_up(server, "ruled"))
+            median = statistics.median
+            return {
+                "db": db,
+                "plain": median(rate for rate, _, _ in plain),
+                "ruled": median(rate for rate, _, _ in ruled),
+                "ruled_p99": median(p99 for _, _, p99 in ruled),
+                "lag": median(lag),
+            }
+        finally:
+            server.stop()
+
+
+def waiting(db: str, size: int, requests: int) -> dict:
+    """`size` aggregates waiting on a rule, then one more whose deadline passes in
+    a few seconds: when is its `late` recorded? And why and preview at that size."""
+    with tempfile.TemporaryDirectory() as data_dir:
+        server = Server(db, data_dir)
+        try:
+            _create(server, "waiting", [])
+            rule = {
+                "name": "b-by-then",
+                "when": "B >= 1",
+                "deadline": {"after": "1s", "from": "key_date"},
+            }
+            assert server.http.post("/api/domains/waiting/rules", json=rule).is_success
+            started = time.monotonic()
+            for first in range(0, size, 1000):
+                batch = [
+                    {
+                        "domain": "waiting",
+                        "aggregate": f"2099-01-01-{n}",
+                        "collection": "A",
+                    }
+                    for n in range(first, min(first + 1000, size))
+                ]
+                assert server.http.post("/api/sources", json=batch).is_success
+            statuses = 0
+            while statuses < size:  # the engine evaluating them, as they come
+                counts = server.http.get("/api/domains/waiting/rules/b-by-then").json()
+                statuses = counts["counts"]["waiting"]
+                time.sleep(0.2)
+            evaluated = time.monotonic() - started
+            # One more, due 5 s from now (its key's date, plus the rule's 1 s).
+            due = datetime.now(UTC).replace(microsecond=0) + timedelta(seconds=4)
+            key = f"{due:%Y-%m-%dT%H:%M:%S}Z-probe"
+            deadline = due + timedelta(seconds=1)
+            probe = {"domain": "waiting", "aggregate": key, "collection": "A"}
+            assert server.http.post("/api/sources", json=probe).is_success
+            while True:
+                events = server.http.get(
+                    "/api/domains/waiting/rules/b-by-then/events"
+                ).json()["events"]
+                if events:
+                    break
+                time.sleep(0.05)
+            recorded = datetime.fromisoformat(events[0]["at"].replace("Z", "+00:00"))
+            why_ms = _times(
+                server,
+                "GET",
+                f"/api/domains/waiting/rules/b-by-then/aggregates/{key}",
+                requests,
+            )
+            preview_ms = _times(
+                server,
+                "POST",
+                "/api/domains/waiting/rules/preview",
+                requests,
+                json={**rule, "name": "what-if", "when": "A >= 1"},
+            )
+            return {
+                "db": db,
+                "size": size,
+                "evaluated_s": evaluated,
+                "delay_s": (recorded - deadline).total_seconds(),
+                "event": events[0]["event"],
+                "why_ms": why_ms,
+                "preview_ms": preview_ms,
+            }
+        finally:
+            server.stop()
+
+
+def _times(server: Server, method: str, path: str, count: int, **kwargs) -> float:
+    """Median milliseconds of `count` requests, after two to warm up."""
+    took = []
+    for n in range(count + 2):
+        started = time.perf_counter()
+        response = server.http.request(method, path, **kwargs)
+        assert response.status_code == 200, response.text
+        if n >= 2:
+            took.append((time.perf_counter() - started) * 1000)
+    return statistics.median(took)
+
+
+def table(ingests: list[dict], waits: list[dict]) -> list[str]:
+    lines = [
+        "| database | single posts, no rules | with 20 rules | ratio"
+        " | p99 ms with rules | engine done after the run |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in ingests:
+        lines.append(
+            f"| {r['db']} | {r['plain']:,.0f} req/s | {r['ruled']:,.0f} req/s | "
+            f"{r['ruled'] / r['plain']:.2f}× | {r['ruled_p99']:.0f} | "
+            f"{r['lag']:.1f} s |"
+        )
+    lines += [
+        "",
+        "| database | aggregates waiting | evaluated in | deadline → recorded | why ms"
+        " | preview ms (100 aggregates) |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in waits:
+        lines.append(
+            f"| {r['db']} | {r['size']:,} | {r['evaluated_s']:.0f} s | "
+            f"{r['delay_s']:.2f} s ({r['event']}) | {r['why_ms']:.1f} | "
+            f"{r['preview_ms']:.1f} |"
+        )
+    return lines
