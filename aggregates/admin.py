@@ -14,10 +14,13 @@ from aggregates.models import (
     RuleStatus,
     Source,
     Version,
+    Webhook,
+    WebhookDelivery,
 )
 from aggregates.rules.definition import RuleIn
 from aggregates.tokens import create_token, forget_all
 from aggregates.values import key_rule
+from aggregates.webhooks.write import new_secret
 
 
 @admin.register(Domain)
@@ -198,6 +201,71 @@ class RuleEventAdmin(ReadOnlyAdmin):
     list_filter = ["event", "rule"]
     list_select_related = ["rule"]
     search_fields = ["aggregate"]
+    ordering = ["-id"]
+
+
+@admin.register(Webhook)
+class WebhookAdmin(admin.ModelAdmin):
+    """Health at a glance; the secret is shown once, when the webhook is made."""
+
+    list_display = [
+        "url",
+        "domain",
+        "events",
+        "rule",
+        "paused",
+        "last_status",
+        "last_success_at",
+        "failing_since",
+    ]
+    list_filter = ["domain", "paused"]
+    list_select_related = ["domain", "rule"]
+    search_fields = ["url", "description"]
+    fields = ["domain", "url", "events", "rule", "description", "paused"]
+    readonly_fields = [
+        "paused_reason",
+        "cursor",
+        "attempts",
+        "failing_since",
+        "next_attempt_at",
+        "last_status",
+        "last_error",
+        "last_attempt_at",
+        "last_success_at",
+        "created_at",
+    ]
+
+    def get_fields(self, request, obj=None):
+        return [*self.fields, *self.readonly_fields] if obj else self.fields
+
+    def save_model(self, request, obj, form, change):
+        if not change:
+            obj.secret = new_secret()
+            obj.cursor = obj.rule.latest_seq if obj.rule else obj.domain.latest_position
+            super().save_model(request, obj, form, change)
+            messages.warning(
+                request, f"The signing secret, shown this once: {obj.secret}"
+            )
+            return
+        if "paused" in form.changed_data and not obj.paused:
+            obj.paused_reason, obj.attempts = "", 0
+            obj.failing_since = obj.next_attempt_at = None
+        super().save_model(request, obj, form, change)
+
+
+@admin.register(WebhookDelivery)
+class WebhookDeliveryAdmin(ReadOnlyAdmin):
+    list_display = [
+        "event_id",
+        "webhook",
+        "attempt",
+        "status_code",
+        "error",
+        "ms",
+        "at",
+    ]
+    list_filter = ["webhook"]
+    list_select_related = ["webhook"]
     ordering = ["-id"]
 
 

@@ -68,6 +68,7 @@ from aggregates.schemas import (
     SourceAnswer,
     SourceIn,
 )
+from aggregates.webhooks.api import router as webhooks_router
 
 logger = logging.getLogger("botlnek.api")
 MAX_BODY = 1024 * 1024
@@ -424,9 +425,10 @@ async def stream(request: HttpRequest, query: Query[StreamQuery]):
     return response
 
 
-# Rules (aggregates/rules/api.py)
+# Rules and webhooks (aggregates/rules/api.py, aggregates/webhooks/api.py)
 
 api.add_router("", rules_router)
+api.add_router("", webhooks_router)
 
 
 # Errors in one shape

@@ -9,10 +9,14 @@ class AggregatesConfig(AppConfig):
         from aggregates import serving
         from aggregates.live import events, hub
         from aggregates.rules.engine import runner
+        from aggregates.webhooks.delivery import deliverer
 
-        # What commits is announced to this process's live delivery, and the
-        # domains with rules are stepped soon after.
+        # What commits is announced to this process's live delivery; the domains
+        # with rules are stepped soon after, and webhooks called.
         events.versions_committed.connect(hub.publish)
         events.rule_events_committed.connect(hub.publish_rule_events)
         events.versions_committed.connect(runner.versions_committed)
+        events.versions_committed.connect(deliverer.committed)
+        events.rule_events_committed.connect(deliverer.committed)
         serving.in_background(runner.clock)
+        serving.in_background(deliverer.run)

@@ -328,3 +328,45 @@ class LeaseOut(Schema):
     expires_at: str
     error: str | None = None
     detail: str | None = None
+
+
+# Webhooks
+
+
+class WebhookOut(Schema):
+    id: int
+    url: str
+    events: list[str]
+    rule: str | None
+    description: str
+    paused: bool
+    paused_reason: str | None
+    lag: int
+    last_status: int | None
+    last_error: str | None
+    last_attempt_at: str | None
+    last_success_at: str | None
+    next_attempt_at: str | None
+    failing_since: str | None
+    created_at: str
+
+
+class WebhookCreated(WebhookOut):
+    secret: str
+
+
+class WebhookList(Schema):
+    webhooks: list[WebhookOut]
+
+
+class DeliveryOut(Schema):
+    event_id: str
+    attempt: int
+    at: str
+    status_code: int | None
+    error: str | None
+    ms: float
+
+
+class DeliveryList(Schema):
+    deliveries: list[DeliveryOut]

@@ -25,9 +25,11 @@ from aggregates.models import (
     RuleEvent,
     RuleStatus,
     Version,
+    Webhook,
 )
 from aggregates.rules import read as rules_read
 from aggregates.rules.definition import CompiledRule, definition_json
+from aggregates.webhooks.read import webhook_json
 
 TIMELINE_PAGE = 25
 NEWEST_SOURCES = 50
@@ -113,7 +115,29 @@ def domain_context(domain: Domain, prefix: str = "", cursor: str = "") -> dict:
         "next_cursor": page["next_cursor"],
         "prefix": prefix,
         **_readiness(domain, page["aggregates"]),
+        "webhooks": _webhooks(domain),
     }
+
+
+def _webhooks(domain: Domain) -> list[dict]:
+    """Each webhook's health at a glance, and its latest attempts."""
+    found = []
+    for webhook in Webhook.objects.filter(domain=domain).select_related(
+        "domain", "rule"
+    ):
+        health = webhook_json(webhook)
+        if webhook.paused:
+            state = "paused"
+        elif webhook.failing_since:
+            state = "failing"
+        elif health["lag"]:
+            state = "lagging"
+        else:
+            state = "healthy"
+        health["state"] = state
+        health["recent"] = list(webhook.deliveries.order_by("-id")[:5])
+        found.append(health)
+    return found
 
 
 def _readiness(domain: Domain, aggregates: list[dict]) -> dict:

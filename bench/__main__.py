@@ -1,14 +1,15 @@
 """Every benchmark in one run, and one report with the targets marked met or missed.
 
-    python -m bench [--quick] [--only ingest fanout reads rules] [--out FILE]
+    python -m bench [--quick] [--only ingest fanout reads rules webhooks] [--out FILE]
 
 Runs ingest on SQLite and PostgreSQL (bench/ingest.py), the fan-out scenarios on
 the in-memory and Redis layers in delta and full mode (bench/fanout.py), the read
-benchmarks (bench/reads.py) and the rules' (bench/rules.py); shows progress on
-stderr; prints the report and writes it to bench/results.md. --quick shrinks every
-size and runs everything once: a smoke test whose figures mean nothing, written to
-a temporary file unless --out says otherwise. Needs what the parts need: wrk,
-PostgreSQL at $BENCH_POSTGRES_URL (dropped and created), Redis on 127.0.0.1:6379.
+benchmarks (bench/reads.py), the rules' (bench/rules.py) and the webhooks'
+(bench/webhooks.py); shows progress on stderr; prints the report and writes it to
+bench/results.md. --quick shrinks every size and runs everything once: a smoke test
+whose figures mean nothing, written to a temporary file unless --out says
+otherwise. Needs what the parts need: wrk, PostgreSQL at $BENCH_POSTGRES_URL
+(dropped and created), Redis on 127.0.0.1:6379.
 """
 
 import argparse
@@ -27,10 +28,10 @@ from datetime import UTC, datetime
 from functools import partial
 from pathlib import Path
 
-from bench import fanout, ingest, reads, rules
+from bench import fanout, ingest, reads, rules, webhooks
 from bench.ingest import ROOT, versions
 
-SECTIONS = ("ingest", "fanout", "reads", "rules")
+SECTIONS = ("ingest", "fanout", "reads", "rules", "webhooks")
 LAYERS = ("memory", "redis")
 MODES = ("delta", "full")
 
@@ -49,6 +50,7 @@ class Plan:
     api_big: int
     requests: int  # timed GETs behind each read median
     rules_waiting: int  # aggregates a rule waits for when its clock is timed
+    webhook_backlog: int  # versions one webhook works through, for its rate
 
 
 FULL = Plan(
@@ -62,6 +64,7 @@ FULL = Plan(
     api_big=10_000,
     requests=20,
     rules_waiting=100_000,
+    webhook_backlog=5_000,
 )
 QUICK = Plan(
     runs=1,
@@ -74,6 +77,7 @@ QUICK = Plan(
     api_big=1_000,
     requests=5,
     rules_waiting=2_000,
+    webhook_backlog=1_000,
 )
 
 
@@ -110,6 +114,12 @@ def steps(plan: Plan, only: set[str]) -> list[Step]:
             found.append(("rules_ingest", f"20 rules on {db}", measure))
             measure = partial(rules.waiting, db, plan.rules_waiting, plan.requests)
             found.append(("rules_waiting", f"rules clock on {db}", measure))
+    if "webhooks" in only:
+        for db in ("sqlite", "postgres"):
+            measure = partial(
+                webhooks.measure, db, plan.runs, plan.duration, plan.webhook_backlog
+            )
+            found.append(("webhooks", f"webhooks on {db}", measure))
     if "reads" in only:
         measure = partial(reads.frames, list(plan.frame_sizes), plan.frame_runs)
         found.append(("frames", "frames by aggregate size", measure))
@@ -285,6 +295,29 @@ def targets(plan: Plan, results: dict[str, list]) -> list[tuple[str, str, bool]]
                 0 <= r["delay_s"] <= 5,
             )
         )
+    for r in results.get("webhooks", []):
+        rows.append(
+            (
+                f"one webhook on {r['db']} ≥ 300 deliveries/s",
+                f"{r['rate']:,.0f}/s",
+                r["rate"] >= 300,
+            )
+        )
+        rows.append(
+            (
+                f"webhooks on {r['db']} at 50 versions/s: commit → delivery p99 ≤ 1 s",
+                f"p99 {r['p99_ms']:.0f} ms",
+                r["p99_ms"] <= 1000,
+            )
+        )
+        ratio = r["hooked"] / r["plain"]
+        rows.append(
+            (
+                f"single posts on {r['db']} with 10 webhooks ≥ 0.8× with none",
+                f"{ratio:.2f}× ({r['hooked']:,.0f} against {r['plain']:,.0f} req/s)",
+                ratio >= 0.8,
+            )
+        )
     for figures in results.get("pages", []):
         page = figures["dashboard"]
         rows.append(
@@ -405,6 +438,22 @@ def report(
                 results.get("rules_ingest", []), results.get("rules_waiting", [])
             ),
         ]
+    if "webhooks" in results:
+        lines += [
+            "",
+            "## Webhooks",
+            "",
+            "One daphne process per database; the receiver a keep-alive HTTP server "
+            "in the benchmark's process answering 200. Rate: one webhook working "
+            f"through {plan.webhook_backlog:,} versions posted in batches, from its "
+            "first delivery to its last. Latency: single posts at 50/s for "
+            f"{plan.duration * 4} s, from each post's answer to the receipt of its "
+            "event. Ingest: wrk -t2 -c16 single posts into a domain with 10 "
+            "webhooks and into one with none, interleaved, each the median of "
+            f"{plan.runs} runs of {plan.duration} s.",
+            "",
+            *webhooks.table(results["webhooks"]),
+        ]
     if failures:
         lines += ["", "## Failed steps", "", *(f"- {f}" for f in failures)]
     return "\n".join(lines) + "\n"
@@ -425,7 +474,7 @@ def main() -> None:
         choices=SECTIONS,
         default=SECTIONS,
         metavar="PART",
-        help="run only these: ingest, fanout, reads, rules (default: all)",
+        help="run only these: ingest, fanout, reads, rules, webhooks (default: all)",
     )
     parser.add_argument(
         "--out",

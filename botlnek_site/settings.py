@@ -183,6 +183,10 @@ BOTLNEK_WS_MAX_CONNECTIONS_PER_TOKEN = env_int(
     "BOTLNEK_WS_MAX_CONNECTIONS_PER_TOKEN", 0, minimum=0
 )
 
+# Hosts webhooks may call: names, or ".example.com" for a domain and its
+# subdomains. Empty: any host.
+BOTLNEK_WEBHOOK_ALLOWED_HOSTS = env_list("BOTLNEK_WEBHOOK_ALLOWED_HOSTS", [])
+
 AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
     {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},

@@ -159,7 +159,7 @@ def cells(html: str, row: str) -> list[str]:
     found = re.search(rf'<tr id="{row}">(.*?)</tr>', html, re.S)
     assert found, row
     return [
-        re.sub(r"<[^>]+>|\s+", " ", cell).strip()
+        " ".join(re.sub(r"<[^>]+>", " ", cell).split())
         for cell in re.findall(r"<td[^>]*>(.*?)</td>", found.group(1), re.S)
     ]
 
@@ -211,3 +211,33 @@ def test_rule_page_counts_late_first_and_logs_events(admin_client, seed):
         cells(html, "event-1")[4],
     ]
     assert admin_client.get("/d/c-inputs/rules/nope/").status_code == 404
+
+
+def test_domain_page_shows_webhooks_health(admin_client, seed):
+    from aggregates.models import Webhook, WebhookDelivery
+
+    domain = store.get_domain("c-inputs")
+    common = {"domain": domain, "events": ["version"], "secret": "whsec_x"}
+    healthy = Webhook.objects.create(url="http://ok.example/hook", cursor=3, **common)
+    gone = Webhook.objects.create(
+        url="http://gone.example/hook",
+        paused=True,
+        paused_reason="the receiver answered 410 Gone",
+        last_status=410,
+        last_attempt_at=domain.created_at,
+        **common,
+    )
+    WebhookDelivery.objects.create(
+        webhook=gone,
+        event_id="msg_v1_1",
+        attempt=1,
+        at=domain.created_at,
+        status_code=410,
+        ms=3,
+    )
+    html = admin_client.get("/d/c-inputs/").content.decode()
+    assert cells(html, f"webhook-{gone.pk}")[2].startswith(
+        "paused the receiver answered 410 Gone"
+    )
+    assert "msg_v1_1 #1: HTTP 410" in html
+    assert cells(html, f"webhook-{healthy.pk}")[2] == "healthy"

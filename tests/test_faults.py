@@ -18,7 +18,7 @@ import psycopg
 import pytest
 
 from aggregates.models import Source, Version
-from tests.toolkit import IN_CI, ROOT, Follower, free_port, wait_for
+from tests.toolkit import IN_CI, ROOT, Follower, Writer, free_port, wait_for
 
 
 def source(n: int, writer: int = 0) -> dict:
@@ -28,44 +28,6 @@ def source(n: int, writer: int = 0) -> dict:
         "collection": "AB"[n % 2],
         "keys": {"writer": str(writer), "n": str(n)},
     }
-
-
-class Writer(threading.Thread):
-    """Posts its sources in order, each until it is registered, failing over to the
-    next server on a refused connection or a 5xx (as a proxy or a client would);
-    registering is idempotent, so a retry never registers anything twice."""
-
-    def __init__(self, servers, token, items):
-        super().__init__()
-        self.servers = servers
-        self.headers = {"Authorization": f"Bearer {token}"}
-        self.items = items
-        self.answers: list[dict] = []
-        self.failures: list[tuple[int, dict]] = []
-        self.transport_errors = 0
-        self.done_count = 0
-        self.stopped = threading.Event()  # give up on what is left
-
-    def run(self) -> None:
-        turn = 0
-        with httpx.Client(timeout=30, headers=self.headers) as http:
-            for item in self.items:
-                while not self.stopped.is_set():
-                    server = self.servers[turn % len(self.servers)]
-                    turn += 1
-                    try:
-                        response = http.post(f"{server.url}/api/sources", json=item)
-                    except httpx.TransportError:
-                        self.transport_errors += 1
-                        time.sleep(0.05)
-                        continue
-                    if response.status_code in (200, 201):
-                        self.answers.append(response.json())
-                        self.done_count += 1
-                        break
-                    self.failures.append((response.status_code, response.json()))
-                    assert response.status_code >= 500, response.text
-                    time.sleep(0.05)
 
 
 async def follow(servers, token, total: int, start: int = 0) -> list[int]:

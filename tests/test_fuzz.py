@@ -52,6 +52,8 @@ CONFIG = schemathesis.Config.from_dict(
             # generated definitions use real ones (tests/test_rules.py has the bad).
             "whens": {"values": ["A >= 1", "A >= 2 and B >= 1", "age(B) < 6h"]},
             "rules": {"values": ["run-c"]},
+            # A closed port: the webhooks the fuzzer makes fail quietly.
+            "urls": {"values": ["http://127.0.0.1:9/hook"]},
         },
         "parameters": {
             **{
@@ -62,14 +64,18 @@ CONFIG = schemathesis.Config.from_dict(
             "query.cursor": {"dictionary": "cursors"},
             "body.when": {"dictionary": "whens", "probability": 1.0},
             "path.rule": {"dictionary": "rules", "probability": 0.5},
+            "body.url": {"dictionary": "urls", "probability": 0.9},
         },
         "operations": [
             {
-                # A rule's `when` is a language JSON Schema cannot state, so a
-                # definition the document allows may still be refused with 400
-                # (naming the column); the boundary cases do not take the real
-                # conditions of the dictionary above.
-                "include-path-regex": r"/rules(/preview|/\{rule\})?$",
+                # A rule's `when` is a language JSON Schema cannot state, nor which
+                # events a webhook may combine, so a definition the document allows
+                # may still be refused with 400 (naming the field and the rule);
+                # the boundary cases do not take the dictionaries above.
+                "include-path-regex": (
+                    r"/rules(/preview|/\{rule\})?$"
+                    r"|/webhooks(/\{webhook\}(/replay)?)?$"
+                ),
                 "checks": {
                     "positive_data_acceptance": {
                         "expected-statuses": [200, 201, 204, 400, 401, 403, 404, 409]

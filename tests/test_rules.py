@@ -372,3 +372,23 @@ def test_prune_keeps_what_a_rule_still_waits_for(api, domain):
     call_command("prune", "--older-than", "0s", "--include-pending")
     assert not domain.aggregates.exists()
     assert brief(events(api)) == [("day-done", "fired", "ready", 2, False)]
+
+
+@pytest.mark.postgres
+def test_a_step_already_running_elsewhere_is_left_to_do_the_work(api, domain):
+    import psycopg
+
+    from tests.toolkit import database_url
+
+    define(api)
+    register("d1", "A", run="am")
+    register("d1", "B")
+    register("d1", "A", run="pm")
+    with psycopg.connect(database_url()) as elsewhere:
+        # Another process's step, holding the domain's rules.
+        elsewhere.execute(f'SELECT 1 FROM "{Rule._meta.db_table}" FOR UPDATE')
+        assert engine.step("c-inputs") is False  # no wait, no error
+        assert events(api) == []
+        elsewhere.rollback()
+    engine.catch_up("c-inputs")
+    assert brief(events(api)) == [("d1", "fired", "ready", 3, False)]

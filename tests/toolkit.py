@@ -12,6 +12,7 @@ import random
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -226,6 +227,44 @@ def post(
     )
     assert response.status_code == 201, response.text
     return response.json()
+
+
+class Writer(threading.Thread):
+    """Posts its sources in order, each until it is registered, failing over to the
+    next server on a refused connection or a 5xx (as a proxy or a client would);
+    registering is idempotent, so a retry never registers anything twice."""
+
+    def __init__(self, servers, token, items):
+        super().__init__()
+        self.servers = servers
+        self.headers = {"Authorization": f"Bearer {token}"}
+        self.items = items
+        self.answers: list[dict] = []
+        self.failures: list[tuple[int, dict]] = []
+        self.transport_errors = 0
+        self.done_count = 0
+        self.stopped = threading.Event()  # give up on what is left
+
+    def run(self) -> None:
+        turn = 0
+        with httpx.Client(timeout=30, headers=self.headers) as http:
+            for item in self.items:
+                while not self.stopped.is_set():
+                    server = self.servers[turn % len(self.servers)]
+                    turn += 1
+                    try:
+                        response = http.post(f"{server.url}/api/sources", json=item)
+                    except httpx.TransportError:
+                        self.transport_errors += 1
+                        time.sleep(0.05)
+                        continue
+                    if response.status_code in (200, 201):
+                        self.answers.append(response.json())
+                        self.done_count += 1
+                        break
+                    self.failures.append((response.status_code, response.json()))
+                    assert response.status_code >= 500, response.text
+                    time.sleep(0.05)
 
 
 # Websockets

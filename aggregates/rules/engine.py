@@ -48,6 +48,7 @@ BATCH = 500  # versions per step
 STEP_DELAY = 0.2
 DUE_BATCH = 2000  # clock-due statuses per step
 CLOCK_SECONDS = 1.0
+LOCK_NOT_AVAILABLE = "55P03"  # PostgreSQL's answer to FOR UPDATE NOWAIT
 # The clock acts on moments at least this far in the past: a version stamped
 # before a moment but not yet committed then still counts as before it.
 GRACE = timedelta(seconds=1)
@@ -89,9 +90,10 @@ def _lock_rules(domain_key: str) -> list[Rule] | None:
     if connection.features.has_select_for_update_nowait:
         rules = rules.select_for_update(nowait=True, of=("self",))
     try:
-        return list(rules)
-    except DatabaseError:
-        if connection.vendor == "postgresql":
+        with transaction.atomic():  # a savepoint: a refused lock spoils nothing
+            return list(rules)
+    except DatabaseError as exc:
+        if getattr(exc.__cause__, "sqlstate", None) == LOCK_NOT_AVAILABLE:
             return None  # locked: the step running elsewhere does the work
         raise
 

@@ -1,0 +1,99 @@
+"""The webhooks API: create (the secret, once), read with health, change, remove,
+the delivery log, replay."""
+
+from django.http import HttpRequest, HttpResponse
+from ninja import Query, Router
+
+from aggregates import db
+from aggregates.access import (
+    ERRORS,
+    WRITE_ERRORS,
+    Page,
+    json_response,
+    require_read,
+    require_write,
+    spend_write,
+)
+from aggregates.schemas import DeliveryList, WebhookCreated, WebhookList, WebhookOut
+from aggregates.webhooks import read, write
+from aggregates.webhooks.write import ReplayIn, WebhookChange, WebhookIn
+
+router = Router(tags=["webhooks"])
+WEBHOOKS = "/domains/{domain}/webhooks"
+
+
+@router.post(
+    WEBHOOKS,
+    response={201: WebhookCreated, **WRITE_ERRORS},
+    summary="Create a webhook; its signing secret is in this answer only",
+)
+async def create_webhook(request: HttpRequest, domain: str, payload: WebhookIn):
+    require_write(request, domain)
+    spend_write(request)
+    return json_response(await db.write(write.create_webhook, domain, payload), 201)
+
+
+@router.get(WEBHOOKS, response={200: WebhookList, **ERRORS}, summary="Webhooks")
+async def list_webhooks(request: HttpRequest, domain: str):
+    require_read(request, domain)
+    return json_response({"webhooks": await db.read(read.list_webhooks, domain)})
+
+
+@router.get(
+    f"{WEBHOOKS}/{{webhook}}",
+    response={200: WebhookOut, **ERRORS},
+    summary="A webhook and its health",
+)
+async def get_webhook(request: HttpRequest, domain: str, webhook: int):
+    require_read(request, domain)
+    return json_response(await db.read(read.read_webhook, domain, webhook))
+
+
+@router.put(
+    f"{WEBHOOKS}/{{webhook}}",
+    response={200: WebhookOut, **WRITE_ERRORS},
+    summary="Change any of url, events, rule, description, paused",
+)
+async def change_webhook(
+    request: HttpRequest, domain: str, webhook: int, payload: WebhookChange
+):
+    require_write(request, domain)
+    spend_write(request)
+    changed = await db.write(write.change_webhook, domain, webhook, payload)
+    return json_response(changed)
+
+
+@router.delete(
+    f"{WEBHOOKS}/{{webhook}}",
+    response={204: None, **WRITE_ERRORS},
+    summary="Remove a webhook",
+)
+async def delete_webhook(request: HttpRequest, domain: str, webhook: int):
+    require_write(request, domain)
+    spend_write(request)
+    await db.write(write.delete_webhook, domain, webhook)
+    return HttpResponse(status=204)
+
+
+@router.get(
+    f"{WEBHOOKS}/{{webhook}}/deliveries",
+    response={200: DeliveryList, **ERRORS},
+    summary="The webhook's delivery attempts, newest first",
+)
+async def list_deliveries(
+    request: HttpRequest, domain: str, webhook: int, query: Query[Page]
+):
+    require_read(request, domain)
+    deliveries = await db.read(read.list_deliveries, domain, webhook, limit=query.limit)
+    return json_response({"deliveries": deliveries})
+
+
+@router.post(
+    f"{WEBHOOKS}/{{webhook}}/replay",
+    response={200: WebhookOut, **WRITE_ERRORS},
+    summary="Deliver again, in order, everything after a position or seq",
+)
+async def replay(request: HttpRequest, domain: str, webhook: int, payload: ReplayIn):
+    require_write(request, domain)
+    spend_write(request)
+    return json_response(await db.write(write.replay, domain, webhook, payload))

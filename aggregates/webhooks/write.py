@@ -1,0 +1,188 @@
+"""Creating, changing, removing and replaying webhooks."""
+
+import base64
+import secrets
+from typing import Annotated, Literal
+from urllib.parse import urlsplit
+
+from django.conf import settings
+from django.db import transaction
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
+
+from aggregates.errors import StoreError
+from aggregates.models import Domain, Rule, Webhook
+from aggregates.rules.read import get_rule
+from aggregates.schemas import Key
+from aggregates.store.read import get_domain
+from aggregates.webhooks.read import get_webhook, webhook_json
+
+RULE_EVENTS = {"rule.fired", "rule.late"}
+
+
+def _url_rule(value: str) -> str:
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError("must be an http:// or https:// URL with a host")
+    if not host_allowed(parts.hostname):
+        raise ValueError(
+            f"host {parts.hostname!r} is not one BOTLNEK_WEBHOOK_ALLOWED_HOSTS allows"
+        )
+    return value
+
+
+def host_allowed(host: str) -> bool:
+    """BOTLNEK_WEBHOOK_ALLOWED_HOSTS: names, or `.example.com` for a domain and its
+    subdomains; empty allows any."""
+    allowed = settings.BOTLNEK_WEBHOOK_ALLOWED_HOSTS
+    if not allowed:
+        return True
+    host = host.lower().rstrip(".")
+    for name in allowed:
+        name = name.lower()
+        if host == name.lstrip(".") or (name.startswith(".") and host.endswith(name)):
+            return True
+    return False
+
+
+Url = Annotated[str, AfterValidator(_url_rule), Field(max_length=2000)]
+Events = list[Literal["version", "rule.fired", "rule.late"]]
+
+
+def _check_events(events: list[str], rule: str | None) -> None:
+    if not events or len(set(events)) != len(events):
+        raise ValueError("events must name each event once, and at least one")
+    if set(events) == {"version"}:
+        if rule is not None:
+            raise ValueError("a webhook of versions takes no rule")
+    elif set(events) <= RULE_EVENTS:
+        if rule is None:
+            raise ValueError("rule events need the rule they are of")
+    else:
+        raise ValueError('events are ["version"], or rule.fired and/or rule.late')
+
+
+class WebhookIn(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    url: Url
+    events: Events
+    rule: Key | None = None
+    description: str = Field("", max_length=500)
+
+    @model_validator(mode="after")
+    def _events(self):
+        _check_events(self.events, self.rule)
+        return self
+
+
+class WebhookChange(BaseModel):
+    """Any subset of what a webhook is."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    url: Url | None = None
+    events: Events | None = None
+    rule: Key | None = None
+    description: str | None = Field(None, max_length=500)
+    paused: bool | None = None
+
+
+def new_secret() -> str:
+    """A signing secret as Standard Webhooks spell it: whsec_ + base64 bytes."""
+    return "whsec_" + base64.b64encode(secrets.token_bytes(24)).decode()
+
+
+def _start(domain: Domain, rule: Rule | None) -> int:
+    """A new webhook starts with the events recorded after its creation."""
+    if rule is None:
+        return Domain.objects.get(pk=domain.pk).latest_position
+    return Rule.objects.get(pk=rule.pk).latest_seq
+
+
+def create_webhook(domain: str, definition: WebhookIn) -> dict:
+    found = get_domain(domain)
+    rule = get_rule(domain, definition.rule) if definition.rule else None
+    secret = new_secret()
+    webhook = Webhook.objects.create(
+        domain=found,
+        url=definition.url,
+        events=definition.events,
+        rule=rule,
+        description=definition.description,
+        secret=secret,
+        cursor=_start(found, rule),
+    )
+    return {**webhook_json(get_webhook(domain, webhook.pk)), "secret": secret}
+
+
+def change_webhook(domain: str, webhook_id: int, change: WebhookChange) -> dict:
+    webhook = get_webhook(domain, webhook_id)
+    fields = change.model_dump(exclude_unset=True)
+    with transaction.atomic():
+        if "url" in fields:
+            webhook.url = fields["url"]
+        if "description" in fields:
+            webhook.description = fields["description"] or ""
+        if "events" in fields or "rule" in fields:
+            events = fields.get("events", webhook.events)
+            rule_name = fields.get("rule", webhook.rule.name if webhook.rule else None)
+            try:
+                _check_events(events, rule_name)
+            except ValueError as exc:
+                raise StoreError(str(exc), field="events") from None
+            rule = get_rule(domain, rule_name) if rule_name else None
+            if rule != webhook.rule:  # another stream: from what comes next on
+                webhook.cursor = _start(webhook.domain, rule)
+            webhook.events, webhook.rule = events, rule
+        if fields.get("paused") is False and webhook.paused:
+            # Resumes where it stopped: the same event, at once.
+            webhook.paused, webhook.paused_reason = False, ""
+            webhook.attempts, webhook.failing_since = 0, None
+            webhook.next_attempt_at = None
+        elif fields.get("paused"):
+            webhook.paused, webhook.paused_reason = True, "paused through the API"
+        webhook.save()
+    return webhook_json(get_webhook(domain, webhook_id))
+
+
+def delete_webhook(domain: str, webhook_id: int) -> None:
+    get_webhook(domain, webhook_id).delete()
+
+
+class ReplayIn(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    after_position: int | None = Field(None, ge=0)
+    after_seq: int | None = Field(None, ge=0)
+
+    @model_validator(mode="after")
+    def _one(self):
+        if (self.after_position is None) == (self.after_seq is None):
+            raise ValueError("give after_position (versions) or after_seq (a rule)")
+        return self
+
+
+def replay(domain: str, webhook_id: int, replay: ReplayIn) -> dict:
+    """Deliver again, in order, everything after that point (with the original
+    webhook-ids): the cursor goes back."""
+    webhook = get_webhook(domain, webhook_id)
+    if webhook.rule is None:
+        if replay.after_position is None:
+            raise StoreError(
+                "a webhook of versions replays after_position", field="after_seq"
+            )
+        point, latest = replay.after_position, webhook.domain.latest_position
+        field = "after_position"
+    else:
+        if replay.after_seq is None:
+            raise StoreError(
+                "a webhook of rule events replays after_seq", field="after_position"
+            )
+        point, latest = replay.after_seq, webhook.rule.latest_seq
+        field = "after_seq"
+    if point > latest:
+        raise StoreError(f"must be at most {latest}, the stream's latest", field=field)
+    Webhook.objects.filter(pk=webhook.pk).update(
+        cursor=point, attempts=0, failing_since=None, next_attempt_at=None
+    )
+    return webhook_json(get_webhook(domain, webhook_id))
