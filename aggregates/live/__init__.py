@@ -2,12 +2,13 @@
 
     store.register_sources ── transaction.on_commit ──▶ events.versions_committed
       ──▶ hub.publish: "domain D reached position P" over the channel layer
-      ──▶ hub.Hub (one per process) ──▶ hub.DomainFeed: reads the new versions once
+      ──▶ hub.Hub (one per process) ──▶ hub.Feed: reads the new versions once
       ──▶ subscription.Subscription: replay, gap healing, no duplicates
       ──▶ a transport: websocket.py (/ws/subscribe), sse.py (/api/stream),
           dashboard.py (/ws/dashboard: the page's live parts, re-rendered)
 
-The channel layer only ever says that a domain moved; the database is the source
-of truth, so a lost notification delays a version and never loses it.
+Rule events take the same way, announced by the rules engine (a Feed per rule,
+by seq). The channel layer only ever says that a stream moved; the database is the
+source of truth, so a lost notification delays an event and never loses it.
 daphne_transport.py is the one place that reaches past ASGI into daphne.
 """
