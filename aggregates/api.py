@@ -68,6 +68,7 @@ from aggregates.schemas import (
     SourceAnswer,
     SourceIn,
 )
+from aggregates.store import group_commit
 from aggregates.webhooks.api import router as webhooks_router
 
 logger = logging.getLogger("botlnek.api")
@@ -330,18 +331,19 @@ async def post_sources(request: HttpRequest):
     for domain in {source.domain for source in sources}:
         require_write(request, domain)
     spend_write(request)
+    if not batch:
+        # Posts arriving together share one transaction, each answered alone.
+        result = await group_commit.register(sources[0])
+        return json_response(result.as_json(), 201 if result.created else 200)
     try:
         results = await db.write(store.register_sources, sources)
     except StoreError as exc:
-        if batch and exc.index is not None:
-            field = f"[{exc.index}].{exc.field}"
-            detail = f"item {exc.index}: {exc.detail}; nothing was written"
-            raise ApiError(exc.status, exc.code, detail, {field: exc.detail}) from None
-        raise
-    if batch:
-        return json_response({"results": [r.as_json() for r in results]})
-    (result,) = results
-    return json_response(result.as_json(), 201 if result.created else 200)
+        if exc.index is None:
+            raise
+        field = f"[{exc.index}].{exc.field}"
+        detail = f"item {exc.index}: {exc.detail}; nothing was written"
+        raise ApiError(exc.status, exc.code, detail, {field: exc.detail}) from None
+    return json_response({"results": [r.as_json() for r in results]})
 
 
 # Receipts

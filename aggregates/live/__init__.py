@@ -1,6 +1,6 @@
 """Live delivery: how a committed version reaches every subscriber of this process.
 
-    store.register_sources ── transaction.on_commit ──▶ events.versions_committed
+    store.write (a commit of sources) ── on commit ──▶ events.versions_committed
       ──▶ hub.publish: "domain D reached position P" over the channel layer
       ──▶ hub.Hub (one per process) ──▶ hub.Feed: reads the new versions once
       ──▶ subscription.Subscription: replay, gap healing, no duplicates

@@ -1,7 +1,8 @@
 """The store: the one write path and the reads built on the same tables.
 
-- write.py — register_sources(), the only code that appends versions and sources
-  (and the other writes: domains, receipts, pruning);
+- write.py — register_sources() and register_each(), the only code that appends
+  versions and sources (and the other writes: domains, receipts, pruning);
+- group_commit.py — single posts arriving together share one transaction;
 - read.py — domains, listings, version frames, receipts;
 - state.py — the aggregate state, the one serializer of that shape;
 - sql.py — what their hand-written SQL shares.
@@ -36,6 +37,7 @@ from aggregates.store.write import (
     create_domain,
     prune_aggregates,
     record_receipt,
+    register_each,
     register_sources,
     source_key,
 )
@@ -62,6 +64,7 @@ __all__ = [
     "prune_aggregates",
     "receipt_json",
     "record_receipt",
+    "register_each",
     "register_sources",
     "source_key",
     "state_json_as_of",

@@ -1,11 +1,18 @@
-"""The one write path: register_sources() appends versions, all or nothing.
+"""The one write path: register_sources() appends versions, all or nothing, and
+register_each() does it for items that stand alone (single posts taken together).
 
-It is the only code that writes Aggregate, Version and Source rows. It locks every
-domain it touches (SELECT … FOR UPDATE on PostgreSQL; SQLite's BEGIN IMMEDIATE takes
-the whole-database write lock), so per-aggregate versions and per-domain positions
-are assigned one writer at a time and become visible in position order. The lock is
-held to commit, which makes position order commit order. New versions are announced
-with transaction.on_commit, never before the commit.
+It is the only code that writes Aggregate, Version and Source rows. Every writer
+locks the domains it touches, in key order, so per-aggregate versions and
+per-domain positions are assigned one writer at a time and become visible in
+position order; the lock is held to commit, which makes position order commit order.
+New versions are announced with transaction.on_commit, never before the commit.
+
+On PostgreSQL all of it is one statement: botlnek_register(), a server-side function
+(migration 0005 installs it and documents its contract), run in autocommit, so the
+domain's row lock (SELECT … FOR UPDATE) is held for server time only, never across a
+network round trip. On SQLite the same decisions are made here, in Python, in one
+BEGIN IMMEDIATE transaction (SQLite's whole-database write lock) on the one writer
+thread (aggregates/db.py).
 """
 
 import hashlib
@@ -15,7 +22,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from django.db import connection, transaction
+from django.db import DatabaseError, connection, transaction
 from django.utils import timezone
 
 from aggregates.errors import Conflict, NotFound, StoreError, UnknownDomain
@@ -50,7 +57,7 @@ class NewSource:
 
 @dataclass(frozen=True)
 class Registration:
-    """What register_sources answers for each source, in request order."""
+    """What the write path answers for each source, in request order."""
 
     created: bool
     domain: str
@@ -80,47 +87,172 @@ def source_key(keys: dict[str, str]) -> str:
 
 
 def register_sources(items: Sequence[NewSource]) -> list[Registration]:
-    """Register sources all or nothing; new versions are announced after commit."""
+    """Register sources all or nothing: the first that fails raises its StoreError
+    (with its index) and nothing is written."""
+    return _register(items, all_or_nothing=True)  # type: ignore[return-value]
+
+
+def register_each(items: Sequence[NewSource]) -> list[Registration | StoreError]:
+    """Register each source on its own, in one transaction: a source that fails
+    answers its StoreError and leaves no trace; the others are written."""
+    return _register(items, all_or_nothing=False)
+
+
+def _register(
+    items: Sequence[NewSource], *, all_or_nothing: bool
+) -> list[Registration | StoreError]:
     if not items:
         return []
+    if connection.vendor == "postgresql":
+        outcomes = _register_postgres(items, all_or_nothing)
+    else:
+        outcomes = _register_python(items, all_or_nothing)
+    committed = [
+        events.VersionCommitted(
+            domain=o.domain,
+            aggregate=o.aggregate,
+            version=o.version,
+            position=o.position,
+        )
+        for o in outcomes
+        if isinstance(o, Registration) and o.created
+    ]
+    if committed:
+        # Right away in autocommit (PostgreSQL's one statement has committed).
+        transaction.on_commit(lambda: events.versions_committed.send(committed))
+    return outcomes
+
+
+def _unknown_domain(item: NewSource, index: int) -> UnknownDomain:
+    return UnknownDomain(
+        f"domain {item.domain!r} does not exist; create it with "
+        "POST /api/domains first",
+        index=index,
+        field="domain",
+    )
+
+
+def _conflict(item: NewSource, index: int, number: int) -> Conflict:
+    return Conflict(
+        f"a source with these keys already exists in collection "
+        f"{item.collection!r} of aggregate {item.aggregate!r} "
+        f"(version {number}) with different attrs",
+        index=index,
+        field="attrs",
+    )
+
+
+# PostgreSQL: one statement.
+
+_REGISTER = (
+    "SELECT * FROM botlnek_register(%s::text[], %s::text[], %s::text[], %s::text[],"
+    " %s::jsonb[], %s::jsonb[], %s)"
+)
+
+
+def _register_postgres(
+    items: Sequence[NewSource], all_or_nothing: bool
+) -> list[Registration | StoreError]:
+    keys = [item.key for item in items]
+    to_json = connection.ops.adapt_json_value
+    params = [
+        [item.domain for item in items],
+        [item.aggregate for item in items],
+        [item.collection for item in items],
+        keys,
+        [to_json(item.keys, None) for item in items],
+        [to_json(item.attrs, None) for item in items],
+        all_or_nothing,
+    ]
+    # Inside a caller's transaction a savepoint keeps a refusal from poisoning it.
+    scope = transaction.atomic() if connection.in_atomic_block else nullcontext()
+    try:
+        with scope, connection.cursor() as cursor:
+            cursor.execute(_REGISTER, params)
+            rows = cursor.fetchall()
+    except DatabaseError as exc:
+        raise _refusal(exc, items) or exc from None
+    outcomes: list[Registration | StoreError] = []
+    for index, (item, key, (outcome, number, position, at)) in enumerate(
+        zip(items, keys, rows, strict=True)
+    ):
+        if outcome == "unknown_domain":
+            outcomes.append(_unknown_domain(item, index))
+        elif outcome == "conflict":
+            outcomes.append(_conflict(item, index, number))
+        else:
+            outcomes.append(
+                _registration(outcome == "created", item, key, number, position, at)
+            )
+    return outcomes
+
+
+def _refusal(exc: DatabaseError, items: Sequence[NewSource]) -> StoreError | None:
+    """The StoreError botlnek_register() raised for an all-or-nothing batch."""
+    cause = exc.__cause__
+    sqlstate = getattr(cause, "sqlstate", None)
+    if sqlstate not in ("BL404", "BL409"):
+        return None
+    index, number = map(int, cause.diag.message_detail.split())
+    if sqlstate == "BL404":
+        return _unknown_domain(items[index], index)
+    return _conflict(items[index], index, number)
+
+
+def _registration(
+    created: bool, item: NewSource, key: str, number: int, position: int, at: datetime
+) -> Registration:
+    return Registration(
+        created=created,
+        domain=item.domain,
+        aggregate=item.aggregate,
+        collection=item.collection,
+        key=key,
+        version=number,
+        position=position,
+        at=utc(at),
+    )
+
+
+# SQLite: the same decisions in Python, in one transaction.
+
+
+def _register_python(
+    items: Sequence[NewSource], all_or_nothing: bool
+) -> list[Registration | StoreError]:
     identities = [(item, item.key) for item in items]
     with transaction.atomic(), connection.cursor() as cursor:
         sql = _WriteSql(cursor)
         domains = sql.lock_domains(sorted({item.domain for item in items}))
+        outcomes: list[Registration | StoreError | None] = [None] * len(items)
         for index, item in enumerate(items):
             if item.domain not in domains:
-                raise UnknownDomain(
-                    f"domain {item.domain!r} does not exist; create it with "
-                    "POST /api/domains first",
-                    index=index,
-                    field="domain",
-                )
+                if all_or_nothing:
+                    raise _unknown_domain(item, index)
+                outcomes[index] = _unknown_domain(item, index)
         now = timezone.now()
-        aggregates = sql.aggregates(domains, {(i.domain, i.aggregate) for i in items})
-        sql.create_aggregates(
-            [aggregate for aggregate in aggregates.values() if aggregate.id is None],
-            now,
-        )
+        wanted = {(i.domain, i.aggregate) for i in items if i.domain in domains}
+        aggregates = sql.aggregates(domains, wanted)
         known = sql.existing_sources(
             aggregates.values(), {key for _, key in identities}
         )
 
-        results: list[Registration] = []
         new_versions: list[_NewVersion] = []
         for index, (item, key) in enumerate(identities):
+            if outcomes[index] is not None:
+                continue
             aggregate = aggregates[item.domain, item.aggregate]
-            identity = (aggregate.id, item.collection, key)
+            identity = (item.domain, item.aggregate, item.collection, key)
             if identity in known:
                 existing = known[identity]
                 if not json_equal(existing.attrs, item.attrs):
-                    raise Conflict(
-                        f"a source with these keys already exists in collection "
-                        f"{item.collection!r} of aggregate {item.aggregate!r} "
-                        f"(version {existing.number}) with different attrs",
-                        index=index,
-                        field="attrs",
-                    )
-                results.append(_registration(False, item, key, existing))
+                    if all_or_nothing:
+                        raise _conflict(item, index, existing.number)
+                    outcomes[index] = _conflict(item, index, existing.number)
+                    continue
+                outcomes[index] = _registration(
+                    False, item, key, existing.number, existing.position, existing.at
+                )
                 continue
             domain = domains[item.domain]
             domain.latest_position += 1
@@ -141,39 +273,17 @@ def register_sources(items: Sequence[NewSource]) -> list[Registration]:
             )
             new_versions.append(version)
             known[identity] = version
-            results.append(_registration(True, item, key, version))
+            outcomes[index] = _registration(
+                True, item, key, version.number, version.position, now
+            )
 
         if new_versions:
-            sql.write(
-                new_versions,
-                [a for a in aggregates.values() if a.touched],
-                domains.values(),
-                now,
-            )
-            committed = [
-                events.VersionCommitted(
-                    domain=v.item.domain,
-                    aggregate=v.item.aggregate,
-                    version=v.number,
-                    position=v.position,
-                )
-                for v in new_versions
-            ]
-            transaction.on_commit(lambda: events.versions_committed.send(committed))
-    return results
-
-
-def _registration(created: bool, item: NewSource, key: str, version) -> Registration:
-    return Registration(
-        created=created,
-        domain=item.domain,
-        aggregate=item.aggregate,
-        collection=item.collection,
-        key=key,
-        version=version.number,
-        position=version.position,
-        at=version.at,
-    )
+            touched = [a for a in aggregates.values() if a.touched]
+            # Only aggregates that gain a version are made: a failed item leaves
+            # no empty aggregate behind.
+            sql.create_aggregates([a for a in touched if a.id is None], now)
+            sql.write(new_versions, touched, domains.values(), now)
+    return outcomes  # type: ignore[return-value]
 
 
 @dataclass(slots=True)
@@ -219,10 +329,11 @@ class _NewVersion:
 
 
 class _WriteSql:
+    """The SQLite write path's statements."""
+
     def __init__(self, cursor):
         self.cursor = cursor
         self.ops = connection.ops
-        self.lock = " FOR UPDATE" if connection.features.has_select_for_update else ""
 
     def _json(self, value: Any) -> Any:
         return self.ops.adapt_json_value(value, None)
@@ -231,10 +342,10 @@ class _WriteSql:
         return self.ops.adapt_datetimefield_value(value)
 
     def lock_domains(self, keys: list[str]) -> dict[str, _DomainRow]:
-        # Sorted keys give batches spanning domains one lock order: no deadlocks.
+        # The transaction holds SQLite's write lock already (BEGIN IMMEDIATE).
         self.cursor.execute(
             f'SELECT "id", "key", "latest_position", "aggregate_count" FROM "{DOMAIN}"'
-            f' WHERE "key" IN ({placeholders(len(keys))}) ORDER BY "key"{self.lock}',
+            f' WHERE "key" IN ({placeholders(len(keys))}) ORDER BY "key"',
             keys,
         )
         return {row[1]: _DomainRow(*row) for row in self.cursor.fetchall()}
@@ -243,6 +354,8 @@ class _WriteSql:
         self, domains: dict[str, _DomainRow], wanted: set[tuple[str, str]]
     ) -> dict[tuple[str, str], _AggregateRow]:
         """Every aggregate named, the missing ones with id None."""
+        if not wanted:
+            return {}
         domain_ids = sorted({domains[d].id for d, _ in wanted})
         keys = sorted({a for _, a in wanted})
         # Two IN lists fetch a superset: one OR per item would overflow SQLite's
@@ -289,10 +402,12 @@ class _WriteSql:
 
     def existing_sources(
         self, aggregates: Iterable[_AggregateRow], keys: set[str]
-    ) -> dict[tuple[int, str, str], _ExistingSource]:
-        ids = sorted(a.id for a in aggregates if a.version)  # new ones hold nothing
-        if not ids:
+    ) -> dict[tuple[str, str, str, str], _ExistingSource]:
+        """Sources already there, by (domain, aggregate, collection, key)."""
+        by_id = {a.id: a for a in aggregates if a.version}  # new ones hold nothing
+        if not by_id:
             return {}
+        ids = sorted(by_id)
         ordered_keys = sorted(keys)
         self.cursor.execute(
             f'SELECT s."aggregate_id", s."collection", s."key", s."attrs", v."number",'
@@ -302,14 +417,22 @@ class _WriteSql:
             f' AND s."key" IN ({placeholders(len(ordered_keys))})',
             [*ids, *ordered_keys],
         )
-        return {
-            (aggregate_id, collection, key): _ExistingSource(
+        found = {}
+        for (
+            aggregate_id,
+            collection,
+            key,
+            attrs,
+            number,
+            position,
+            at,
+        ) in self.cursor.fetchall():
+            aggregate = by_id[aggregate_id]
+            identity = (aggregate.domain.key, aggregate.key, collection, key)
+            found[identity] = _ExistingSource(
                 json_value(attrs), number, position, utc(at)
             )
-            for aggregate_id, collection, key, attrs, number, position, at in (
-                self.cursor.fetchall()
-            )
-        }
+        return found
 
     def write(
         self,
@@ -318,76 +441,80 @@ class _WriteSql:
         domains: Iterable[_DomainRow],
         now: datetime,
     ) -> None:
-        """Insert versions and sources and save counters: no statement here waits
-        for another's answer, so PostgreSQL gets them in one pipeline (one round
-        trip while the domain lock is held instead of four)."""
+        """Insert versions and sources and save counters."""
         at = self._time(now)
-        pipeline = (
-            connection.connection.pipeline()
-            if connection.vendor == "postgresql"
-            else nullcontext()
+        self._insert_select(
+            [
+                (
+                    v.domain.id,
+                    v.aggregate.id,
+                    v.number,
+                    v.position,
+                    self._json(v.counts),
+                )
+                for v in versions
+            ],
+            names=("domain_id", "aggregate_id", "number", "position", "counts"),
+            sql=f'INSERT INTO "{VERSION}" ("aggregate_id", "domain_id", "number",'
+            ' "position", "counts", "at") SELECT "aggregate_id", "domain_id",'
+            ' "number", "position", "counts", %s FROM "new"',
+            params=[at],
         )
-        with connection.wrap_database_errors, pipeline:
-            self._insert_select(
-                ("domain_id", "bigint", [v.domain.id for v in versions]),
-                ("aggregate_id", "bigint", [v.aggregate.id for v in versions]),
-                ("number", "bigint", [v.number for v in versions]),
-                ("position", "bigint", [v.position for v in versions]),
-                ("counts", "jsonb", [self._json(v.counts) for v in versions]),
-                sql=f'INSERT INTO "{VERSION}" ("aggregate_id", "domain_id", "number",'
-                ' "position", "counts", "at") SELECT "aggregate_id", "domain_id",'
-                ' "number", "position", "counts", %s FROM "new"',
-                params=[at],
-            )
-            # Sources find their version by (domain, position), which is unique.
-            self._insert_select(
-                ("domain_id", "bigint", [v.domain.id for v in versions]),
-                ("position", "bigint", [v.position for v in versions]),
-                ("aggregate_id", "bigint", [v.aggregate.id for v in versions]),
-                ("collection", "text", [v.item.collection for v in versions]),
-                ("key", "text", [v.key for v in versions]),
-                ("keys", "jsonb", [self._json(v.item.keys) for v in versions]),
-                ("attrs", "jsonb", [self._json(v.item.attrs) for v in versions]),
-                sql=f'INSERT INTO "{SOURCE}" ("version_id", "aggregate_id",'
-                ' "collection", "key", "keys", "attrs")'
-                ' SELECT v."id", n."aggregate_id", n."collection", n."key", n."keys",'
-                f' n."attrs" FROM "new" n JOIN "{VERSION}" v'
-                ' ON v."domain_id" = n."domain_id" AND v."position" = n."position"',
-            )
-            self.cursor.executemany(
-                f'UPDATE "{AGGREGATE}" SET "version" = %s, "counts" = %s,'
-                ' "updated_at" = %s WHERE "id" = %s',
-                [(a.version, self._json(a.counts), at, a.id) for a in aggregates],
-            )
-            self.cursor.executemany(
-                f'UPDATE "{DOMAIN}" SET "latest_position" = %s,'
-                ' "aggregate_count" = %s WHERE "id" = %s',
-                [(d.latest_position, d.aggregate_count, d.id) for d in domains],
-            )
+        # Sources find their version by (domain, position), which is unique.
+        self._insert_select(
+            [
+                (
+                    v.domain.id,
+                    v.position,
+                    v.aggregate.id,
+                    v.item.collection,
+                    v.key,
+                    self._json(v.item.keys),
+                    self._json(v.item.attrs),
+                )
+                for v in versions
+            ],
+            names=(
+                "domain_id",
+                "position",
+                "aggregate_id",
+                "collection",
+                "key",
+                "keys",
+                "attrs",
+            ),
+            sql=f'INSERT INTO "{SOURCE}" ("version_id", "aggregate_id",'
+            ' "collection", "key", "keys", "attrs")'
+            ' SELECT v."id", n."aggregate_id", n."collection", n."key", n."keys",'
+            f' n."attrs" FROM "new" n JOIN "{VERSION}" v'
+            ' ON v."domain_id" = n."domain_id" AND v."position" = n."position"',
+        )
+        self.cursor.executemany(
+            f'UPDATE "{AGGREGATE}" SET "version" = %s, "counts" = %s,'
+            ' "updated_at" = %s WHERE "id" = %s',
+            [(a.version, self._json(a.counts), at, a.id) for a in aggregates],
+        )
+        self.cursor.executemany(
+            f'UPDATE "{DOMAIN}" SET "latest_position" = %s,'
+            ' "aggregate_count" = %s WHERE "id" = %s',
+            [(d.latest_position, d.aggregate_count, d.id) for d in domains],
+        )
 
     def _insert_select(
-        self, *columns: tuple[str, str, list], sql: str, params: Sequence = ()
+        self,
+        rows: list[tuple],
+        *,
+        names: tuple[str, ...],
+        sql: str,
+        params: Sequence = (),
     ) -> None:
-        """Run `sql`, an INSERT … SELECT reading rows from a table named "new".
-
-        The rows are a VALUES list on SQLite; on PostgreSQL one array per column,
-        since a 1,000-row VALUES list of 7,000 parameters costs PostgreSQL far more
-        to parse and plan than unnest() over seven arrays.
-        """
-        names = ", ".join(f'"{name}"' for name, _, _ in columns)
-        if connection.vendor == "postgresql":
-            arrays = ", ".join(f"%s::{kind}[]" for _, kind, _ in columns)
-            rows = f'SELECT * FROM unnest({arrays}) AS "t" ({names})'
-            values = [list(values) for _, _, values in columns]
-        else:
-            count = len(columns[0][2])
-            one = "(" + ", ".join(["%s"] * len(columns)) + ")"
-            rows = "VALUES " + ", ".join([one] * count)
-            values = [
-                v for row in zip(*(c[2] for c in columns), strict=True) for v in row
-            ]
+        """Run `sql`, an INSERT … SELECT reading `rows` from a table named "new"."""
+        columns = ", ".join(f'"{name}"' for name in names)
+        one = "(" + ", ".join(["%s"] * len(names)) + ")"
+        values = ", ".join([one] * len(rows))
         self.cursor.execute(
-            f'WITH "new" ({names}) AS ({rows}) {sql}', [*values, *params]
+            f'WITH "new" ({columns}) AS (VALUES {values}) {sql}',
+            [*(value for row in rows for value in row), *params],
         )
 
 
