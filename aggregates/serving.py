@@ -9,6 +9,7 @@ process that only imports the application (the tests' in-process client).
 """
 
 import asyncio
+import gc
 import logging
 import os
 import sys
@@ -53,6 +54,24 @@ def _start_background(loop: asyncio.AbstractEventLoop) -> None:
     _serve(loop)
     if not _tasks:
         _tasks.extend(loop.create_task(_supervised(run)) for run in _background)
+        _tune_garbage_collector()
+
+
+def _tune_garbage_collector() -> None:
+    """Keep the cyclic garbage collector's full collections off the request path.
+
+    The objects made while starting (Django, the app, the schemas: over 100,000)
+    are frozen, out of every later collection. And full collections become ten
+    times rarer (the third threshold 10 → 100): a request leaves no cyclic garbage
+    (api_handler.py takes care of the one cycle it used to leave), so what they
+    walked was requests still in flight, 20-50 ms with the event loop stopped,
+    several times a second under load. Measured with 16 writers on SQLite: single
+    posts' p99 from ~50 to ~30 ms at the same p50 (17 ms), memory unchanged.
+    """
+    gc.collect()
+    gc.freeze()
+    first, second, _ = gc.get_threshold()
+    gc.set_threshold(first, second, 100)
 
 
 async def _supervised(run: Callable[[], Awaitable[None]]) -> None:
