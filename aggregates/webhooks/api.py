@@ -16,6 +16,7 @@ from aggregates.access import (
 )
 from aggregates.schemas import DeliveryList, WebhookCreated, WebhookList, WebhookOut
 from aggregates.webhooks import read, write
+from aggregates.webhooks.delivery import deliverer
 from aggregates.webhooks.write import ReplayIn, WebhookChange, WebhookIn
 
 router = Router(tags=["webhooks"])
@@ -30,7 +31,9 @@ WEBHOOKS = "/domains/{domain}/webhooks"
 async def create_webhook(request: HttpRequest, domain: str, payload: WebhookIn):
     require_write(request, domain)
     spend_write(request)
-    return json_response(await db.write(write.create_webhook, domain, payload), 201)
+    created = await db.write(write.create_webhook, domain, payload)
+    deliverer.watch(domain)
+    return json_response(created, 201)
 
 
 @router.get(WEBHOOKS, response={200: WebhookList, **ERRORS}, summary="Webhooks")

@@ -1,18 +1,18 @@
 """Each server process's deliverer: webhooks' events, POSTed in order, at least once.
 
-For each webhook with events after its cursor (looked up every TICK_SECONDS, and
-at once after a commit), the deliverer takes the webhook's lease — one delivery
-at a time per webhook across every process; a dead holder's lease expires after
-LEASE_SECONDS and whoever looks next takes it over — and runs one task for it:
-read the next events, POST them one by one with the Standard Webhooks headers,
-and save progress (cursor, attempts, health) every FLUSH_SECONDS and at the end.
-Saving compares the cursor it started from: a replay or another holder in between
-makes it stop instead of overwriting. Events that got a 2xx but were not saved yet
-when a process died are delivered again; nothing else is. A failure (non-2xx,
-timeout, connection error) is logged and the same event retried after a backoff
-doubling from 1 s (+ up to 20% jitter, at most 10 min); a 410, or 24 h of failing,
-pauses the webhook with the reason. Each webhook has its own task: a slow
-receiver delays nobody else, and nothing here blocks the event loop or a write.
+For each webhook with events after its cursor (looked up every TICK_SECONDS, and at
+once after a commit into a domain with webhooks), the deliverer takes the webhook's
+lease — one delivery at a time per webhook across every process; a dead holder's
+lease expires after LEASE_SECONDS and whoever looks next takes it over — and runs
+one task for it: read the next events, POST them one by one with the Standard
+Webhooks headers, and save progress (cursor, attempts, health) every FLUSH_SECONDS
+and at the end. Saving compares the cursor it started from: a replay or another
+holder in between makes it stop instead of overwriting. Events that got a 2xx but
+were not saved yet when a process died are delivered again; nothing else is. A
+failure (non-2xx, timeout, connection error) is logged and the same event retried
+after a backoff doubling from 1 s (+ up to 20% jitter, at most 10 min); a 410, or a
+day of failing, pauses the webhook with the reason. Each webhook has its own task: a
+slow receiver delays nobody else, and nothing here blocks the event loop or a write.
 """
 
 import asyncio
@@ -193,6 +193,14 @@ def with_work(now: datetime | None = None) -> list[int]:
     )
 
 
+def domains_with_webhooks() -> set[str]:
+    return set(Webhook.objects.values_list("domain__key", flat=True).distinct())
+
+
+def _look() -> tuple[list[int], set[str]]:
+    return with_work(), domains_with_webhooks()
+
+
 class Deliverer:
     """This process's deliverer (a background task of the serving process)."""
 
@@ -201,12 +209,24 @@ class Deliverer:
         self.running: dict[int, asyncio.Task] = {}
         self.client: httpx.AsyncClient | None = None
         self.wake: asyncio.Event | None = None
+        # Domains with webhooks, as of the last look (None: not looked yet). A
+        # commit elsewhere wakes nobody: under load, looking after every commit
+        # of a domain without webhooks cost more than the deliveries themselves.
+        self.hooked: set[str] | None = None
 
     def committed(self, committed) -> None:
         """Something committed (on the writer's thread): look for work at once."""
+        hooked = self.hooked
+        if hooked is not None and not any(c.domain in hooked for c in committed):
+            return
         loop = serving.server_loop()
         if loop is not None and self.wake is not None:
             loop.call_soon_threadsafe(self.wake.set)
+
+    def watch(self, domain: str) -> None:
+        """A webhook was made in `domain` (other processes see it within a tick)."""
+        if self.hooked is not None:
+            self.hooked.add(domain)
 
     async def run(self) -> None:
         self.wake = asyncio.Event()
@@ -215,7 +235,8 @@ class Deliverer:
         try:
             while True:
                 try:
-                    for webhook_id in await db.read(with_work):
+                    work, self.hooked = await db.read(_look)
+                    for webhook_id in work:
                         if webhook_id not in self.running:
                             task = asyncio.ensure_future(self._deliver(webhook_id))
                             self.running[webhook_id] = task
