@@ -61,6 +61,11 @@ def delete_rule(domain: str, name: str) -> None:
     """The rule, its statuses and its events."""
     rule = get_rule(domain, name)
     with transaction.atomic():
+        # The engine's lock first: a step in flight ends before, none starts
+        # during (it would record statuses for a rule being deleted).
+        rule = Rule.objects.select_for_update().filter(pk=rule.pk).first()
+        if rule is None:  # deleted meanwhile
+            return
         RuleStatus.objects.filter(rule=rule).delete()
         RuleEvent.objects.filter(rule=rule).delete()
         rule.delete()
