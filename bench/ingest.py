@@ -1,7 +1,9 @@
 """Ingest benchmark: starts the server as a user would and measures, in one run,
-single posts from 16 concurrent clients (wrk) next to the bare request rate of the
-same server, batch ingest, and ingest into aggregates already holding 10,000 and
-100,000 sources. Writes its table to $TMPDIR/botlnek-bench-ingest.md
+single posts from 16 concurrent clients (wrk) next to a plain-Django anchor served by
+the same daphne on the same database (bench/anchor: a bare JSON view, and a view
+inserting the same JSON with the ORM), batch ingest, ingest into aggregates already
+holding 10,000 and 100,000 sources, and on PostgreSQL one hot domain served by two
+daphne processes against one. Writes its table to $TMPDIR/botlnek-bench-ingest.md
 (the published figures come from `python -m bench`: bench/results.md).
 
     python bench/ingest.py [--db sqlite postgres] [--runs 3] [--duration 5]
@@ -21,6 +23,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -57,8 +60,33 @@ def fresh_postgres() -> None:
         conn.execute(f'CREATE DATABASE "{name}"')
 
 
+def daphne(env: dict, port: int, data_dir: str):
+    """A daphne process serving the site on `port`, and its log."""
+    log = open(Path(data_dir) / f"daphne-{port}.log", "wb")  # noqa: SIM115
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "daphne",
+            "-b",
+            "127.0.0.1",
+            "-p",
+            str(port),
+            "botlnek_site.asgi:application",
+        ],
+        cwd=ROOT,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    return log, process
+
+
 class Server:
-    """A server started as a user would: migrate, a token, daphne, a domain."""
+    """A server started as a user would: migrate, a token, daphne, a domain.
+
+    Its settings add the plain-Django anchor (bench/anchor) to the product's.
+    """
 
     def __init__(
         self,
@@ -67,7 +95,12 @@ class Server:
         redis_url: str | None = None,
         env: dict[str, str] | None = None,
     ):
-        self.env = {**os.environ, "BOTLNEK_DATA_DIR": data_dir, "BOTLNEK_DEBUG": "0"}
+        self.env = {
+            **os.environ,
+            "BOTLNEK_DATA_DIR": data_dir,
+            "BOTLNEK_DEBUG": "0",
+            "DJANGO_SETTINGS_MODULE": "bench.anchor.settings",
+        }
         self.env.pop("BOTLNEK_DATABASE_URL", None)
         self.env.pop("BOTLNEK_REDIS_URL", None)
         self.env.update(env or {})
@@ -80,43 +113,28 @@ class Server:
         self.token = manage(
             self.env, "token", "create", "--scope", "write", "--name", "bench"
         ).splitlines()[-1]
-        self.log = open(Path(data_dir) / "daphne.log", "wb")  # noqa: SIM115
-        self.process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "daphne",
-                "-b",
-                "127.0.0.1",
-                "-p",
-                str(PORT),
-                "botlnek_site.asgi:application",
-            ],
-            cwd=ROOT,
-            env=self.env,
-            stdout=self.log,
-            stderr=subprocess.STDOUT,
-        )
+        self.data_dir = data_dir
+        self.log, self.process = daphne(self.env, PORT, data_dir)
         self.headers = {"Authorization": f"Bearer {self.token}"}
         self.http = httpx.Client(base_url=URL, headers=self.headers, timeout=60)
         try:
-            self._wait_until_up()
+            self.wait_until_up(URL, self.process, self.log)
             response = self.http.post("/api/domains", json={"key": "bench"})
             assert response.status_code == 201, response.text
         except BaseException:
             self.stop()  # never leave a daphne behind on the benchmarks' port
             raise
 
-    def _wait_until_up(self) -> None:
+    def wait_until_up(self, url: str, process, log) -> None:
         for _ in range(200):
-            if self.process.poll() is not None:
-                raise RuntimeError(f"daphne exited; see {self.log.name}")
+            if process.poll() is not None:
+                raise RuntimeError(f"daphne exited; see {log.name}")
             try:
-                self.http.get("/livez")
+                httpx.get(f"{url}/livez")
                 return
             except httpx.TransportError:
                 time.sleep(0.1)
-        raise RuntimeError(f"daphne did not answer on {URL}; see {self.log.name}")
+        raise RuntimeError(f"daphne did not answer on {url}; see {log.name}")
 
     def stop(self) -> None:
         self.http.close()
@@ -136,8 +154,15 @@ def wrk(
     aggregate: str | None,
     run: str,
     domain: str = "bench",
+    *,
+    port: int = PORT,
+    threads: int = 2,
+    connections: int = 16,
 ):
-    args = ["wrk", "-t2", "-c16", f"-d{duration}s", "--latency", URL + path]
+    """wrk against `path`: GETs, or with `aggregate` POSTs of new sources
+    (bench/post.lua). Answers (requests/s, p50 ms, p99 ms)."""
+    args = ["wrk", f"-t{threads}", f"-c{connections}", f"-d{duration}s", "--latency"]
+    args.append(f"http://127.0.0.1:{port}{path}")
     env = {
         **os.environ,
         "BENCH_TOKEN": server.token,
@@ -154,6 +179,40 @@ def wrk(
         raise RuntimeError(f"{bad.group(1)} failed requests:\n{text}")
     rate = float(re.search(r"Requests/sec:\s+([\d.]+)", text).group(1))
     return rate, _ms(text, "50%"), _ms(text, "99%")
+
+
+def processes(server: Server, duration: int, run: str) -> tuple[float, float]:
+    """Single posts into one aggregate of one domain from two wrk processes of 8
+    connections: both against one daphne, then one against each of two daphnes.
+    Answers the two total rates."""
+
+    def together(ports: list[int], label: str) -> float:
+        with ThreadPoolExecutor(len(ports)) as pool:
+            results = pool.map(
+                lambda i: wrk(
+                    server,
+                    "/api/sources",
+                    duration,
+                    f"hot-{run}",
+                    f"{run}-{label}-{i}",
+                    port=ports[i],
+                    threads=1,
+                    connections=8,
+                ),
+                range(len(ports)),
+            )
+            return sum(rate for rate, _, _ in results)
+
+    one = together([PORT, PORT], "one")
+    log, second = daphne(server.env, PORT + 1, server.data_dir)
+    try:
+        server.wait_until_up(f"http://127.0.0.1:{PORT + 1}", second, log)
+        two = together([PORT, PORT + 1], "two")
+    finally:
+        second.terminate()
+        second.wait(timeout=20)
+        log.close()
+    return one, two
 
 
 def _ms(text: str, percentile: str) -> float:
@@ -198,6 +257,7 @@ def bench_db(db: str, runs: int, duration: int, sizes: list[int]) -> dict:
         try:
             warm = min(2, duration)
             wrk(server, "/livez", warm, None, "warm")
+            wrk(server, "/anchor/insert", warm, "warm", "warm")
             wrk(server, "/api/sources", warm, "warm", "warm")
             result = {"db": db}
             for size in sizes:
@@ -212,6 +272,12 @@ def bench_db(db: str, runs: int, duration: int, sizes: list[int]) -> dict:
                 rounds.setdefault("healthz", []).append(
                     wrk(server, "/healthz", duration, None, "")
                 )
+                rounds.setdefault("django", []).append(
+                    wrk(server, "/anchor/hello", duration, None, "")
+                )
+                rounds.setdefault("orm", []).append(
+                    wrk(server, "/anchor/insert", duration, f"orm-{r}", f"o{r}")
+                )
                 rounds.setdefault("fresh", []).append(
                     wrk(server, "/api/sources", duration, f"fresh-{r}", f"f{r}")
                 )
@@ -222,6 +288,10 @@ def bench_db(db: str, runs: int, duration: int, sizes: list[int]) -> dict:
                 rounds.setdefault("batch", []).append(
                     batches(server, f"batch-{r}", 10, f"b{r}")
                 )
+                if db == "postgres":
+                    rounds.setdefault("processes", []).append(
+                        processes(server, duration, f"p{r}")
+                    )
             for name, rows in rounds.items():
                 result[name] = (
                     statistics.median(rows) if name == "batch" else median(rows)
@@ -255,15 +325,17 @@ def report(results: list[dict], runs: int, duration: int, sizes: list[int]) -> s
 def table(results: list[dict], sizes: list[int]) -> list[str]:
     """The figures of bench_db() runs as a markdown table, then the ratios."""
     lines = [
-        "| database | what | rate | p50 ms | p99 ms | vs /livez | vs /healthz |"
-        " p99/p50 |",
+        "| database | what | rate | p50 ms | p99 ms | vs Django view |"
+        " vs ORM insert | p99/p50 |",
         "|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
-        bare, healthz = r["livez"][0], r["healthz"][0]
+        view, orm = r["django"][0], r["orm"][0]
         rows = [
-            ("bare `/livez`", r["livez"]),
-            ("`/healthz`", r["healthz"]),
+            ("plain Django: JSON view", r["django"]),
+            ("plain Django: ORM insert", r["orm"]),
+            ("our bare `/livez`", r["livez"]),
+            ("our `/healthz`", r["healthz"]),
             ("single posts, fresh aggregate", r["fresh"]),
         ]
         rows += [
@@ -272,7 +344,7 @@ def table(results: list[dict], sizes: list[int]) -> list[str]:
         for name, (rate, p50, p99) in rows:
             lines.append(
                 f"| {r['db']} | {name} | {rate:,.0f} req/s | {p50:.1f} | {p99:.1f} | "
-                f"{rate / bare:.2f}× | {rate / healthz:.2f}× | {p99 / p50:.1f} |"
+                f"{rate / view:.2f}× | {rate / orm:.2f}× | {p99 / p50:.1f} |"
             )
         lines.append(
             f"| {r['db']} | batches of 1,000, one client | {r['batch']:,.0f} sources/s"
@@ -285,6 +357,15 @@ def table(results: list[dict], sizes: list[int]) -> list[str]:
                 f"- {r['db']}, {s:,} sources: "
                 f"{r[f'big-{s}'][0] / r['fresh'][0]:.2f}× the fresh rate"
             )
+    for r in results:
+        if "processes" in r:
+            one, two = r["processes"]
+            lines += [
+                "",
+                f"One hot domain on {r['db']}, single posts from two wrk processes "
+                f"of 8 connections: {one:,.0f} req/s into one daphne, {two:,.0f} "
+                f"req/s into two ({two / one:.2f}×).",
+            ]
     return lines
 
 

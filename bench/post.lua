@@ -1,5 +1,6 @@
--- wrk script: every request registers a new source (unique keys per thread and
--- request) into $BENCH_AGGREGATE of $BENCH_DOMAIN.
+-- wrk script: every request posts a new source (unique keys per thread and
+-- request) for $BENCH_AGGREGATE of $BENCH_DOMAIN to the URL's path: /api/sources,
+-- or the plain-Django anchor's /anchor/insert.
 local threads = 0
 
 function setup(thread)
@@ -22,5 +23,5 @@ function request()
     '{"domain":"%s","aggregate":"%s","collection":"%s",' ..
     '"keys":{"run":"%s","thread":"%d","n":"%d"},"attrs":{"path":"s3://bench/%d/%d"}}',
     domain, aggregate, (counter % 2 == 0) and "A" or "B", run, tid, counter, tid, counter)
-  return wrk.format("POST", "/api/sources", headers, body)
+  return wrk.format("POST", nil, headers, body)  -- nil: the URL's path
 end
