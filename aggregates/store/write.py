@@ -82,7 +82,7 @@ class Registration:
 
 
 def source_key(keys: dict[str, str]) -> str:
-    """SHA-256 hex of the canonical JSON of a source's keys (SPEC §2)."""
+    """SHA-256 hex of the canonical JSON of a source's keys (docs/concepts.md)."""
     return hashlib.sha256(canonical_json(keys).encode()).hexdigest()
 
 
@@ -171,7 +171,10 @@ def _register_postgres(
             cursor.execute(_REGISTER, params)
             rows = cursor.fetchall()
     except DatabaseError as exc:
-        raise _refusal(exc, items) or exc from None
+        refusal = _refusal(exc, items)
+        if refusal is None:
+            raise
+        raise refusal from None
     outcomes: list[Registration | StoreError] = []
     for index, (item, key, (outcome, number, position, at)) in enumerate(
         zip(items, keys, rows, strict=True)
