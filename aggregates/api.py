@@ -1,4 +1,4 @@
-"""The JSON API (SPEC §3), served by Django Ninja with async views.
+"""The JSON API (docs/api.md), served by Django Ninja with async views.
 
 Views stay thin: check the token's scope, run one store function off the event loop,
 answer JSON. Errors of every kind leave through the handlers at the bottom in the
@@ -135,7 +135,7 @@ class BearerToken(HttpBearer):
 api = NinjaAPI(
     title="Botlnek",
     version="1",
-    description="Aggregates asynchronous data-availability events. See SPEC §3.",
+    description="Aggregates asynchronous data-availability events.",
     parser=JsonParser(),
     auth=BearerToken(),
     urls_namespace="api",

@@ -1,7 +1,7 @@
 """Per-token limits: a write rate (token bucket) and open websockets.
 
-Both are off unless configured (SPEC §4) and kept per server process: behind a
-proxy spreading load over N processes a token gets up to N times the limit.
+Both are off unless configured (docs/operations.md) and kept per server process:
+behind a proxy spreading load over N processes a token gets up to N times the limit.
 """
 
 import math

@@ -33,7 +33,7 @@ def bearer_token(request: HttpRequest) -> str | None:
 
 class ApiGatewayMiddleware:
     """Authenticates every /api/ request before routing and gives every API error
-    response, the framework's own 404 and 405 included, the SPEC's JSON shape."""
+    response, the framework's own 404 and 405 included, the API's JSON error shape."""
 
     sync_capable = False
     async_capable = True

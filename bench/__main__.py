@@ -225,7 +225,7 @@ def machine() -> str:
 
 
 def targets(plan: Plan, results: dict[str, list]) -> list[tuple[str, str, bool]]:
-    """SPEC §8's service levels and the issue's: (target, measured, met)."""
+    """The service levels: (target, measured, met)."""
     rows = []
     for r in results.get("ingest", []):
         db, single = r["db"], r["fresh"][0]

@@ -17,15 +17,15 @@ DATA_DIR.mkdir(parents=True, exist_ok=True)
 DEBUG = env_bool("BOTLNEK_DEBUG", default=False)
 
 
-# Plain HTTP is served by default (SPEC §7). Behind TLS, BOTLNEK_HTTPS=1 switches on
-# production settings: redirects, secure cookies, HSTS, and a required secret key;
-# with it `manage.py check --deploy` is clean.
+# Plain HTTP is served by default (docs/operations.md). Behind TLS, BOTLNEK_HTTPS=1
+# switches on production settings: redirects, secure cookies, HSTS, and a required
+# secret key; with it `manage.py check --deploy` is clean.
 HTTPS = env_bool("BOTLNEK_HTTPS", default=False)
 
 
 def _secret_key() -> str:
     """The configured key; without one, a key generated once into the data directory
-    serves a single machine (SPEC §7), but not a production deployment whose
+    serves a single machine, but not a production deployment whose
     processes on other machines must share it."""
     configured = env_str("BOTLNEK_SECRET_KEY")
     if configured:
@@ -132,7 +132,7 @@ def _database() -> dict:
         config["TEST"] = {"NAME": str(DATA_DIR / "test.sqlite3")}
     elif engine == "django.db.backends.postgresql":
         # A pool, not CONN_MAX_AGE: under ASGI persistent connections leak one per
-        # request thread (see PERFORMANCE-NOTES).
+        # request thread (measured).
         config["CONN_MAX_AGE"] = 0
         # Server-side binding lets psycopg prepare the write path's statements once
         # per pooled connection instead of PostgreSQL planning them on every post.
@@ -209,7 +209,7 @@ STATIC_ROOT.mkdir(exist_ok=True)
 WHITENOISE_USE_FINDERS = True
 WHITENOISE_AUTOREFRESH = DEBUG
 
-# The API's own limit is 1 MiB (SPEC §2); Django enforces it while reading the body.
+# The API's own limit is 1 MiB (docs/api.md); Django enforces it while reading the body.
 DATA_UPLOAD_MAX_MEMORY_SIZE = 1024 * 1024
 
 LOGGING = {

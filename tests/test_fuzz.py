@@ -36,8 +36,8 @@ CONFIG = schemathesis.Config.from_dict(
             "max-examples": 30,  # per operation, besides the boundary cases
             "deterministic": True,
             "database": "none",
-            # NUL is refused anywhere in a string (SPEC §2), which JSON Schema cannot
-            # say of free-form attrs.
+            # NUL is refused anywhere in a string (docs/concepts.md), which JSON
+            # Schema cannot say of free-form attrs.
             "allow-x00": False,
             # Unknown query parameters and headers are ignored, as by most APIs.
             "allow-extra-parameters": False,
@@ -84,7 +84,7 @@ CONFIG = schemathesis.Config.from_dict(
             }
         ],
         "checks": {
-            # A batch over 1,000 sources is 413, as SPEC §3 says.
+            # A batch over 1,000 sources is 413, as docs/api.md says.
             "negative_data_rejection": {
                 "expected-statuses": [400, 401, 403, 404, 409, 413, 415]
             },

@@ -1,7 +1,8 @@
 """Random interleavings of new sources, duplicates, conflicts and batches, checked
-against a plain Python model: every SPEC §1 guarantee one writer can observe holds
-after every step (gapless versions and positions, one source per version, idempotent
-answers, all-or-nothing batches, states as of N that replay the first N sources)."""
+against a plain Python model: every guarantee (docs/concepts.md) one writer can
+observe holds after every step (gapless versions and positions, one source per
+version, idempotent answers, all-or-nothing batches, states as of N that replay the
+first N sources)."""
 
 import hashlib
 import json
@@ -102,7 +103,7 @@ def booleanized(value: Any) -> Any:
 
 
 def expected_key(keys: dict[str, str]) -> str:
-    """SPEC §2: SHA-256 hex of the canonical JSON (sorted keys, no spaces, UTF-8)."""
+    """SHA-256 hex of the canonical JSON (sorted keys, no spaces, UTF-8)."""
     canonical = json.dumps(
         keys, sort_keys=True, separators=(",", ":"), ensure_ascii=False
     )

@@ -36,7 +36,7 @@ AWKWARD_NUMBERS = [
 
 
 def plain_state(aggregate: Aggregate, as_of: int) -> dict:
-    """The state as SPEC §3 describes it, built from the ORM the obvious way."""
+    """The state as docs/api.md describes it, built from the ORM the obvious way."""
     versions = list(
         Version.objects.filter(aggregate=aggregate, number__lte=as_of)
         .select_related("source")

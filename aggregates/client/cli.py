@@ -1,4 +1,4 @@
-"""The `botlnek` command line (SPEC §6)."""
+"""The `botlnek` command line (docs/cli.md)."""
 
 import argparse
 import asyncio
@@ -119,7 +119,7 @@ def parser() -> argparse.ArgumentParser:
         "subscribe",
         parents=[common],
         help="print every new version as one JSON line",
-        description="Print each version frame (SPEC §4) as one JSON line; "
+        description="Print each version frame as one JSON line; "
         "reconnects and resumes by itself.",
     )
     subscribe.add_argument("--domain", required=True)

@@ -46,7 +46,7 @@ class Client:
         keys: dict[str, str] | None = None,
         attrs: dict[str, Any] | None = None,
     ) -> dict[str, Any]:
-        """Register one source; answers the SPEC §3 source answer."""
+        """Register one source; answers the API's source answer."""
         source = {
             "domain": domain,
             "aggregate": aggregate,
