@@ -100,7 +100,9 @@ ASGI_APPLICATION = "botlnek_site.asgi.application"
 TEMPLATES = [
     {
         "BACKEND": "django.template.backends.django.DjangoTemplates",
-        "DIRS": [BASE_DIR / "templates"],
+        # Every template ships inside its app (aggregates/templates/), so an
+        # installed package finds them where the code is.
+        "DIRS": [],
         "APP_DIRS": True,
         "OPTIONS": {
             "context_processors": [
@@ -205,7 +207,9 @@ USE_TZ = True
 STATIC_URL = "/static/"
 STATIC_ROOT = DATA_DIR / "static"
 STATIC_ROOT.mkdir(exist_ok=True)
-# WhiteNoise serves straight from the app directories: no collectstatic step.
+# WhiteNoise serves straight from the app directories (aggregates/static/ and the
+# admin's, inside the installed packages): no collectstatic step. STATIC_ROOT only
+# has to exist.
 WHITENOISE_USE_FINDERS = True
 WHITENOISE_AUTOREFRESH = DEBUG
 
