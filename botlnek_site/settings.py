@@ -9,9 +9,10 @@ from django.core.exceptions import ImproperlyConfigured
 from aggregates.limits import Rate
 from botlnek_site.env import env_bool, env_int, env_list, env_str
 
-BASE_DIR = Path(__file__).resolve().parent.parent
-
-DATA_DIR = Path(env_str("BOTLNEK_DATA_DIR") or BASE_DIR / "data").resolve()
+# Where this deployment keeps its files: the working directory's ./data unless
+# BOTLNEK_DATA_DIR says otherwise; never beside the code, which an installed package
+# keeps in site-packages.
+DATA_DIR = Path(env_str("BOTLNEK_DATA_DIR") or Path.cwd() / "data").resolve()
 DATA_DIR.mkdir(parents=True, exist_ok=True)
 
 DEBUG = env_bool("BOTLNEK_DEBUG", default=False)
