@@ -9,9 +9,10 @@ from django.core.exceptions import ImproperlyConfigured
 from aggregates.limits import Rate
 from botlnek_site.env import env_bool, env_int, env_list, env_str
 
-BASE_DIR = Path(__file__).resolve().parent.parent
-
-DATA_DIR = Path(env_str("BOTLNEK_DATA_DIR") or BASE_DIR / "data").resolve()
+# Where this deployment keeps its files: the working directory's ./data unless
+# BOTLNEK_DATA_DIR says otherwise; never beside the code, which an installed package
+# keeps in site-packages.
+DATA_DIR = Path(env_str("BOTLNEK_DATA_DIR") or Path.cwd() / "data").resolve()
 DATA_DIR.mkdir(parents=True, exist_ok=True)
 
 DEBUG = env_bool("BOTLNEK_DEBUG", default=False)
@@ -100,7 +101,9 @@ ASGI_APPLICATION = "botlnek_site.asgi.application"
 TEMPLATES = [
     {
         "BACKEND": "django.template.backends.django.DjangoTemplates",
-        "DIRS": [BASE_DIR / "templates"],
+        # Every template ships inside its app (aggregates/templates/), so an
+        # installed package finds them where the code is.
+        "DIRS": [],
         "APP_DIRS": True,
         "OPTIONS": {
             "context_processors": [
@@ -205,7 +208,9 @@ USE_TZ = True
 STATIC_URL = "/static/"
 STATIC_ROOT = DATA_DIR / "static"
 STATIC_ROOT.mkdir(exist_ok=True)
-# WhiteNoise serves straight from the app directories: no collectstatic step.
+# WhiteNoise serves straight from the app directories (aggregates/static/ and the
+# admin's, inside the installed packages): no collectstatic step. STATIC_ROOT only
+# has to exist.
 WHITENOISE_USE_FINDERS = True
 WHITENOISE_AUTOREFRESH = DEBUG
 

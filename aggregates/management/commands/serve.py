@@ -2,6 +2,7 @@ import os
 import secrets
 import sys
 
+from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.core.management import call_command
 from django.core.management.base import BaseCommand
@@ -25,6 +26,9 @@ class Command(BaseCommand):
         self._first_run()
         self.stdout.write(f"Serving on http://{host}:{port}/ (Ctrl-C stops)")
         self.stdout.flush()
+        # daphne serves the data directory just resolved here (./data under this
+        # working directory unless BOTLNEK_DATA_DIR is set), even a relative one.
+        os.environ["BOTLNEK_DATA_DIR"] = str(settings.DATA_DIR)
         # Replace this process with daphne so signals reach the server directly.
         os.execvp(
             sys.executable,
