@@ -16,18 +16,20 @@ from typing import Any
 from aggregates.models import Receipt, Version
 
 WIDTH = 640  # the viewBox; CSS scales it to the page
-LEFT = 76  # lane names
-RIGHT = 32  # half a tick label
+# Half a tick label either side, at the font size a phone needs (the picture is
+# drawn 0.57 times its size at 390 px, and botlnek.css enlarges its text there).
+LEFT = RIGHT = 40
+LANE_NAME = 17  # a lane's name sits above its marks
 TOP = 4
 RADIUS = 5  # a version's mark; a receipt's is as wide
 GAP = 2 * RADIUS + 3  # closer than this, two marks of a lane go on separate rows
 ROW = 14  # between the rows of a lane
 LANE_PAD = 7
-AXIS = 44  # below the lanes: tick marks, times, dates
-LABEL_CHARS = 10
+AXIS = 48  # below the lanes: tick marks, times, dates
+LABEL_CHARS = 40
 # Less than this and everything is "at once": centre it in a window this wide.
 NARROWEST = timedelta(seconds=60)
-MOST_TICKS = 6
+MOST_TICKS = 5
 STEPS = [
     1,
     2,
@@ -182,8 +184,8 @@ def _stack(lanes: list[_Lane]) -> float:
         lane.rows = max(len(ends), 1)
         lane.top = top
         for item in lane.items:
-            item["y"] = top + LANE_PAD + RADIUS + item["row"] * ROW
-        top += 2 * LANE_PAD + 2 * RADIUS + (lane.rows - 1) * ROW
+            item["y"] = top + LANE_NAME + RADIUS + item["row"] * ROW
+        top += LANE_NAME + LANE_PAD + 2 * RADIUS + (lane.rows - 1) * ROW
     return top
 
 
@@ -196,7 +198,7 @@ def _lane_json(lane: _Lane) -> dict:
         "label": label,
         "kind": lane.kind,
         "top": lane.top,
-        "label_y": lane.top + LANE_PAD + RADIUS + 4,
+        "label_y": lane.top + 14,
     }
 
 
@@ -222,13 +224,15 @@ def _ticks(start: datetime, end: datetime, x_of, axis_y: float) -> list[dict]:
             under = ""
             if previous is None or previous.date() != moment.date():
                 under = _day(moment)
+        if previous is None:
+            under += " · UTC"
         ticks.append(
             {
                 "x": x_of(moment),
                 "label": label,
                 "under": under,
-                "label_y": axis_y + 18,
-                "under_y": axis_y + 32,
+                "label_y": axis_y + 20,
+                "under_y": axis_y + 40,
             }
         )
         previous = moment

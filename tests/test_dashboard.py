@@ -285,11 +285,11 @@ def test_picture_axis_says_the_time_and_the_day_where_it_changes():
     within_hours = drawn([evening, evening + timedelta(hours=3)])
     labels = [tick["label"] for tick in within_hours["ticks"]]
     assert all(re.fullmatch(r"\d\d:\d\d", label) for label in labels), labels
-    assert [t["under"] for t in within_hours["ticks"] if t["under"]] == ["Nov 26"]
+    assert [t["under"] for t in within_hours["ticks"] if t["under"]] == ["Nov 26 · UTC"]
 
     across_days = drawn([evening, evening + timedelta(hours=40)])
     assert [t["under"] for t in across_days["ticks"] if t["under"]] == [
-        "Nov 27",
+        "Nov 27 · UTC",
         "Nov 28",
     ]
     weeks = drawn([evening, evening + timedelta(days=20)])

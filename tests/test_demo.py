@@ -23,10 +23,11 @@ def test_demo_live_posts_days_until_interrupted(transactional_db, tmp_path):
             **os.environ,
             "BOTLNEK_DATABASE_URL": database_url(),
             "BOTLNEK_DATA_DIR": str(tmp_path),
+            "PYTHONIOENCODING": "utf-8",
         },
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
-        text=True,
+        encoding="utf-8",
     )
     lines: list[str] = []
     reader = threading.Thread(
