@@ -226,11 +226,21 @@ def _ticks(start: datetime, end: datetime, x_of, axis_y: float) -> list[dict]:
                 under = _day(moment)
         if previous is None:
             under += " · UTC"
+        x = x_of(moment)
+        # The line under is longer ("Nov 30 · UTC"): kept inside the picture.
+        half = len(under) * 6
+        under_x, under_anchor = x, "middle"
+        if x - half < 0:
+            under_x, under_anchor = 4, "start"
+        elif x + half > WIDTH:
+            under_x, under_anchor = WIDTH - 4, "end"
         ticks.append(
             {
-                "x": x_of(moment),
+                "x": x,
                 "label": label,
                 "under": under,
+                "under_x": under_x,
+                "under_anchor": under_anchor,
                 "label_y": axis_y + 20,
                 "under_y": axis_y + 40,
             }
