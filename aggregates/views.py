@@ -27,6 +27,7 @@ from aggregates.models import (
     Version,
     Webhook,
 )
+from aggregates.picture import picture
 from aggregates.rules import read as rules_read
 from aggregates.rules.definition import CompiledRule, definition_json
 from aggregates.webhooks.read import webhook_json
@@ -275,7 +276,7 @@ def aggregate_context(
         "collections": [(name, collections.get(name, [])) for name in counts],
         "timeline": timeline,
         "older": timeline[-1].number if timeline and timeline[-1].number > 1 else None,
-        "picture": _picture(timeline, list(counts)),
+        "picture": picture(timeline, list(counts)),
         "diff_from": diff_from,
         "diff": diff,
         # Sources added between the two versions beyond the ones listed.
@@ -344,34 +345,3 @@ def rule_live(query: QueryDict, domain: str, rule: str) -> str:
 def rule_page(request: HttpRequest, domain: str, rule: str) -> HttpResponse:
     context = _found_or_404(rule_context, domain, rule)
     return render(request, "dashboard/rule.html", {**context, "live": True})
-
-
-def _picture(timeline: list[Version], lanes: list[str]) -> dict:
-    """Marks for an SVG: time across, one lane per collection, one mark per source."""
-    width, lane_height, margin = 720, 28, 90
-    if not timeline or not lanes:
-        return {"width": width, "height": lane_height, "lanes": [], "marks": []}
-    first, last = timeline[-1].at, timeline[0].at
-    span = max((last - first).total_seconds(), 1.0)
-    lane_index = {name: i for i, name in enumerate(lanes)}
-    marks = []
-    for version in timeline:
-        offset = (version.at - first).total_seconds() / span
-        marks.append(
-            {
-                "x": margin + offset * (width - margin - 10),
-                "y": lane_index.get(version.source.collection, 0) * lane_height + 14,
-                "version": version.number,
-                "collection": version.source.collection,
-                "keys": version.source.keys,
-                "at": version.at.strftime("%Y-%m-%d %H:%M:%S"),
-            }
-        )
-    return {
-        "width": width,
-        "height": len(lanes) * lane_height,
-        "lanes": [
-            {"name": name, "y": i * lane_height + 18} for i, name in enumerate(lanes)
-        ],
-        "marks": marks,
-    }

@@ -1,11 +1,17 @@
 """The dashboard in a real browser (Debian's Chromium driven by Playwright)."""
 
 import os
+import re
+from datetime import timedelta
 from pathlib import Path
 
+import httpx
 import pytest
+from django.core.management import call_command
+from django.utils import timezone
 
 from aggregates import store
+from aggregates.models import Aggregate
 from aggregates.store import NewSource, register_sources
 from tests.toolkit import IN_CI, ROOT
 from tests.toolkit import post as post_via_http
@@ -54,17 +60,17 @@ def post(server, aggregate, collection, **keys):
     post_via_http(server, server.token, aggregate, collection, **keys)
 
 
-def logged_in_page(browser, server):
-    page = browser.new_page()
+def logged_in_page(browser, server, path="/d/c-inputs/2026-11-26/", **options):
+    page = browser.new_page(**options)
     errors = []
     page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
     page.on("pageerror", lambda e: errors.append(str(e)))
-    page.goto(f"{server.url}/d/c-inputs/2026-11-26/")
+    page.goto(f"{server.url}{path}")
     assert "/accounts/login/" in page.url
     page.fill("input[name=username]", "ann")
     page.fill("input[name=password]", "a long passphrase")
     page.click("button:has-text('Log in')")
-    page.wait_for_url(f"{server.url}/d/c-inputs/2026-11-26/")
+    page.wait_for_url(f"{server.url}{path}")
     return page, errors
 
 
@@ -139,4 +145,136 @@ def test_the_readiness_matrix_changes_live(browser, site):
     page.screenshot(path=SCREENSHOTS / "rule.png", full_page=True)
     page.set_viewport_size({"width": 390, "height": 844})
     page.screenshot(path=SCREENSHOTS / "rule-phone.png", full_page=True)
+    assert errors == []
+
+
+# The demo's story, as `manage.py demo` writes it: every version of a day committed
+# within the same second, and C's receipts beside them.
+
+DEMO = "demo-c-inputs"
+PHONE = {"width": 390, "height": 844}
+DESKTOP = {"width": 1280, "height": 900}
+
+
+@pytest.fixture
+def demo_site(start_server, token, django_user_model):
+    call_command("demo", "--days", "3")
+    # The oldest day: C failed once there, then ran. Four more sources in one
+    # batch share their commit's very moment.
+    day = (timezone.now().date() - timedelta(days=3)).isoformat()
+    register_sources(
+        [NewSource(DEMO, day, "A", {"run": f"backfill-{i}"}) for i in range(4)]
+    )
+    django_user_model.objects.create_user("ann", password="a long passphrase")
+    server = start_server()
+    server.token = token
+    server.day = day
+    return server
+
+
+def marks_of(page) -> list[dict]:
+    """Every mark of the picture as drawn: what it is and the box it covers."""
+    return page.eval_on_selector_all(
+        "svg.picture .mark",
+        """marks => marks.map(mark => {
+            const box = mark.getBoundingClientRect();
+            const title = mark.querySelector("title");
+            return {
+                kind: mark.classList.contains("version") ? "version" : "receipt",
+                outcome: [...mark.classList].find(c => c !== "mark" && c !== "receipt"),
+                version: Number(mark.dataset.version),
+                title: title ? title.textContent : "",
+                box: [box.left, box.top, box.right, box.bottom],
+            };
+        })""",
+    )
+
+
+def overlap(a: list[float], b: list[float]) -> bool:
+    return a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]
+
+
+def test_the_picture_has_a_time_axis_and_spreads_marks_of_the_same_second(
+    browser, demo_site
+):
+    aggregate = Aggregate.objects.get(key=demo_site.day)
+    ats = set(aggregate.versions.values_list("at", flat=True))
+    assert len(ats) < aggregate.version  # versions do share their moment
+    page, errors = logged_in_page(browser, demo_site, f"/d/{DEMO}/{demo_site.day}/")
+    wait_live(page)
+
+    svg = page.locator("svg.picture")
+    assert svg.get_attribute("role") == "img"
+    # SVG elements have no innerText: their text content, then.
+    assert "Versions 1 to 7" in page.text_content("svg.picture desc")
+    ticks = page.locator("svg.picture .axis text.tick").all_text_contents()
+    assert len(ticks) >= 3
+    assert all(
+        re.fullmatch(r"\d\d:\d\d(:\d\d)?|[A-Z][a-z]{2} \d{1,2}( · UTC)?", t)
+        for t in ticks
+    )
+    assert page.locator("svg.picture .axis text.date").count() >= 1  # the day
+
+    marks = marks_of(page)
+    versions = [mark for mark in marks if mark["kind"] == "version"]
+    assert sorted(mark["version"] for mark in versions) == list(range(1, 8))
+    for mark in versions:
+        assert mark["title"].startswith(f"v{mark['version']} · ")
+        assert " UTC" in mark["title"]
+    receipts = [mark for mark in marks if mark["kind"] == "receipt"]
+    assert {(m["outcome"], m["version"]) for m in receipts} == {
+        ("failure", 2),
+        ("success", 2),
+    }
+    assert all(m["title"].startswith("run-c ran on v2: ") for m in receipts)
+    assert page.locator("svg.picture .links line").count() == len(receipts)
+    for i, a in enumerate(marks):  # no mark hides another
+        for b in marks[i + 1 :]:
+            assert not overlap(a["box"], b["box"]), (a, b)
+
+    # Live: a new version gets its mark, and the picture stays whole.
+    response = httpx.post(
+        f"{demo_site.url}/api/sources",
+        json={
+            "domain": DEMO,
+            "aggregate": demo_site.day,
+            "collection": "B",
+            "keys": {"run": "late"},
+        },
+        headers={"Authorization": f"Bearer {demo_site.token}"},
+    )
+    assert response.status_code == 201, response.text
+    page.wait_for_selector("svg.picture #mark-v8", timeout=5000)
+    marks = marks_of(page)
+    assert len([m for m in marks if m["kind"] == "version"]) == 8
+    for i, a in enumerate(marks):
+        for b in marks[i + 1 :]:
+            assert not overlap(a["box"], b["box"]), (a, b)
+    assert errors == []
+
+
+def test_pages_read_at_desktop_and_phone_width(browser, demo_site):
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    pages = {
+        "home": "/",
+        "domain": f"/d/{DEMO}/",
+        "aggregate": f"/d/{DEMO}/{demo_site.day}/",
+        "rule": f"/d/{DEMO}/rules/run-c/",
+    }
+    page, errors = logged_in_page(browser, demo_site, "/", viewport=DESKTOP)
+    for name, path in pages.items():
+        page.set_viewport_size(DESKTOP)
+        page.goto(f"{demo_site.url}{path}")
+        wait_live(page)
+        page.screenshot(path=SCREENSHOTS / f"{name}-desktop.png", full_page=True)
+        page.set_viewport_size(PHONE)
+        page.goto(f"{demo_site.url}{path}")
+        wait_live(page)
+        page.screenshot(path=SCREENSHOTS / f"{name}-phone.png", full_page=True)
+        width = page.evaluate("document.documentElement.scrollWidth")
+        assert width <= PHONE["width"], f"{name} is {width} px wide on a phone"
+        font = page.evaluate(
+            "parseFloat(getComputedStyle(document.querySelector('main')).fontSize)"
+        )
+        assert font >= 14, name
     assert errors == []

@@ -1,11 +1,16 @@
 """Dashboard pages: login, content, as-of and diff, receipts, flat query counts."""
 
+import re
+from datetime import UTC, datetime, timedelta
+from itertools import pairwise
+
 import pytest
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
 
 from aggregates import store
-from aggregates.models import Aggregate, Receipt, Rule
+from aggregates.models import Aggregate, Receipt, Rule, Source, Version
+from aggregates.picture import picture
 from aggregates.rules import engine
 from aggregates.store import NewSource, register_sources
 from tests.toolkit import fill
@@ -86,6 +91,10 @@ def test_aggregate_page_shows_state_timeline_picture_and_receipts(admin_client, 
     assert "s3://b" in html  # attrs pretty-printed
     assert html.count("<circle") == 3  # one mark per source
     assert "run-c ran on version 2 — success, exit 0, 41.0 s" in html
+    picture = html[html.index('<svg class="picture"') : html.index("</svg>")]
+    assert '<text class="tick"' in picture  # a time axis
+    assert '<path class="mark receipt success" data-version="2"' in picture
+    assert "<title>run-c ran on v2: success, exit 0, 41.0 s · " in picture
 
 
 def test_as_of_version_shows_nothing_newer(admin_client, seed):
@@ -241,3 +250,54 @@ def test_domain_page_shows_webhooks_health(admin_client, seed):
     )
     assert "msg_v1_1 #1: HTTP 410" in html
     assert cells(html, f"webhook-{healthy.pk}")[2] == "healthy"
+
+
+def test_picture_stacks_versions_of_the_same_moment(admin_client, domain):
+    register_sources(  # one batch: one commit, one moment
+        [NewSource("c-inputs", "batch", "AB"[i % 2], {"i": str(i)}) for i in range(7)]
+    )
+    html = admin_client.get("/d/c-inputs/batch/").content.decode()
+    marks = re.findall(
+        r'<circle class="mark version" id="mark-v(\d+)" data-version="\d+" '
+        r'cx="([\d.]+)" cy="([\d.]+)" r="5"><title>([^<]*)</title>',
+        html,
+    )
+    assert sorted(int(number) for number, *_ in marks) == list(range(1, 8))
+    assert len({x for _, x, _, _ in marks}) == 1  # the same moment
+    rows = sorted(float(y) for _, _, y, _ in marks)
+    assert all(b - a >= 10 for a, b in pairwise(rows))  # apart
+    assert all(title.endswith(" UTC") for *_, title in marks)
+
+
+def drawn(moments: list[datetime], collection: str = "A") -> dict:
+    """The picture of versions at `moments`, none of them stored."""
+    versions = []
+    for number, at in enumerate(moments, start=1):
+        version = Version(number=number, position=number, at=at)
+        version.source = Source(collection=collection, keys={"n": str(number)})
+        version.receipt_list = []
+        versions.append(version)
+    return picture(versions[::-1], [collection])
+
+
+def test_picture_axis_says_the_time_and_the_day_where_it_changes():
+    evening = datetime(2026, 11, 26, 18, 0, tzinfo=UTC)
+    within_hours = drawn([evening, evening + timedelta(hours=3)])
+    labels = [tick["label"] for tick in within_hours["ticks"]]
+    assert all(re.fullmatch(r"\d\d:\d\d", label) for label in labels), labels
+    assert [t["under"] for t in within_hours["ticks"] if t["under"]] == ["Nov 26 · UTC"]
+
+    across_days = drawn([evening, evening + timedelta(hours=40)])
+    assert [t["under"] for t in across_days["ticks"] if t["under"]] == [
+        "Nov 27 · UTC",
+        "Nov 28",
+    ]
+    weeks = drawn([evening, evening + timedelta(days=20)])
+    assert all(re.fullmatch(r"[A-Z][a-z]{2} \d+", t["label"]) for t in weeks["ticks"])
+
+    one_second = drawn([evening, evening, evening + timedelta(milliseconds=3)])
+    seconds = [tick["label"] for tick in one_second["ticks"]]
+    assert all(re.fullmatch(r"\d\d:\d\d:\d\d", label) for label in seconds)
+    spots = {(mark["x"], mark["y"]) for mark in one_second["marks"]}
+    assert len(spots) == 3
+    assert "all at 2026-11-26 18:00:00 UTC" in one_second["description"]

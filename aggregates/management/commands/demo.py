@@ -1,63 +1,91 @@
-from datetime import timedelta
+import signal
+import threading
+from datetime import date, timedelta
 
-from django.core.management.base import BaseCommand
+from django.core.management.base import BaseCommand, CommandError
 from django.utils import timezone
 
 from aggregates import store
-from aggregates.models import Receipt, Rule
+from aggregates.models import Rule
 from aggregates.rules import engine
-from aggregates.store import NewSource, register_sources
+from aggregates.store import NewSource, Registration, register_sources
+
+WATCHER = "run-c"
+
+
+def day_sources(domain: str, day: str) -> list[NewSource]:
+    """One day of the story, in the order it arrives: A's morning run, B, A's
+    afternoon run."""
+    return [
+        NewSource(domain, day, "A", {"run": "am"}, {"path": f"s3://a/{day}/am"}),
+        NewSource(domain, day, "B", {}, {"path": f"s3://b/{day}", "rows": 1200}),
+        NewSource(domain, day, "A", {"run": "pm"}, {"path": f"s3://a/{day}/pm"}),
+    ]
+
+
+def ran_c(domain: str, day: str, version: int, *, failed: bool = False) -> None:
+    """C's watcher reports a run, through the write path's receipts."""
+    store.record_receipt(
+        watcher=WATCHER,
+        domain=domain,
+        aggregate=day,
+        version=version,
+        outcome="failure" if failed else "success",
+        exit_code=1 if failed else 0,
+        duration_s=3.2 if failed else 41.0,
+        detail="s3: connection reset; retried" if failed else "",
+    )
 
 
 class Command(BaseCommand):
     help = (
         "Fill a demo domain with the A/B/C story: A publishes twice a day, B once, "
         "and C ran once both were there; a rule says when C may run, and that "
-        "one day is late (B never came)."
+        "one day is late (B never came). With --live, keep posting a simulated "
+        "day every few seconds until Ctrl-C."
     )
 
     def add_arguments(self, parser):
         parser.add_argument("--domain", default="demo-c-inputs")
         parser.add_argument("--days", type=int, default=7)
+        parser.add_argument(
+            "--live",
+            action="store_true",
+            help="then post like a realistic day (A twice, B once) until Ctrl-C",
+        )
+        parser.add_argument(
+            "--interval",
+            type=float,
+            default=6.0,
+            help="seconds per simulated day with --live (default 6)",
+        )
 
-    def handle(self, *args, domain, days, **options):
+    def handle(self, *args, domain, days, live, interval, **options):
+        if not interval > 0:
+            raise CommandError("--interval must be more than 0 seconds")
+        self.fill(domain, days)
+        self.stdout.write(f"Demo domain {domain!r} is ready: open /d/{domain}/")
+        if live:
+            self.stdout.flush()
+            self.live(domain, interval)
+
+    def fill(self, domain: str, days: int) -> None:
         store.create_domain(domain, {"about": "the A/B/C story: C needs A and B"})
         today = timezone.now().date()
         # The day B never came: late under the rule below.
         missing_b = (today - timedelta(days=2)).isoformat()
         for offset in range(days, 0, -1):
             day = (today - timedelta(days=offset)).isoformat()
-            sources = [
-                NewSource(
-                    domain, day, "A", {"run": "am"}, {"path": f"s3://a/{day}/am"}
-                ),
-                NewSource(
-                    domain, day, "B", {}, {"path": f"s3://b/{day}", "rows": 1200}
-                ),
-                NewSource(
-                    domain, day, "A", {"run": "pm"}, {"path": f"s3://a/{day}/pm"}
-                ),
-            ]
+            sources = day_sources(domain, day)
             if day == missing_b:
                 sources.pop(1)
             results = [register_sources([source])[0] for source in sources]
             if day != missing_b and results[1].created:  # C ran when B came
-                Receipt.objects.create(
-                    aggregate=store.get_aggregate(domain, day),
-                    watcher="run-c",
-                    version=results[1].version,
-                    outcome="success",
-                    exit_code=0,
-                    duration_s=41.0,
-                )
+                if offset == days and days > 2:  # the first time, after a retry
+                    ran_c(domain, day, results[1].version, failed=True)
+                ran_c(domain, day, results[1].version)
         # Today: A has arrived, B not yet, so C is still waiting.
-        register_sources(
-            [
-                NewSource(
-                    domain, today.isoformat(), "A", {"run": "am"}, {"path": "s3://a"}
-                )
-            ]
-        )
+        register_sources(day_sources(domain, today.isoformat())[:1])
         # When C may run: A twice and B once, due 30 hours after the day began.
         Rule.objects.get_or_create(
             domain=store.get_domain(domain),
@@ -70,4 +98,60 @@ class Command(BaseCommand):
             },
         )
         engine.catch_up(domain)
-        self.stdout.write(f"Demo domain {domain!r} is ready: open /d/{domain}/")
+
+    def live(self, domain: str, interval: float) -> None:
+        """A simulated day every `interval` seconds, from today on: its three
+        sources a third of the interval apart, then C's run (every fourth day
+        it fails once first). Sources already there are skipped without waiting,
+        so running it again carries on where it stopped."""
+        stop = threading.Event()
+        previous = {
+            sig: signal.signal(sig, lambda *_: stop.set())
+            for sig in (signal.SIGINT, signal.SIGTERM)
+        }
+        self.say(
+            f"Posting a simulated day every {interval:g} s into {domain!r}; "
+            "Ctrl-C stops."
+        )
+        try:
+            day = timezone.now().date()
+            while not stop.is_set():
+                self.post_day(domain, day, interval / 3, stop)
+                day += timedelta(days=1)
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+        self.say("Stopped.")
+
+    def post_day(
+        self, domain: str, day: date, pause: float, stop: threading.Event
+    ) -> None:
+        key = day.isoformat()
+        for source in day_sources(domain, key):
+            if stop.is_set():
+                return
+            result = register_sources([source])[0]
+            engine.catch_up(domain)
+            self.say(self.describe(source, result))
+            if not result.created:
+                continue
+            if source.keys.get("run") == "pm":  # A twice and B once: C runs
+                if day.toordinal() % 4 == 0:
+                    ran_c(domain, key, result.version, failed=True)
+                    self.say(f"{key} {WATCHER} ran on v{result.version}: failure")
+                ran_c(domain, key, result.version)
+                self.say(f"{key} {WATCHER} ran on v{result.version}: success")
+            if stop.wait(pause):
+                return
+
+    @staticmethod
+    def describe(source: NewSource, result: Registration) -> str:
+        keys = " ".join(f"{k}={v}" for k, v in sorted(source.keys.items()))
+        what = f"{source.aggregate} {source.collection}{' ' + keys if keys else ''}"
+        if not result.created:
+            return f"{what}: already there as v{result.version}"
+        return f"{what} → v{result.version}, position {result.position}"
+
+    def say(self, line: str) -> None:
+        self.stdout.write(line)
+        self.stdout.flush()  # a pipe buffers: whoever watches sees each post now
