@@ -334,6 +334,7 @@ async def post_sources(request: HttpRequest):
     if not batch:
         # Posts arriving together share one transaction, each answered alone.
         result = await group_commit.register(sources[0])
+        request.ingested = ("single", (result.domain,))  # timed by the middleware
         return json_response(result.as_json(), 201 if result.created else 200)
     try:
         results = await db.write(store.register_sources, sources)
@@ -343,6 +344,7 @@ async def post_sources(request: HttpRequest):
         field = f"[{exc.index}].{exc.field}"
         detail = f"item {exc.index}: {exc.detail}; nothing was written"
         raise ApiError(exc.status, exc.code, detail, {field: exc.detail}) from None
+    request.ingested = ("batch", sorted({r.domain for r in results}))
     return json_response({"results": [r.as_json() for r in results]})
 
 

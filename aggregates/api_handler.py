@@ -115,7 +115,7 @@ class APIHandler(ASGIHandler):
         )
 
 
-API_PREFIXES = ("/api/", "/livez", "/healthz")
+API_PREFIXES = ("/api/", "/livez", "/healthz", "/metrics")
 
 
 def route_http(*, api, site):

@@ -6,17 +6,18 @@ class AggregatesConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self) -> None:
-        from aggregates import serving
+        from aggregates import metrics, serving
         from aggregates.live import events, hub
         from aggregates.rules.engine import runner
         from aggregates.webhooks.delivery import deliverer
 
         # What commits is announced to this process's live delivery; the domains
-        # with rules are stepped soon after, and webhooks called.
+        # with rules are stepped soon after, webhooks called, versions counted.
         events.versions_committed.connect(hub.publish)
         events.rule_events_committed.connect(hub.publish_rule_events)
         events.versions_committed.connect(runner.versions_committed)
         events.versions_committed.connect(deliverer.committed)
+        events.versions_committed.connect(metrics.versions_committed)
         events.rule_events_committed.connect(deliverer.committed)
         serving.in_background(runner.clock)
         serving.in_background(deliverer.run)

@@ -9,7 +9,7 @@ from django.conf import settings
 from django.db import DatabaseError
 from django.http import HttpRequest, HttpResponse
 
-from aggregates import tokens
+from aggregates import metrics, tokens
 from aggregates.errors import error_response
 
 logger = logging.getLogger("botlnek.api")
@@ -18,6 +18,8 @@ request_log = logging.getLogger("botlnek.requests")
 
 # API paths anyone may read: the OpenAPI document and its browsable docs.
 PUBLIC_API_PATHS = {"/api/openapi.json", "/api/docs"}
+# Prometheus' scrape path: a read token too, unless BOTLNEK_PUBLIC_METRICS=1.
+METRICS_PATH = "/metrics"
 _REASONS = {
     404: ("not_found", "no such path in the API; see /api/docs"),
     405: ("method_not_allowed", "this path does not accept {method}"),
@@ -31,9 +33,16 @@ def bearer_token(request: HttpRequest) -> str | None:
     return token.strip()
 
 
+def needs_token(path: str) -> bool:
+    if path.startswith("/api/"):
+        return path not in PUBLIC_API_PATHS
+    return path == METRICS_PATH and not settings.BOTLNEK_PUBLIC_METRICS
+
+
 class ApiGatewayMiddleware:
-    """Authenticates every /api/ request before routing and gives every API error
-    response, the framework's own 404 and 405 included, the API's JSON error shape."""
+    """Authenticates every /api/ request (and /metrics) before routing, gives every
+    API error response, the framework's own 404 and 405 included, the API's JSON
+    error shape, and logs and counts each request."""
 
     sync_capable = False
     async_capable = True
@@ -45,21 +54,22 @@ class ApiGatewayMiddleware:
     async def __call__(self, request: HttpRequest) -> HttpResponse:
         started = time.perf_counter()
         response = await self._respond(request)
+        seconds = time.perf_counter() - started
+        metrics.request_served(request, response.status_code, seconds)
         if request_log.isEnabledFor(logging.INFO):
             token = getattr(request, "api_token", None)
             line = {
                 "method": request.method,
                 "path": request.path_info,
                 "status": response.status_code,
-                "ms": round((time.perf_counter() - started) * 1000, 2),
+                "ms": round(seconds * 1000, 2),
                 "token": token.name if token is not None else None,
             }
             request_log.info(json.dumps(line, ensure_ascii=False))
         return response
 
     async def _respond(self, request: HttpRequest) -> HttpResponse:
-        path = request.path_info
-        if not path.startswith("/api/") or path in PUBLIC_API_PATHS:
+        if not needs_token(request.path_info):
             return await self.get_response(request)
         raw = bearer_token(request)
         if raw is None:

@@ -79,9 +79,9 @@ INSTALLED_APPS = [
     "aggregates",
 ]
 
-# The JSON API (/api/, /livez, /healthz) is served by aggregates.api_handler.APIHandler
-# with ApiGatewayMiddleware alone (botlnek_site.asgi routes it there); this stack is
-# the dashboard's and the admin's.
+# The JSON API (/api/, /livez, /healthz) and /metrics are served by
+# aggregates.api_handler.APIHandler with ApiGatewayMiddleware alone
+# (botlnek_site.asgi routes them there); this stack is the dashboard's and the admin's.
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
@@ -199,6 +199,9 @@ LOGIN_REDIRECT_URL = "/"
 LOGOUT_REDIRECT_URL = "/"
 # Anyone may read the dashboard (never write: it has no forms that change data).
 BOTLNEK_PUBLIC_DASHBOARD = env_bool("BOTLNEK_PUBLIC_DASHBOARD", default=False)
+# GET /metrics needs a read token for every domain, unless this makes it public
+# (for a scraper on a private network that holds no token).
+BOTLNEK_PUBLIC_METRICS = env_bool("BOTLNEK_PUBLIC_METRICS", default=False)
 
 LANGUAGE_CODE = "en-us"
 TIME_ZONE = "UTC"

@@ -2,7 +2,7 @@ from django.contrib import admin
 from django.contrib.auth import views as auth_views
 from django.urls import path
 
-from aggregates import views
+from aggregates import metrics, views
 from aggregates.api import api
 from aggregates.health import healthz, livez
 
@@ -10,6 +10,7 @@ urlpatterns = [
     path("api/", api.urls),
     path("livez", livez, name="livez"),
     path("healthz", healthz, name="healthz"),
+    path("metrics", metrics.scrape, name="metrics"),
     path("admin/", admin.site.urls),
     path("accounts/login/", auth_views.LoginView.as_view(), name="login"),
     path("accounts/logout/", auth_views.LogoutView.as_view(), name="logout"),

@@ -15,6 +15,7 @@ import json
 import logging
 from collections import Counter
 from collections.abc import Sequence
+from datetime import datetime
 from typing import Any, Protocol
 
 from asgiref.sync import async_to_sync
@@ -101,13 +102,15 @@ def _report(future) -> None:
 class Frame:
     """One version as sent to subscribers, its JSON built at most once per mode."""
 
-    __slots__ = ("_full", "aggregate", "body", "position", "version")
+    __slots__ = ("_full", "aggregate", "body", "committed_at", "position", "version")
 
     def __init__(self, frame: dict[str, Any]):
         self.aggregate: str = frame["aggregate"]
         self.version: int = frame["version"]
         self.position: int = frame["position"]
         self.body = frame  # with "counts"
+        # Unix time of the commit, for the commit → send delay (aggregates.metrics).
+        self.committed_at = datetime.fromisoformat(frame["at"]).timestamp()
         self._full: asyncio.Future | None = None
 
     @property

@@ -5,6 +5,7 @@ from collections.abc import AsyncIterator
 
 from django.conf import settings
 
+from aggregates import metrics
 from aggregates.live.hub import Frame
 from aggregates.live.subscription import SubscribeIn, Subscription
 
@@ -18,8 +19,11 @@ class SseSink:
     and loses nothing.
     """
 
+    transport = "sse"
+
     def __init__(self) -> None:
         self.events: asyncio.Queue[str | None] = asyncio.Queue()
+        self.ended = False
 
     async def subscribed(self, subscription: Subscription, latest: int) -> None:
         pass  # SSE has no such event; the stream itself says so
@@ -28,13 +32,16 @@ class SseSink:
         data = await frame.text(subscription.mode)
         kind = subscription.stream.kind
         self.events.put_nowait(f"id: {frame.cursor}\nevent: {kind}\ndata: {data}\n\n")
-        if self.events.qsize() > settings.BOTLNEK_WS_MAX_PENDING:
-            self.overflow()  # a reader this far behind: end rather than buffer
+        if self.events.qsize() > settings.BOTLNEK_WS_MAX_PENDING and not self.ended:
+            # A reader this far behind: end rather than buffer.
+            metrics.slow_consumer_disconnected(self.transport)
+            self.overflow()
 
     def is_slow(self) -> bool:
         return False  # its own queue is bounded by version()
 
     def overflow(self) -> None:
+        self.ended = True
         self.events.put_nowait(None)
 
 

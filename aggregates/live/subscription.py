@@ -13,7 +13,7 @@ from typing import Any, Literal, Protocol
 from django.conf import settings
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from aggregates import db, store
+from aggregates import db, metrics, store
 from aggregates.live import hub
 from aggregates.rules.read import rule_events
 from aggregates.schemas import DomainKey, Key
@@ -53,6 +53,8 @@ class SubscribeIn(BaseModel):
 
 class Sink(Protocol):
     """Where a subscription's frames go: a websocket, or an SSE response."""
+
+    transport: str  # "websocket" or "sse", as the metrics name it
 
     async def subscribed(self, subscription: "Subscription", latest: int) -> None: ...
 
@@ -163,6 +165,7 @@ class Subscription:
         # a long replay must not pile them up (the database has them anyway).
         self.replaying = True
         self.seen = 0
+        self.series = metrics.LiveSeries(sink.transport, self.stream.kind)
 
     def offer(self, frame) -> None:
         if self.replaying:
@@ -214,8 +217,12 @@ class Subscription:
     async def _deliver(self, frame) -> None:
         if self.stream.wants(frame):
             await self.sink.version(self, frame)
+            # A replayed version's delay says how far back the client resumed.
+            live = not self.replaying and self.stream.kind == "version"
+            self.series.sent(frame.committed_at if live else None)
 
     async def stop(self) -> None:
+        self.series.close()
         if self.task is not None:
             self.task.cancel()
         await hub.hub().unlisten(self.stream.feed, self)

@@ -12,7 +12,7 @@ from typing import Any
 from channels.generic.websocket import AsyncWebsocketConsumer
 from pydantic import ValidationError
 
-from aggregates import db, limits, store
+from aggregates import db, limits, metrics, store
 from aggregates.errors import NotFound, field_errors, summary
 from aggregates.live import daphne_transport
 from aggregates.live.hub import Frame
@@ -40,6 +40,7 @@ class SubscribeConsumer(AsyncWebsocketConsumer):
     # Redis subscription per connection (1,000 of them outlast daphne's 5 s
     # handshake timeout).
     channel_layer_alias = "botlnek-sockets-are-fed-by-the-hub"
+    transport = "websocket"
 
     async def connect(self) -> None:
         self.token = self.scope.get("api_token")
@@ -176,6 +177,7 @@ class SubscribeConsumer(AsyncWebsocketConsumer):
         if not self.closing:
             self.closing = True
             logger.warning("closing a subscriber that fell behind (1013)")
+            metrics.slow_consumer_disconnected(self.transport)
             reason = "too many pending frames; resume from your last position"
             # Stop taking frames at once; what was sent stays for the reader.
             self._stopping = asyncio.ensure_future(self.disconnect(1013))

@@ -33,7 +33,7 @@ from django.db import DatabaseError, connection, transaction
 from django.db.models import F, Max
 from django.utils import timezone
 
-from aggregates import db
+from aggregates import db, metrics
 from aggregates.live import events
 from aggregates.models import Rule, RuleStatus, Source, Version
 from aggregates.rules import evaluate, sql
@@ -80,8 +80,16 @@ def step(domain_key: str, now: datetime | None = None) -> bool:
         more = work.run()
         committed = work.save()
     if committed:
-        transaction.on_commit(lambda: events.rule_events_committed.send(committed))
+        recorded = [happened.event for _, happened in work.happened]
+        transaction.on_commit(lambda: _announce(domain_key, committed, recorded))
     return more
+
+
+def _announce(
+    domain: str, committed: list[events.RuleEventsCommitted], recorded: list[str]
+) -> None:
+    metrics.rule_events_recorded(domain, recorded)
+    events.rule_events_committed.send(committed)
 
 
 def _lock_rules(domain_key: str) -> list[Rule] | None:

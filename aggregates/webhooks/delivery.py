@@ -34,7 +34,7 @@ from django.db.models import F, Q
 from django.utils import timezone
 from standardwebhooks import Webhook as Signer
 
-from aggregates import db, leases, serving, store
+from aggregates import db, leases, metrics, serving, store
 from aggregates.models import Webhook, WebhookDelivery
 from aggregates.rules.read import rule_events
 from aggregates.webhooks.write import host_allowed
@@ -308,6 +308,7 @@ class Deliverer:
             event_id=event.event_id, attempt=webhook.attempts + 1, at=timezone.now()
         )
         started = time.perf_counter()
+        failure = None
         try:
             host = urlsplit(webhook.url).hostname or ""
             if not host_allowed(host):
@@ -330,7 +331,9 @@ class Deliverer:
             attempt.status_code = response.status_code
         except (httpx.HTTPError, OSError, ValueError) as exc:
             attempt.error = f"{type(exc).__name__}: {exc}".rstrip(": ")[:500]
+            failure = exc
         attempt.ms = (time.perf_counter() - started) * 1000
+        metrics.webhook_delivered(webhook.domain.key, attempt.status_code, failure)
         return attempt
 
 
