@@ -217,10 +217,14 @@ class SseFollower(threading.Thread):
         self.give_up = time.monotonic() + deadline
         self.seen: list[int] = []
         self.connections = 0
+        self.open = threading.Event()  # its first stream was answered
+        self.stopped = threading.Event()  # the test is over: give up
 
     def run(self) -> None:
         params = {"domain": "c-inputs", "mode": "delta", "after_position": 0}
         while len(self.seen) < self.total and time.monotonic() < self.give_up:
+            if self.stopped.is_set():
+                return
             headers = {"Authorization": f"Bearer {self.token}"}
             if self.seen:
                 headers["Last-Event-ID"] = str(self.seen[-1])
@@ -230,11 +234,14 @@ class SseFollower(threading.Thread):
                     "GET", self.url, params=params, headers=headers, timeout=30
                 ) as response:
                     assert response.status_code == 200, response.read()
+                    self.open.set()
                     for _ in read_sse(response, self.seen):
                         if len(self.seen) >= self.total:
                             return
             except httpx.TransportError:
-                pass  # the process behind it died: resume through nginx
+                # The process behind it died: resume through nginx, after a pause
+                # (as an EventSource does) so a refused connection does not spin.
+                self.stopped.wait(0.2)
 
 
 @pytest.mark.postgres
@@ -257,6 +264,9 @@ def test_two_processes_behind_nginx_deliver_everything_across_a_killed_process(
     sse.start()
 
     def write() -> None:
+        # The two streams open first, so each process holds one (least_conn) and
+        # the posts then alternate between them.
+        wait_for(lambda: subscribed and sse.open.is_set(), 20, "both streams open")
         first = Writer(through_nginx, token, items[:kill_at])
         first.run()
         # Both streams are live mid-way, and posts went to both processes.
@@ -298,8 +308,9 @@ def test_two_processes_behind_nginx_deliver_everything_across_a_killed_process(
 
     try:
         asyncio.run(scenario())
+        sse.join(timeout=60)
     finally:
-        sse.join(timeout=90)
+        sse.stopped.set()
 
     assert doomed and doomed[0].process.returncode == -signal.SIGKILL
     assert [len(w.answers) for w in writers] == [kill_at, total - kill_at]
