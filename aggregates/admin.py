@@ -1,6 +1,5 @@
 from django import forms
 from django.contrib import admin, messages
-from django.utils import timezone
 from pydantic import ValidationError
 
 from aggregates.errors import field_errors
@@ -11,16 +10,16 @@ from aggregates.models import (
     Receipt,
     Rule,
     RuleEvent,
-    RuleStatus,
     Source,
     Version,
     Webhook,
     WebhookDelivery,
 )
 from aggregates.rules.definition import RuleIn
+from aggregates.rules.write import reexamine, start_position
 from aggregates.tokens import create_token, forget_all
 from aggregates.values import key_rule
-from aggregates.webhooks.write import new_secret
+from aggregates.webhooks.write import new_secret, resume, start_cursor
 
 
 @admin.register(Domain)
@@ -177,12 +176,9 @@ class RuleAdmin(admin.ModelAdmin):
                 name for name in form.changed_data if name in RuleForm.Meta.fields
             ]
             obj.save(update_fields=fields or None)
-            # As a PUT does: every status the rule may still change, re-examined.
-            RuleStatus.objects.filter(rule=obj).exclude(
-                status=RuleStatus.Status.FIRED
-            ).update(next_due_at=timezone.now())
+            reexamine(obj, obj.trigger)  # as a PUT does
             return
-        obj.position = obj.domain.latest_position if obj.start == Rule.Start.NOW else 0
+        obj.position = start_position(obj.domain, obj.start)
         super().save_model(request, obj, form, change)
 
 
@@ -241,15 +237,20 @@ class WebhookAdmin(admin.ModelAdmin):
     def save_model(self, request, obj, form, change):
         if not change:
             obj.secret = new_secret()
-            obj.cursor = obj.rule.latest_seq if obj.rule else obj.domain.latest_position
+            obj.cursor = start_cursor(obj.domain, obj.rule)
             super().save_model(request, obj, form, change)
             messages.warning(
                 request, f"The signing secret, shown this once: {obj.secret}"
             )
             return
-        if "paused" in form.changed_data and not obj.paused:
-            obj.paused_reason, obj.attempts = "", 0
-            obj.failing_since = obj.next_attempt_at = None
+        # As a PUT does: another stream starts from what comes next on.
+        if "rule" in form.changed_data:
+            obj.cursor = start_cursor(obj.domain, obj.rule)
+        if "paused" in form.changed_data:
+            if obj.paused:
+                obj.paused_reason = "paused in the admin"
+            else:
+                resume(obj)
         super().save_model(request, obj, form, change)
 
 

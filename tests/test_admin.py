@@ -124,3 +124,38 @@ def test_rules_are_defined_in_the_admin_as_in_the_api(admin_client, history):
     assert added.status_code == 302
     rule = Rule.objects.get()
     assert (rule.when, rule.position) == ("A >= 1 and B >= 1", 10)  # from now on
+
+
+def test_webhooks_are_changed_in_the_admin_as_in_the_api(admin_client, history):
+    from aggregates.models import Domain, Rule, Webhook
+
+    domain = Domain.objects.get(key="c-inputs")
+    rule = Rule.objects.create(domain=domain, name="run-c", when="A >= 1", latest_seq=3)
+    form = {
+        "domain": domain.pk,
+        "url": "https://hooks.example.com/botlnek",
+        "events": '["version"]',
+        "rule": "",
+        "description": "",
+    }
+    added = admin_client.post("/admin/aggregates/webhook/add/", form)
+    assert added.status_code == 302
+    webhook = Webhook.objects.get()
+    assert webhook.secret.startswith("whsec_")
+    assert webhook.cursor == 10  # the events from now on
+
+    def change(**fields) -> Webhook:
+        page = f"/admin/aggregates/webhook/{webhook.pk}/change/"
+        response = admin_client.post(page, {**form, **fields})
+        assert response.status_code == 302, response.content
+        return Webhook.objects.get()
+
+    # Another stream: its cursor counts that stream's events, from now on.
+    switched = change(events='["rule.fired"]', rule=rule.pk)
+    assert (switched.rule, switched.cursor) == (rule, 3)
+    paused = change(events='["rule.fired"]', rule=rule.pk, paused="on")
+    assert (paused.paused, paused.paused_reason) == (True, "paused in the admin")
+    Webhook.objects.update(attempts=7, paused_reason="HTTP 410 Gone")
+    resumed = change(events='["rule.fired"]', rule=rule.pk)
+    assert (resumed.paused, resumed.paused_reason, resumed.attempts) == (False, "", 0)
+    assert resumed.cursor == 3  # where it stopped

@@ -20,9 +20,7 @@ def create_rule(domain: str, definition: RuleIn) -> dict:
         raise StoreError(f"{definition.name!r} is a reserved name", field="name")
     found = get_domain(domain)
     with transaction.atomic():
-        position = 0
-        if definition.start == Rule.Start.NOW:
-            position = Domain.objects.get(pk=found.pk).latest_position
+        position = start_position(found, definition.start)
         try:
             with transaction.atomic():
                 rule = Rule.objects.create(
@@ -49,12 +47,25 @@ def replace_rule(domain: str, name: str, definition: RuleIn) -> dict:
     fields = definition.fields()
     fields.pop("start")  # where a rule started is history
     with transaction.atomic():
-        Rule.objects.filter(pk=rule.pk).update(**fields)
-        waiting = RuleStatus.objects.filter(rule=rule)
-        if definition.trigger == Rule.Trigger.ONCE:
-            waiting = waiting.exclude(status=RuleStatus.Status.FIRED)
-        waiting.update(next_due_at=timezone.now())
+        Rule.objects.filter(pk=rule.pk).update(**fields)  # the engine's lock, too
+        reexamine(rule, definition.trigger)
     return read_rule(domain, name)
+
+
+def start_position(domain: Domain, start: str) -> int:
+    """Where a new rule starts reading its domain: now, or from the beginning."""
+    if start == Rule.Start.NOW:
+        return Domain.objects.get(pk=domain.pk).latest_position
+    return 0
+
+
+def reexamine(rule: Rule, trigger: str) -> None:
+    """After a new definition: every status the rule may still change is due now
+    (a once-rule's fired aggregates stay fired)."""
+    waiting = RuleStatus.objects.filter(rule=rule)
+    if trigger == Rule.Trigger.ONCE:
+        waiting = waiting.exclude(status=RuleStatus.Status.FIRED)
+    waiting.update(next_due_at=timezone.now())
 
 
 def delete_rule(domain: str, name: str) -> None:

@@ -92,8 +92,9 @@ def new_secret() -> str:
     return "whsec_" + base64.b64encode(secrets.token_bytes(24)).decode()
 
 
-def _start(domain: Domain, rule: Rule | None) -> int:
-    """A new webhook starts with the events recorded after its creation."""
+def start_cursor(domain: Domain, rule: Rule | None) -> int:
+    """A new webhook (or one switched to another stream) starts with the events
+    recorded from now on."""
     if rule is None:
         return Domain.objects.get(pk=domain.pk).latest_position
     return Rule.objects.get(pk=rule.pk).latest_seq
@@ -110,7 +111,7 @@ def create_webhook(domain: str, definition: WebhookIn) -> dict:
         rule=rule,
         description=definition.description,
         secret=secret,
-        cursor=_start(found, rule),
+        cursor=start_cursor(found, rule),
     )
     return {**webhook_json(get_webhook(domain, webhook.pk)), "secret": secret}
 
@@ -132,17 +133,21 @@ def change_webhook(domain: str, webhook_id: int, change: WebhookChange) -> dict:
                 raise StoreError(str(exc), field="events") from None
             rule = get_rule(domain, rule_name) if rule_name else None
             if rule != webhook.rule:  # another stream: from what comes next on
-                webhook.cursor = _start(webhook.domain, rule)
+                webhook.cursor = start_cursor(webhook.domain, rule)
             webhook.events, webhook.rule = events, rule
         if fields.get("paused") is False and webhook.paused:
-            # Resumes where it stopped: the same event, at once.
-            webhook.paused, webhook.paused_reason = False, ""
-            webhook.attempts, webhook.failing_since = 0, None
-            webhook.next_attempt_at = None
+            resume(webhook)
         elif fields.get("paused"):
             webhook.paused, webhook.paused_reason = True, "paused through the API"
         webhook.save()
     return webhook_json(get_webhook(domain, webhook_id))
+
+
+def resume(webhook: Webhook) -> None:
+    """Un-paused: it resumes where it stopped, with the same event, at once."""
+    webhook.paused, webhook.paused_reason = False, ""
+    webhook.attempts, webhook.failing_since = 0, None
+    webhook.next_attempt_at = None
 
 
 def delete_webhook(domain: str, webhook_id: int) -> None:
