@@ -9,15 +9,15 @@ class AggregatesConfig(AppConfig):
         from aggregates import metrics, serving
         from aggregates.live import events, hub
         from aggregates.rules.engine import runner
-        from aggregates.webhooks.delivery import deliverer
+        from aggregates.webhooks.worker import worker
 
         # What commits is announced to this process's live delivery; the domains
-        # with rules are stepped soon after, webhooks called, versions counted.
+        # with rules are stepped soon after, the delivery worker told, versions counted.
         events.versions_committed.connect(hub.publish)
         events.rule_events_committed.connect(hub.publish_rule_events)
         events.versions_committed.connect(runner.versions_committed)
-        events.versions_committed.connect(deliverer.committed)
+        events.versions_committed.connect(worker.committed)
         events.versions_committed.connect(metrics.versions_committed)
-        events.rule_events_committed.connect(deliverer.committed)
+        events.rule_events_committed.connect(worker.committed)
         serving.in_background(runner.clock)
-        serving.in_background(deliverer.run)
+        serving.in_background(worker.run)

@@ -23,7 +23,7 @@ registry (no multiprocess mode): scrape every process at its own address.
     botlnek_rule_statuses{domain,status}            gauge: (rule, aggregate)
         statuses by status, from the database when scraped
     botlnek_webhook_deliveries_total{domain,outcome}  counter: delivery attempts
-        made by this process, outcome "2xx" … "5xx", "timeout",
+        made by this process's delivery worker, outcome "2xx" … "5xx", "timeout",
         "connection_error" or "not_sent" (its host is no longer allowed)
     botlnek_webhook_lag_events{domain}              gauge: events not yet
         delivered by the domain's most-behind unpaused webhook, from the database
@@ -109,7 +109,7 @@ RULE_EVENTS = Counter(
 )
 WEBHOOK_DELIVERIES = Counter(
     "botlnek_webhook_deliveries",
-    "Webhook delivery attempts made by this process, by outcome.",
+    "Webhook delivery attempts made by this process's delivery worker, by outcome.",
     ["domain", "outcome"],
 )
 
@@ -129,19 +129,20 @@ def rule_events_recorded(domain: str, events: Iterable[str]) -> None:
         RULE_EVENTS.labels(domain, event).inc(count)
 
 
-def webhook_delivered(
-    domain: str, status_code: int | None, failure: Exception | None
-) -> None:
-    """A delivery attempt ended: with an answer, or with `failure`."""
+def delivery_outcome(status_code: int | None, failure: Exception | None) -> str:
+    """How a delivery attempt ended: its answer's class, or why there was none."""
     if status_code:
-        outcome = f"{status_code // 100}xx"
-    elif isinstance(failure, httpx.TimeoutException):
-        outcome = "timeout"
-    elif isinstance(failure, httpx.HTTPError | OSError):
-        outcome = "connection_error"
-    else:
-        outcome = "not_sent"  # the host is no longer allowed, say
-    WEBHOOK_DELIVERIES.labels(domain, outcome).inc()
+        return f"{status_code // 100}xx"
+    if isinstance(failure, httpx.TimeoutException):
+        return "timeout"
+    if isinstance(failure, httpx.HTTPError | OSError):
+        return "connection_error"
+    return "not_sent"  # the host is no longer allowed, say
+
+
+def webhooks_delivered(domain: str, outcome: str, attempts: int) -> None:
+    """The delivery worker made `attempts` attempts in `domain` ending so."""
+    WEBHOOK_DELIVERIES.labels(domain, outcome).inc(attempts)
 
 
 _METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})

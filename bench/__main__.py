@@ -460,7 +460,9 @@ def report(
             f"{plan.duration * 4} s, from each post's answer to the receipt of its "
             "event. Ingest: wrk -t2 -c16 single posts into a domain with 10 "
             "webhooks and into one with none, interleaved, each the median of "
-            f"{plan.runs} runs of {plan.duration} s.",
+            f"{plan.runs} runs of {plan.duration} s; after each run with webhooks, "
+            "the share of its deliveries already made, and the time the rest took "
+            "(the benchmark waits for them before the next run).",
             "",
             *webhooks.table(results["webhooks"]),
         ]

@@ -5,6 +5,8 @@ import base64
 import hashlib
 import hmac
 import json
+import os
+import signal
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -13,9 +15,17 @@ import httpx
 import pytest
 
 from aggregates.models import Lease, RuleEvent, Version, Webhook
-from aggregates.webhooks.delivery import backoff
+from aggregates.webhooks.delivery import VersionEvents, backoff
 from aggregates.webhooks.write import host_allowed
-from tests.toolkit import ApiClient, Writer, free_port, post, wait_for
+from tests.toolkit import (
+    ApiClient,
+    Writer,
+    alive,
+    children,
+    free_port,
+    post,
+    wait_for,
+)
 
 HOOKS = "/api/domains/c-inputs/webhooks"
 
@@ -161,6 +171,28 @@ def test_backoff_doubles_from_a_second_with_jitter_up_to_ten_minutes():
     for attempts, base in [(1, 1), (2, 2), (5, 16), (10, 512), (11, 600), (40, 600)]:
         waits = [backoff(attempts) for _ in range(50)]
         assert all(base <= wait <= base * 1.2 for wait in waits), (attempts, waits)
+
+
+def test_a_domains_version_events_are_read_once_for_all_its_webhooks(
+    api, domain, django_assert_num_queries
+):
+    for n in range(3):
+        source = {"domain": "c-inputs", "aggregate": "d1", "collection": "A"}
+        response = api.post("/api/sources", {**source, "keys": {"n": str(n)}})
+        assert response.status_code == 201
+    events = VersionEvents()
+    first = events.after(domain, 0)
+    assert [(e.cursor, e.event_id) for e in first] == [
+        (p, f"msg_v{domain.pk}_{p}") for p in (1, 2, 3)
+    ]
+    assert [json.loads(e.body)["position"] for e in first] == [1, 2, 3]
+    with django_assert_num_queries(0):  # another webhook, or a retry
+        assert events.after(domain, 1) == first[1:]
+    with django_assert_num_queries(2):  # nothing cached after 3: read
+        assert events.after(domain, 3) == []
+    events.MAX_AGE = -1  # a minute later: read again
+    with django_assert_num_queries(2):
+        assert events.after(domain, 1) == first[1:]
 
 
 def test_tokens_are_checked(domain, read_token):
@@ -342,6 +374,32 @@ def test_a_hanging_receiver_slows_neither_ingest_nor_another_webhook(
         healthy.stop()
 
 
+def test_the_delivery_worker_is_niced_restarted_and_ends_with_its_server(
+    start_server, token, receiver
+):
+    server = start_server()
+    hook(server, token, url=receiver.url, events=["version"])
+    post(server, token, "d1", "A", n="0")
+    wait_for(lambda: receiver.requests, 20)
+    (worker,) = children(server.process.pid)
+    priority = os.getpriority(os.PRIO_PROCESS, server.process.pid)
+    assert os.getpriority(os.PRIO_PROCESS, worker) == priority + 10
+    # Stopped (as the server's end stops it): it gives its leases up, and the
+    # server starts another, which delivers what was posted meanwhile.
+    os.kill(worker, signal.SIGTERM)
+    wait_for(lambda: not alive(worker), 10, "the worker to stop")
+    post(server, token, "d1", "A", n="1")
+    restarted = wait_for(lambda: children(server.process.pid), 10, "a new worker")
+    assert restarted != [worker]
+    wait_for(lambda: len(receiver.requests) >= 2, 20)
+    assert [b["position"] for b in receiver.bodies()] == [1, 2]
+    assert not Lease.objects.filter(holder__contains=f":{worker}:").exists()
+    # The server killed outright: its worker does not outlive it.
+    server.process.kill()
+    server.process.wait()
+    wait_for(lambda: not alive(restarted[0]), 10, "the worker to end with the server")
+
+
 @pytest.mark.postgres
 def test_two_processes_deliver_each_event_once_in_order_despite_a_kill(
     start_server, token, receiver, redis_url
@@ -364,10 +422,14 @@ def test_two_processes_deliver_each_event_once_in_order_despite_a_kill(
     for writer in writers:
         writer.start()
     wait_for(lambda: len(receiver.requests) >= 40, 30)
-    # Kill the process delivering the first webhook, mid-delivery: its lease
-    # expires and the other process takes over.
+    # Crash the server delivering the first webhook and its delivery worker,
+    # mid-delivery (a machine lost): the lease expires and the other server's
+    # worker takes over.
     holder = Lease.objects.filter(name__startswith="webhook:").order_by("name").first()
     doomed = next(s for s in servers if f":{s.process.pid}:" in holder.holder)
+    (worker,) = children(doomed.process.pid)
+    assert f":{worker}:" in holder.holder
+    os.kill(worker, signal.SIGKILL)
     doomed.process.kill()
     doomed.process.wait()
     for writer in writers:

@@ -6,7 +6,9 @@ kept in the database instead.
 
     write.py     create (the secret, shown once), change, remove, replay
     read.py      the webhook with its health, the delivery log
-    delivery.py  each server process's deliverer: for a webhook with events after
+    worker.py    the delivery worker: a process each server process starts, at a
+                 lower CPU priority, to run the deliverer off the server's cores
+    delivery.py  the deliverer: for a webhook with events after
                  its cursor, it takes the webhook's lease, POSTs the events one by
                  one in order (Standard Webhooks headers and signature), and saves
                  the cursor, the attempts and the health as it goes; a failure

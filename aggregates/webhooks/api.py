@@ -16,7 +16,7 @@ from aggregates.access import (
 )
 from aggregates.schemas import DeliveryList, WebhookCreated, WebhookList, WebhookOut
 from aggregates.webhooks import read, write
-from aggregates.webhooks.delivery import deliverer
+from aggregates.webhooks.worker import worker
 from aggregates.webhooks.write import ReplayIn, WebhookChange, WebhookIn
 
 router = Router(tags=["webhooks"])
@@ -32,7 +32,7 @@ async def create_webhook(request: HttpRequest, domain: str, payload: WebhookIn):
     require_write(request, domain)
     spend_write(request)
     created = await db.write(write.create_webhook, domain, payload)
-    deliverer.watch(domain)
+    worker.watch(domain)
     return json_response(created, 201)
 
 

@@ -1,31 +1,35 @@
-"""Each server process's deliverer: webhooks' events, POSTed in order, at least once.
+"""The deliverer: webhooks' events, POSTed in order, at least once. It runs in the
+delivery worker process of each server process (worker.py).
 
 For each webhook with events after its cursor (looked up every TICK_SECONDS, and at
 once after a commit into a domain with webhooks), the deliverer takes the webhook's
 lease — one delivery at a time per webhook across every process; a dead holder's
 lease expires after LEASE_SECONDS and whoever looks next takes it over — and runs
 one task for it: read the next events, POST them one by one with the Standard
-Webhooks headers, and save progress (cursor, attempts, health) every FLUSH_SECONDS
-and at the end. Saving compares the cursor it started from: a replay or another
-holder in between makes it stop instead of overwriting. Events that got a 2xx but
-were not saved yet when a process died are delivered again; nothing else is. A
+Webhooks headers, and once caught up wait LINGER_SECONDS for more before giving the
+lease up. Progress (cursor, attempts, health) is saved for all webhooks together
+(Saver): every FLUSH_SECONDS, after a failure and at the end of each batch of
+events. Saving compares the cursor it started from: a replay or another holder in
+between makes it stop instead of overwriting. Events that got a 2xx but
+were not saved yet when a worker died are delivered again; nothing else is. A
 failure (non-2xx, timeout, connection error) is logged and the same event retried
 after a backoff doubling from 1 s (+ up to 20% jitter, at most 10 min); a 410, or a
 day of failing, pauses the webhook with the reason. Each webhook has its own task: a
-slow receiver delays nobody else, and nothing here blocks the event loop or a write.
+slow receiver delays nobody else. The webhooks of a domain share its versions'
+events, read and encoded once (VersionEvents).
 """
 
 import asyncio
 import contextlib
 import json
 import logging
-import os
 import random
-import socket
+import threading
 import time
-import uuid
+from collections import Counter
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from itertools import islice
 from urllib.parse import urlsplit
 
 import httpx
@@ -34,8 +38,8 @@ from django.db.models import F, Q
 from django.utils import timezone
 from standardwebhooks import Webhook as Signer
 
-from aggregates import db, leases, metrics, serving, store
-from aggregates.models import Webhook, WebhookDelivery
+from aggregates import db, leases, metrics, store
+from aggregates.models import Domain, Webhook, WebhookDelivery
 from aggregates.rules.read import rule_events
 from aggregates.webhooks.write import host_allowed
 
@@ -44,7 +48,8 @@ logger = logging.getLogger("botlnek.webhooks")
 TICK_SECONDS = 0.5
 LEASE_SECONDS = 15
 BATCH = 100  # events read at a time
-FLUSH_SECONDS = 0.1
+FLUSH_SECONDS = 0.25
+LINGER_SECONDS = 5  # a caught-up webhook keeps its lease and task this long
 TIMEOUT_SECONDS = 10
 BACKOFF_CAP_SECONDS = 600
 PAUSE_AFTER = timedelta(hours=24)
@@ -70,6 +75,59 @@ class Progress:
     failed: WebhookDelivery | None = None
 
 
+@dataclass(eq=False)
+class Run:
+    """A webhook delivering a batch of events: the cursor saved in the database
+    as far as it knows, and what it has done since."""
+
+    webhook: Webhook
+    saved: int
+    progress: Progress
+    stale: bool = False  # somebody else moved the cursor: stop
+
+
+class Saver:
+    """The progress of every webhook delivering in this worker, saved together:
+    one transaction for all of them every FLUSH_SECONDS, and at once when a run
+    asks (after a failure, at the end of its events). Each webhook used to save on
+    its own: ten times the transactions for ten webhooks, and on SQLite each takes
+    the database's one write lock, which a niced process may hold while it waits
+    for a CPU, with the server's posts waiting behind it."""
+
+    def __init__(self) -> None:
+        self.runs: dict[int, Run] = {}  # by webhook
+        self.lock = asyncio.Lock()  # one save at a time
+
+    async def save_now(self, run: Run) -> bool:
+        """Save everything done so far; False if `run` must stop."""
+        await self.flush()
+        return not run.stale
+
+    async def flush(self) -> None:
+        async with self.lock:
+            batch = []
+            for run in self.runs.values():
+                progress = run.progress
+                if progress.cursor != run.saved or progress.attempts:
+                    batch.append((run, run.saved, progress))
+                    run.saved, run.progress = progress.cursor, Progress(progress.cursor)
+            if not batch:
+                return
+            try:
+                saved = await db.write(
+                    save_all, [(run.webhook, at, done) for run, at, done in batch]
+                )
+            except Exception as exc:  # what it sent is sent again, later
+                logger.warning("saving webhooks' progress: %s", exc)
+                saved = [None] * len(batch)
+            for (run, _, _), changes in zip(batch, saved, strict=True):
+                if changes is None:
+                    run.stale = True
+                else:
+                    run.webhook.attempts = changes["attempts"]
+                    run.webhook.failing_since = changes["failing_since"]
+
+
 def pending(webhook_id: int) -> tuple[Webhook, list[Outbound]] | None:
     """The webhook, and the next events after its cursor; None if it is paused
     or waiting out a backoff."""
@@ -80,17 +138,7 @@ def pending(webhook_id: int) -> tuple[Webhook, list[Outbound]] | None:
         return None
     domain = webhook.domain
     if webhook.rule is None:
-        _, frames = store.live_frames(
-            domain.key, after_position=webhook.cursor, limit=BATCH
-        )
-        return webhook, [
-            Outbound(
-                frame["position"],
-                f"msg_v{domain.pk}_{frame['position']}",
-                json.dumps({"type": "version", **frame}, ensure_ascii=False),
-            )
-            for frame in frames
-        ]
+        return webhook, _versions.after(domain, webhook.cursor)
     _, events = rule_events(
         domain.key, webhook.rule.name, after_seq=webhook.cursor, limit=BATCH
     )
@@ -107,10 +155,88 @@ def pending(webhook_id: int) -> tuple[Webhook, list[Outbound]] | None:
     ]
 
 
-def save(webhook: Webhook, started_at: int, progress: Progress) -> bool:
-    """Save progress if nobody moved the cursor since `started_at`; False if
-    somebody did (a replay, another holder): stop then."""
+class VersionEvents:
+    """Version events by position, read and encoded once for all the webhooks of
+    a domain (ten webhooks on a domain used to read every frame ten times). A
+    version's frame never changes; an entry is forgotten after MAX_AGE seconds
+    (so a replay over pruned versions soon finds them gone) or when the newest
+    MAX_ENTRIES need the room."""
+
+    MAX_ENTRIES = 20_000
+    MAX_AGE = 60
+
+    def __init__(self) -> None:
+        self.entries: dict[tuple[int, int], tuple[float, Outbound]] = {}
+        self.lock = threading.Lock()
+
+    def after(self, domain: Domain, cursor: int) -> list[Outbound]:
+        """The next events after `cursor` (at most BATCH)."""
+        found = self._cached(domain.pk, cursor)
+        if found:
+            return found
+        _, frames = store.live_frames(domain.key, after_position=cursor, limit=BATCH)
+        events = [
+            Outbound(
+                frame["position"],
+                f"msg_v{domain.pk}_{frame['position']}",
+                json.dumps({"type": "version", **frame}, ensure_ascii=False),
+            )
+            for frame in frames
+        ]
+        now = time.monotonic()
+        with self.lock:
+            for event in events:
+                self.entries[domain.pk, event.cursor] = (now, event)
+            if len(self.entries) > self.MAX_ENTRIES:  # the oldest half goes
+                for key in list(islice(self.entries, self.MAX_ENTRIES // 2)):
+                    del self.entries[key]
+        return events
+
+    def _cached(self, domain_id: int, cursor: int) -> list[Outbound]:
+        """What is cached of the positions right after `cursor`, in a row."""
+        fresh = time.monotonic() - self.MAX_AGE
+        found = []
+        with self.lock:
+            while len(found) < BATCH:
+                entry = self.entries.get((domain_id, cursor + len(found) + 1))
+                if entry is None or entry[0] < fresh:
+                    break
+                found.append(entry[1])
+        return found
+
+
+_versions = VersionEvents()
+
+
+def save_all(runs: list[tuple[Webhook, int, Progress]]) -> list[dict | None]:
+    """Save the progress of these webhooks in one transaction: for each, the
+    changes made to it, or None if somebody moved its cursor since the one given
+    (a replay, another holder): that one stops."""
     now = timezone.now()
+    saved: list[dict | None] = []
+    attempts: list[WebhookDelivery] = []
+    with transaction.atomic():
+        for webhook, started_at, progress in runs:
+            changes = _changes(webhook, progress, now)
+            # What was sent was sent, paused meanwhile or not; a moved cursor (a
+            # replay, another holder) says stop.
+            moved = Webhook.objects.filter(pk=webhook.pk, cursor=started_at).update(
+                **changes
+            )
+            saved.append(changes if moved else None)
+            if moved:
+                for attempt in progress.attempts:
+                    attempt.webhook_id = webhook.pk
+                attempts += progress.attempts
+        WebhookDelivery.objects.bulk_create(attempts)
+        for (webhook, _, _), changes in zip(runs, saved, strict=True):
+            if changes is not None:
+                _keep_newest(webhook.pk)
+    return saved
+
+
+def _changes(webhook: Webhook, progress: Progress, now: datetime) -> dict:
+    """The webhook's fields after `progress`: cursor, health, backoff, pause."""
     changes: dict = {"cursor": progress.cursor}
     if progress.attempts:
         last = progress.attempts[-1]
@@ -121,37 +247,21 @@ def save(webhook: Webhook, started_at: int, progress: Progress) -> bool:
         changes["last_success_at"] = progress.succeeded_at
     failed = progress.failed
     if failed is None:
-        changes |= {"attempts": 0, "failing_since": None, "next_attempt_at": None}
-    else:
-        since = webhook.failing_since or failed.at
-        changes |= {
-            "attempts": failed.attempt,
-            "failing_since": since,
-            "next_attempt_at": now + timedelta(seconds=backoff(failed.attempt)),
-        }
-        reason = None
-        if failed.status_code == 410:
-            reason = "the receiver answered 410 Gone"
-        elif now - since >= PAUSE_AFTER:
-            reason = f"failing for 24 hours; the last attempt: {_outcome(failed)}"
-        if reason:
-            changes |= {"paused": True, "paused_reason": reason}
-    with transaction.atomic():
-        # What was sent was sent, paused meanwhile or not; a moved cursor (a
-        # replay, another holder) says stop.
-        moved = Webhook.objects.filter(pk=webhook.pk, cursor=started_at).update(
-            **changes
-        )
-        if not moved:
-            return False
-        for attempt in progress.attempts:
-            attempt.webhook_id = webhook.pk
-        WebhookDelivery.objects.bulk_create(progress.attempts)
-        _keep_newest(webhook.pk)
-    webhook.cursor = progress.cursor
-    webhook.attempts = changes["attempts"]
-    webhook.failing_since = changes["failing_since"]
-    return True
+        return changes | {"attempts": 0, "failing_since": None, "next_attempt_at": None}
+    since = webhook.failing_since or failed.at
+    changes |= {
+        "attempts": failed.attempt,
+        "failing_since": since,
+        "next_attempt_at": now + timedelta(seconds=backoff(failed.attempt)),
+    }
+    reason = None
+    if failed.status_code == 410:
+        reason = "the receiver answered 410 Gone"
+    elif now - since >= PAUSE_AFTER:
+        reason = f"failing for 24 hours; the last attempt: {_outcome(failed)}"
+    if reason:
+        changes |= {"paused": True, "paused_reason": reason}
+    return changes
 
 
 def _keep_newest(webhook_id: int) -> None:
@@ -202,42 +312,52 @@ def _look() -> tuple[list[int], set[str]]:
 
 
 class Deliverer:
-    """This process's deliverer (a background task of the serving process)."""
+    """The deliverer of the delivery worker process (see worker.py)."""
 
-    def __init__(self) -> None:
-        self.holder = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+    def __init__(self, holder: str) -> None:
+        self.holder = holder
         self.running: dict[int, asyncio.Task] = {}
         self.client: httpx.AsyncClient | None = None
-        self.wake: asyncio.Event | None = None
+        self.saver = Saver()
+        self.wake = asyncio.Event()  # look for webhooks with work
+        self.news = asyncio.Event()  # set (and replaced) when something commits
+        self.stopping = False
+        # Attempts made since the last look at this, by (domain, outcome): the
+        # server process counts them in its /metrics.
+        self.outcomes: Counter[tuple[str, str]] = Counter()
         # Domains with webhooks, as of the last look (None: not looked yet). A
         # commit elsewhere wakes nobody: under load, looking after every commit
         # of a domain without webhooks cost more than the deliveries themselves.
         self.hooked: set[str] | None = None
 
-    def committed(self, committed) -> None:
-        """Something committed (on the writer's thread): look for work at once."""
-        hooked = self.hooked
-        if hooked is not None and not any(c.domain in hooked for c in committed):
-            return
-        loop = serving.server_loop()
-        if loop is not None and self.wake is not None:
-            loop.call_soon_threadsafe(self.wake.set)
+    def committed(self, domain: str) -> None:
+        """Something committed in `domain`: look for work at once if it has
+        webhooks."""
+        if self.hooked is None or domain in self.hooked:
+            self._announce()
 
     def watch(self, domain: str) -> None:
-        """A webhook was made in `domain` (other processes see it within a tick)."""
+        """A webhook was made in `domain`: look at once."""
         if self.hooked is not None:
             self.hooked.add(domain)
+        self._announce()
+
+    def _announce(self) -> None:
+        """Wake the look for work, and the tasks waiting for new events."""
+        self.wake.set()
+        self.news.set()
+        self.news = asyncio.Event()
 
     async def run(self) -> None:
-        self.wake = asyncio.Event()
         # Connections are reused; redirects are not followed.
         self.client = httpx.AsyncClient(timeout=TIMEOUT_SECONDS, follow_redirects=False)
+        saving = asyncio.ensure_future(self._save_every_flush())
         try:
-            while True:
+            while not self.stopping:
                 try:
                     work, self.hooked = await db.read(_look)
                     for webhook_id in work:
-                        if webhook_id not in self.running:
+                        if webhook_id not in self.running and not self.stopping:
                             task = asyncio.ensure_future(self._deliver(webhook_id))
                             self.running[webhook_id] = task
                 except Exception as exc:
@@ -246,22 +366,52 @@ class Deliverer:
                     await asyncio.wait_for(self.wake.wait(), TICK_SECONDS)
                 self.wake.clear()
         finally:
+            saving.cancel()
             await self.client.aclose()
 
+    async def _save_every_flush(self) -> None:
+        while True:
+            await asyncio.sleep(FLUSH_SECONDS)
+            await self.saver.flush()
+
+    async def stop(self, grace: float) -> None:
+        """Stop: each webhook's task saves what it sent and gives its lease up
+        after the attempt in flight; what is still running after `grace` seconds
+        is cancelled (what it sent since its last save is sent again later)."""
+        self.stopping = True
+        self._announce()
+        tasks = list(self.running.values())
+        if tasks:
+            _, late = await asyncio.wait(tasks, timeout=grace)
+            for task in late:
+                task.cancel()
+            await asyncio.gather(*late, return_exceptions=True)
+
     async def _deliver(self, webhook_id: int) -> None:
+        """Deliver the webhook's events while there are any, and for a moment
+        after (LINGER_SECONDS: the next post is likely soon), holding its lease."""
         name = f"webhook:{webhook_id}"
         try:
             held, _ = await db.write(leases.acquire, name, self.holder, LEASE_SECONDS)
             if not held:
                 return  # another process delivers it
-            renewed = time.monotonic()
-            while True:
+            renewed = worked = time.monotonic()
+            while not self.stopping:
+                news = self.news  # taken before reading: what commits after wakes it
                 found = await db.read(pending, webhook_id)
-                if found is None or not found[1]:
-                    return
+                if found is None:
+                    return  # paused, or backing off
                 webhook, outbound = found
-                if not await self._send(webhook, outbound):
-                    return
+                if outbound:
+                    if not await self._send(webhook, outbound):
+                        return
+                    worked = time.monotonic()
+                else:
+                    left = LINGER_SECONDS - (time.monotonic() - worked)
+                    if left <= 0:
+                        return
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(news.wait(), min(left, TICK_SECONDS))
                 if time.monotonic() - renewed > LEASE_SECONDS / 3:
                     held, _ = await db.write(
                         leases.acquire, name, self.holder, LEASE_SECONDS
@@ -281,27 +431,27 @@ class Deliverer:
                 logger.warning("releasing %s: %s (it expires)", name, exc)
 
     async def _send(self, webhook: Webhook, outbound: list[Outbound]) -> bool:
-        """POST these events in order, saving as it goes; True to go on."""
-        started_at = webhook.cursor
-        progress = Progress(cursor=webhook.cursor)
-        saved = time.monotonic()
-        for event in outbound:
-            if event.body is not None:
-                attempt = await self._post(webhook, event)
-                progress.attempts.append(attempt)
-                if not (attempt.status_code and 200 <= attempt.status_code < 300):
-                    progress.failed = attempt
-                    await db.write(save, webhook, started_at, progress)
-                    return False
-                progress.succeeded_at = attempt.at
-                webhook.attempts = 0
-            progress.cursor = event.cursor
-            if time.monotonic() - saved > FLUSH_SECONDS:
-                if not await db.write(save, webhook, started_at, progress):
-                    return False
-                started_at, saved = progress.cursor, time.monotonic()
-                progress = Progress(cursor=progress.cursor)
-        return await db.write(save, webhook, started_at, progress)
+        """POST these events in order (saved by the saver as it goes); True to go
+        on."""
+        run = Run(webhook, webhook.cursor, Progress(webhook.cursor))
+        self.saver.runs[webhook.pk] = run
+        try:
+            for event in outbound:
+                if self.stopping or run.stale:
+                    break
+                if event.body is not None:
+                    attempt = await self._post(webhook, event)
+                    run.progress.attempts.append(attempt)
+                    if not (attempt.status_code and 200 <= attempt.status_code < 300):
+                        run.progress.failed = attempt
+                        await self.saver.save_now(run)
+                        return False
+                    run.progress.succeeded_at = attempt.at
+                    webhook.attempts = 0
+                run.progress.cursor = event.cursor
+            return await self.saver.save_now(run) and not self.stopping
+        finally:
+            del self.saver.runs[webhook.pk]
 
     async def _post(self, webhook: Webhook, event: Outbound) -> WebhookDelivery:
         attempt = WebhookDelivery(
@@ -333,8 +483,6 @@ class Deliverer:
             attempt.error = f"{type(exc).__name__}: {exc}".rstrip(": ")[:500]
             failure = exc
         attempt.ms = (time.perf_counter() - started) * 1000
-        metrics.webhook_delivered(webhook.domain.key, attempt.status_code, failure)
+        outcome = metrics.delivery_outcome(attempt.status_code, failure)
+        self.outcomes[webhook.domain.key, outcome] += 1
         return attempt
-
-
-deliverer = Deliverer()
