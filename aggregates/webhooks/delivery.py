@@ -46,6 +46,7 @@ from aggregates.webhooks.write import host_allowed
 logger = logging.getLogger("botlnek.webhooks")
 
 TICK_SECONDS = 0.5
+LOOKS_PER_SECOND = 20
 LEASE_SECONDS = 15
 BATCH = 100  # events read at a time
 FLUSH_SECONDS = 0.25
@@ -362,6 +363,10 @@ class Deliverer:
                             self.running[webhook_id] = task
                 except Exception as exc:
                     logger.warning("looking for webhooks with work: %s", exc)
+                # At most LOOKS_PER_SECOND looks: busy webhooks hear of new
+                # events directly (`news`), and a look per commit under load
+                # was two queries per commit for nothing.
+                await asyncio.sleep(1 / LOOKS_PER_SECOND)
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self.wake.wait(), TICK_SECONDS)
                 self.wake.clear()
