@@ -34,7 +34,7 @@ import uuid
 
 logger = logging.getLogger("botlnek.webhooks")
 
-NICENESS = 10  # added to the server's: a tenth of a core's share when they compete
+NICENESS = 19  # added to the server's: what CPU the posts leave
 REPORT_SECONDS = 0.5
 STOP_GRACE_SECONDS = 2
 _PR_SET_PDEATHSIG = 1  # prctl(2)
