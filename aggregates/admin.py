@@ -2,7 +2,7 @@ from django import forms
 from django.contrib import admin, messages
 from pydantic import ValidationError
 
-from aggregates.errors import field_errors
+from aggregates.errors import StoreError, field_errors
 from aggregates.models import (
     Aggregate,
     ApiToken,
@@ -19,7 +19,8 @@ from aggregates.rules.definition import RuleIn
 from aggregates.rules.write import reexamine, start_position
 from aggregates.tokens import create_token, forget_all
 from aggregates.values import key_rule
-from aggregates.webhooks.write import new_secret, resume, start_cursor
+from aggregates.webhooks.targets import url_rule
+from aggregates.webhooks.write import check_target, new_secret, resume, start_cursor
 
 
 @admin.register(Domain)
@@ -200,9 +201,31 @@ class RuleEventAdmin(ReadOnlyAdmin):
     ordering = ["-id"]
 
 
+class WebhookForm(forms.ModelForm):
+    """A webhook's URL, checked as the API checks it: its host must be one
+    BOTLNEK_WEBHOOK_ALLOWED_HOSTS allows."""
+
+    url = forms.URLField(max_length=2000, assume_scheme="https")
+
+    class Meta:
+        model = Webhook
+        fields = ["domain", "url", "events", "rule", "description", "paused"]
+
+    def clean_url(self) -> str:
+        url = self.cleaned_data["url"]
+        try:
+            url_rule(url)
+            check_target(url)
+        except (ValueError, StoreError) as exc:
+            raise forms.ValidationError(str(exc)) from None
+        return url
+
+
 @admin.register(Webhook)
 class WebhookAdmin(admin.ModelAdmin):
     """Health at a glance; the secret is shown once, when the webhook is made."""
+
+    form = WebhookForm
 
     list_display = [
         "url",

@@ -24,7 +24,8 @@ registry (no multiprocess mode): scrape every process at its own address.
         statuses by status, from the database when scraped
     botlnek_webhook_deliveries_total{domain,outcome}  counter: delivery attempts
         made by this process's delivery worker, outcome "2xx" … "5xx", "timeout",
-        "connection_error" or "not_sent" (its host is no longer allowed)
+        "connection_error" or "not_sent" (its host did not resolve to an allowed
+        address)
     botlnek_webhook_lag_events{domain}              gauge: events not yet
         delivered by the domain's most-behind unpaused webhook, from the database
     botlnek_webhooks_paused{domain}                 gauge: paused webhooks, from
@@ -133,11 +134,11 @@ def delivery_outcome(status_code: int | None, failure: Exception | None) -> str:
     """How a delivery attempt ended: its answer's class, or why there was none."""
     if status_code:
         return f"{status_code // 100}xx"
-    if isinstance(failure, httpx.TimeoutException):
+    if isinstance(failure, httpx.TimeoutException | TimeoutError):
         return "timeout"
     if isinstance(failure, httpx.HTTPError | OSError):
         return "connection_error"
-    return "not_sent"  # the host is no longer allowed, say
+    return "not_sent"  # its host did not resolve or is not allowed
 
 
 def webhooks_delivered(domain: str, outcome: str, attempts: int) -> None:

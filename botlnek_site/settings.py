@@ -7,6 +7,7 @@ import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
 
 from aggregates.limits import Rate
+from aggregates.webhooks.targets import AllowList
 from botlnek_site.env import env_bool, env_int, env_list, env_str
 
 # Where this deployment keeps its files: the working directory's ./data unless
@@ -186,9 +187,12 @@ BOTLNEK_WS_MAX_CONNECTIONS_PER_TOKEN = env_int(
     "BOTLNEK_WS_MAX_CONNECTIONS_PER_TOKEN", 0, minimum=0
 )
 
-# Hosts webhooks may call: names, or ".example.com" for a domain and its
-# subdomains. Empty: any host.
-BOTLNEK_WEBHOOK_ALLOWED_HOSTS = env_list("BOTLNEK_WEBHOOK_ALLOWED_HOSTS", [])
+# Hosts webhooks may call (aggregates/webhooks/targets.py): names, .domains, IP
+# addresses, CIDR networks, and the classes external, loopback, private and *.
+# Empty: external (globally routable addresses) only.
+BOTLNEK_WEBHOOK_ALLOWED_HOSTS = AllowList.parse(
+    env_str("BOTLNEK_WEBHOOK_ALLOWED_HOSTS")
+)
 
 AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},

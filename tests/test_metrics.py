@@ -187,7 +187,7 @@ def test_rules_and_webhooks_report_events_statuses_deliveries_and_lag(
     receiver = Receiver()
     receiver.answer = lambda request: 503
     try:
-        server = start_server()
+        server = start_server(BOTLNEK_WEBHOOK_ALLOWED_HOSTS="loopback")
         headers = {"Authorization": f"Bearer {token}"}
         rule = httpx.post(
             f"{server.url}/api/domains/{DOMAIN}/rules",

@@ -2,6 +2,7 @@
 pauses, replay, restarts, rule events, several processes, a hanging receiver."""
 
 import base64
+import functools
 import hashlib
 import hmac
 import json
@@ -16,7 +17,7 @@ import pytest
 
 from aggregates.models import Lease, RuleEvent, Version, Webhook
 from aggregates.webhooks.delivery import VersionEvents, backoff
-from aggregates.webhooks.write import host_allowed
+from aggregates.webhooks.targets import AllowList
 from tests.toolkit import (
     ApiClient,
     Writer,
@@ -78,6 +79,19 @@ class Receiver:
 
 
 @pytest.fixture
+def serve(start_server):
+    """Start a server whose webhooks may call receivers on this machine: loopback
+    addresses are an operator's opt-in."""
+    return functools.partial(start_server, BOTLNEK_WEBHOOK_ALLOWED_HOSTS="loopback")
+
+
+@pytest.fixture
+def loopback_allowed(settings):
+    """In this process, webhooks may call loopback addresses."""
+    settings.BOTLNEK_WEBHOOK_ALLOWED_HOSTS = AllowList.parse("loopback")
+
+
+@pytest.fixture
 def receiver():
     found = Receiver()
     yield found
@@ -121,7 +135,7 @@ def api_call(server, token, method, path, **kwargs):
 # The API, in process
 
 
-def test_a_webhook_is_created_with_its_secret_shown_once(api, domain):
+def test_a_webhook_is_created_with_its_secret_shown_once(api, domain, loopback_allowed):
     created = api.post(HOOKS, {"url": "http://127.0.0.1:9/hook", "events": ["version"]})
     assert created.status_code == 201
     body = created.json()
@@ -158,13 +172,6 @@ def test_bad_webhooks_are_400(api, domain, definition, field):
     assert response.status_code == 400, response.json()
     assert field in response.json()["fields"]
     assert not Webhook.objects.exists()
-
-
-def test_allowed_hosts(settings):
-    settings.BOTLNEK_WEBHOOK_ALLOWED_HOSTS = ["ci.example.com", ".hooks.example.org"]
-    assert host_allowed("ci.example.com") and host_allowed("a.hooks.example.org")
-    assert host_allowed("hooks.example.org")
-    assert not host_allowed("evil.com") and not host_allowed("xci.example.com")
 
 
 def test_backoff_doubles_from_a_second_with_jitter_up_to_ten_minutes():
@@ -205,8 +212,8 @@ def test_tokens_are_checked(domain, read_token):
 # Deliveries, with real servers and a real receiver
 
 
-def test_versions_arrive_in_order_signed_one_post_each(start_server, token, receiver):
-    server = start_server()
+def test_versions_arrive_in_order_signed_one_post_each(serve, token, receiver):
+    server = serve()
     created = hook(server, token, url=receiver.url, events=["version"])
     for n in range(20):
         post(server, token, f"d{n % 3}", "AB"[n % 2], n=str(n))
@@ -224,9 +231,9 @@ def test_versions_arrive_in_order_signed_one_post_each(start_server, token, rece
 
 
 def test_a_failing_then_absent_receiver_gets_everything_in_order(
-    start_server, token, receiver
+    serve, token, receiver
 ):
-    server = start_server()
+    server = serve()
     created = hook(server, token, url=receiver.url, events=["version"])
     failures = iter([503, 503])
     receiver.answer = lambda request: next(failures, 200)
@@ -264,9 +271,9 @@ def test_a_failing_then_absent_receiver_gets_everything_in_order(
 
 
 def test_410_pauses_unpausing_delivers_the_rest_and_replay_redelivers(
-    start_server, token, receiver
+    serve, token, receiver
 ):
-    server = start_server()
+    server = serve()
     created = hook(server, token, url=receiver.url, events=["version"])
     path = f"{HOOKS}/{created['id']}"
     receiver.answer = lambda request: (
@@ -298,8 +305,8 @@ def test_410_pauses_unpausing_delivers_the_rest_and_replay_redelivers(
     assert wrong.status_code == 400
 
 
-def test_deliveries_pending_across_a_restart_all_arrive(start_server, token, receiver):
-    server = start_server()
+def test_deliveries_pending_across_a_restart_all_arrive(serve, token, receiver):
+    server = serve()
     hook(server, token, url=receiver.url, events=["version"])
     receiver.answer = lambda request: 503
     for n in range(4):
@@ -308,13 +315,13 @@ def test_deliveries_pending_across_a_restart_all_arrive(start_server, token, rec
     server.stop()
     receiver.answer = lambda request: 200
     receiver.requests.clear()
-    start_server(server.port)  # its deliverer starts with the server
+    serve(server.port)  # its deliverer starts with the server
     wait_for(lambda: len(receiver.requests) >= 4, 30)
     assert [b["position"] for b in receiver.bodies()] == [1, 2, 3, 4]
 
 
-def test_rule_events_are_delivered_once_each(start_server, token, receiver):
-    server = start_server()
+def test_rule_events_are_delivered_once_each(serve, token, receiver):
+    server = serve()
     api_call(
         server,
         token,
@@ -353,9 +360,9 @@ def test_rule_events_are_delivered_once_each(start_server, token, receiver):
 
 
 def test_a_hanging_receiver_slows_neither_ingest_nor_another_webhook(
-    start_server, token, receiver
+    serve, token, receiver
 ):
-    server = start_server()
+    server = serve()
     healthy = Receiver()
     try:
         receiver.answer = lambda request: None  # never answers (until the end)
@@ -375,9 +382,9 @@ def test_a_hanging_receiver_slows_neither_ingest_nor_another_webhook(
 
 
 def test_the_delivery_worker_is_niced_restarted_and_ends_with_its_server(
-    start_server, token, receiver
+    serve, token, receiver
 ):
-    server = start_server()
+    server = serve()
     hook(server, token, url=receiver.url, events=["version"])
     post(server, token, "d1", "A", n="0")
     wait_for(lambda: receiver.requests, 20)
@@ -402,9 +409,9 @@ def test_the_delivery_worker_is_niced_restarted_and_ends_with_its_server(
 
 @pytest.mark.postgres
 def test_two_processes_deliver_each_event_once_in_order_despite_a_kill(
-    start_server, token, receiver, redis_url
+    serve, token, receiver, redis_url
 ):
-    servers = [start_server(BOTLNEK_REDIS_URL=redis_url) for _ in range(2)]
+    servers = [serve(BOTLNEK_REDIS_URL=redis_url) for _ in range(2)]
     hook(servers[0], token, url=receiver.url + "?first", events=["version"])
     hook(servers[1], token, url=receiver.url + "?second", events=["version"])
     receiver.answer = lambda request: (time.sleep(0.01), 200)[1]

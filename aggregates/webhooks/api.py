@@ -1,6 +1,8 @@
 """The webhooks API: create (the secret, once), read with health, change, remove,
 the delivery log, replay."""
 
+import asyncio
+
 from django.http import HttpRequest, HttpResponse
 from ninja import Query, Router
 
@@ -31,6 +33,7 @@ WEBHOOKS = "/domains/{domain}/webhooks"
 async def create_webhook(request: HttpRequest, domain: str, payload: WebhookIn):
     require_write(request, domain)
     spend_write(request)
+    await asyncio.to_thread(write.check_target, payload.url)
     created = await db.write(write.create_webhook, domain, payload)
     worker.watch(domain)
     return json_response(created, 201)
@@ -62,6 +65,8 @@ async def change_webhook(
 ):
     require_write(request, domain)
     spend_write(request)
+    if payload.url is not None:
+        await asyncio.to_thread(write.check_target, payload.url)
     changed = await db.write(write.change_webhook, domain, webhook, payload)
     return json_response(changed)
 

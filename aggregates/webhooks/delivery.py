@@ -3,55 +3,75 @@ delivery worker process of each server process (worker.py).
 
 For each webhook with events after its cursor (looked up every TICK_SECONDS, and at
 once after a commit into a domain with webhooks), the deliverer takes the webhook's
-lease — one delivery at a time per webhook across every process; a dead holder's
-lease expires after LEASE_SECONDS and whoever looks next takes it over — and runs
-one task for it: read the next events, POST them one by one with the Standard
-Webhooks headers, and once caught up wait LINGER_SECONDS for more before giving the
-lease up. Progress (cursor, attempts, health) is saved for all webhooks together
-(Saver): every FLUSH_SECONDS, after a failure and at the end of each batch of
-events. Saving compares the cursor it started from: a replay or another holder in
-between makes it stop instead of overwriting. Events that got a 2xx but
-were not saved yet when a worker died are delivered again; nothing else is. A
-failure (non-2xx, timeout, connection error) is logged and the same event retried
-after a backoff doubling from 1 s (+ up to 20% jitter, at most 10 min); a 410, or a
-day of failing, pauses the webhook with the reason. Each webhook has its own task: a
-slow receiver delays nobody else. The webhooks of a domain share its versions'
-events, read and encoded once (VersionEvents).
+lease — one delivery at a time per webhook across every process — and runs one
+task for it: read the next events, POST them one by one with the Standard Webhooks
+headers, and once caught up wait LINGER_SECONDS for more before giving the lease
+up. While the task runs, the lease is renewed every RENEW_SECONDS, batch in flight
+or not; an attempt starts only while the lease is sure to outlast it, and a task
+whose renewal failed stops before its next attempt, so a lease never expires under
+an attempt and two processes never send a webhook's events at once. A dead
+holder's lease expires after LEASE_SECONDS and whoever looks next takes it over.
+
+Progress (cursor, attempts, health) is saved for all webhooks together (Saver):
+every FLUSH_SECONDS, after a failure and at the end of each batch of events.
+Saving compares the cursor it started from and names the lease's holder: a
+replay, or another holder, in between makes it stop instead of overwriting.
+Events that got a 2xx but were not saved yet when a worker died are delivered
+again; nothing else is. A failure (non-2xx, timeout, connection error, a host no
+longer allowed) is logged and the same event retried after a backoff doubling from
+1 s (+ up to 20% jitter, at most 10 min); a 410, or a day of failing, pauses the
+webhook with the reason.
+
+No receiver holds up another: each webhook has its own task and its own client,
+with one connection at most, connected to the address its host was checked at
+(targets.py: resolved once per attempt, off the event loop, never again before
+connecting); an attempt ends ATTEMPT_SECONDS after it started, whatever the
+receiver does, and reads at most BODY_LIMIT bytes of the answer; and the webhooks
+of one domain make at most DOMAIN_CONNECTIONS attempts at once (waiting for a turn
+is not a failure). The webhooks of a domain share its versions' events, read and
+encoded once (VersionEvents).
 """
 
 import asyncio
 import contextlib
+import functools
 import json
 import logging
 import random
+import ssl
 import threading
 import time
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from itertools import islice
-from urllib.parse import urlsplit
 
 import httpx
+from django.conf import settings
 from django.db import transaction
-from django.db.models import F, Q
+from django.db.models import Exists, F, Q
 from django.utils import timezone
 from standardwebhooks import Webhook as Signer
 
 from aggregates import db, leases, metrics, store
-from aggregates.models import Domain, Webhook, WebhookDelivery
+from aggregates.models import Domain, Lease, Webhook, WebhookDelivery
 from aggregates.rules.read import rule_events
-from aggregates.webhooks.write import host_allowed
+from aggregates.webhooks import targets
 
 logger = logging.getLogger("botlnek.webhooks")
 
 TICK_SECONDS = 0.5
 LOOKS_PER_SECOND = 20
-LEASE_SECONDS = 15
+LEASE_SECONDS = 30
+RENEW_SECONDS = 5
 BATCH = 100  # events read at a time
 FLUSH_SECONDS = 0.25
 LINGER_SECONDS = 5  # a caught-up webhook keeps its lease and task this long
-TIMEOUT_SECONDS = 10
+RESOLVE_SECONDS = 5
+ATTEMPT_SECONDS = 10  # from connecting to the end of the answer
+BODY_LIMIT = 64 * 1024  # of an answer, read and dropped
+DOMAIN_CONNECTIONS = 16  # attempts at once, per domain
 BACKOFF_CAP_SECONDS = 600
 PAUSE_AFTER = timedelta(hours=24)
 KEEP_DELIVERIES = 1000  # per webhook, the newest
@@ -95,7 +115,8 @@ class Saver:
     the database's one write lock, which a niced process may hold while it waits
     for a CPU, with the server's posts waiting behind it."""
 
-    def __init__(self) -> None:
+    def __init__(self, holder: str) -> None:
+        self.holder = holder  # of the webhooks' leases
         self.runs: dict[int, Run] = {}  # by webhook
         self.lock = asyncio.Lock()  # one save at a time
 
@@ -116,7 +137,9 @@ class Saver:
                 return
             try:
                 saved = await db.write(
-                    save_all, [(run.webhook, at, done) for run, at, done in batch]
+                    save_all,
+                    [(run.webhook, at, done) for run, at, done in batch],
+                    self.holder,
                 )
             except Exception as exc:  # what it sent is sent again, later
                 logger.warning("saving webhooks' progress: %s", exc)
@@ -209,10 +232,13 @@ class VersionEvents:
 _versions = VersionEvents()
 
 
-def save_all(runs: list[tuple[Webhook, int, Progress]]) -> list[dict | None]:
+def save_all(
+    runs: list[tuple[Webhook, int, Progress]], holder: str
+) -> list[dict | None]:
     """Save the progress of these webhooks in one transaction: for each, the
     changes made to it, or None if somebody moved its cursor since the one given
-    (a replay, another holder): that one stops."""
+    (a replay, another holder) or `holder` no longer holds its lease: that one
+    stops."""
     now = timezone.now()
     saved: list[dict | None] = []
     attempts: list[WebhookDelivery] = []
@@ -220,9 +246,14 @@ def save_all(runs: list[tuple[Webhook, int, Progress]]) -> list[dict | None]:
         for webhook, started_at, progress in runs:
             changes = _changes(webhook, progress, now)
             # What was sent was sent, paused meanwhile or not; a moved cursor (a
-            # replay, another holder) says stop.
-            moved = Webhook.objects.filter(pk=webhook.pk, cursor=started_at).update(
-                **changes
+            # replay, another holder) or a lost lease says stop.
+            held = Lease.objects.filter(
+                name=lease_name(webhook.pk), holder=holder, expires_at__gt=now
+            )
+            moved = (
+                Webhook.objects.filter(pk=webhook.pk, cursor=started_at)
+                .filter(Exists(held))
+                .update(**changes)
             )
             saved.append(changes if moved else None)
             if moved:
@@ -312,14 +343,69 @@ def _look() -> tuple[list[int], set[str]]:
     return with_work(), domains_with_webhooks()
 
 
+def lease_name(webhook_id: int) -> str:
+    return f"webhook:{webhook_id}"
+
+
+class Holding:
+    """A webhook's lease as its delivering task holds it: until when it is sure to
+    be held (by the monotonic clock), renewed every RENEW_SECONDS meanwhile."""
+
+    def __init__(self, name: str, holder: str, acquired_at: float) -> None:
+        self.name = name
+        self.holder = holder
+        self.until = acquired_at + LEASE_SECONDS
+        self.lost = False
+
+    def lasts(self, seconds: float) -> bool:
+        """Still held `seconds` from now, for sure."""
+        return not self.lost and time.monotonic() + seconds < self.until
+
+    async def renew(self) -> None:
+        """Renew until cancelled; lost for good once somebody else holds it."""
+        while not self.lost:
+            await asyncio.sleep(RENEW_SECONDS)
+            asked_at = time.monotonic()
+            try:
+                held, _ = await db.write(
+                    leases.acquire, self.name, self.holder, LEASE_SECONDS
+                )
+            except Exception as exc:  # it may still be held: `until` says how long
+                logger.warning("renewing %s: %s", self.name, exc)
+                continue
+            if held:
+                self.until = asked_at + LEASE_SECONDS
+            else:
+                self.lost = True
+
+
+@functools.cache
+def _tls() -> ssl.SSLContext:
+    """One TLS context for every webhook's client (building one reads the
+    certificate store: tens of milliseconds)."""
+    return httpx.create_ssl_context()
+
+
+def _client() -> httpx.AsyncClient:
+    """A webhook's own HTTP client: one connection at most, kept between its
+    events; no proxy from the environment (a proxy would resolve the host again);
+    redirects are not followed."""
+    return httpx.AsyncClient(
+        verify=_tls(),
+        trust_env=False,
+        follow_redirects=False,
+        timeout=ATTEMPT_SECONDS,
+        limits=httpx.Limits(max_connections=1, max_keepalive_connections=1),
+    )
+
+
 class Deliverer:
     """The deliverer of the delivery worker process (see worker.py)."""
 
     def __init__(self, holder: str) -> None:
         self.holder = holder
         self.running: dict[int, asyncio.Task] = {}
-        self.client: httpx.AsyncClient | None = None
-        self.saver = Saver()
+        self.saver = Saver(holder)
         self.wake = asyncio.Event()  # look for webhooks with work
         self.news = asyncio.Event()  # set (and replaced) when something commits
         self.stopping = False
@@ -330,6 +416,7 @@ class Deliverer:
         # commit elsewhere wakes nobody: under load, looking after every commit
         # of a domain without webhooks cost more than the deliveries themselves.
         self.hooked: set[str] | None = None
+        self.turns: dict[str, asyncio.Semaphore] = {}  # per domain
 
     def committed(self, domain: str) -> None:
         """Something committed in `domain`: look for work at once if it has
@@ -350,8 +437,6 @@ class Deliverer:
         self.news = asyncio.Event()
 
     async def run(self) -> None:
-        # Connections are reused; redirects are not followed.
-        self.client = httpx.AsyncClient(timeout=TIMEOUT_SECONDS, follow_redirects=False)
         saving = asyncio.ensure_future(self._save_every_flush())
         try:
             while not self.stopping:
@@ -372,7 +457,6 @@ class Deliverer:
                 self.wake.clear()
         finally:
             saving.cancel()
-            await self.client.aclose()
 
     async def _save_every_flush(self) -> None:
         while True:
@@ -395,47 +479,62 @@ class Deliverer:
     async def _deliver(self, webhook_id: int) -> None:
         """Deliver the webhook's events while there are any, and for a moment
         after (LINGER_SECONDS: the next post is likely soon), holding its lease."""
-        name = f"webhook:{webhook_id}"
+        name = lease_name(webhook_id)
+        asked_at = time.monotonic()
         try:
             held, _ = await db.write(leases.acquire, name, self.holder, LEASE_SECONDS)
-            if not held:
-                return  # another process delivers it
-            renewed = worked = time.monotonic()
-            while not self.stopping:
-                news = self.news  # taken before reading: what commits after wakes it
-                found = await db.read(pending, webhook_id)
-                if found is None:
-                    return  # paused, or backing off
-                webhook, outbound = found
-                if outbound:
-                    if not await self._send(webhook, outbound):
-                        return
-                    worked = time.monotonic()
-                else:
-                    left = LINGER_SECONDS - (time.monotonic() - worked)
-                    if left <= 0:
-                        return
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(news.wait(), min(left, TICK_SECONDS))
-                if time.monotonic() - renewed > LEASE_SECONDS / 3:
-                    held, _ = await db.write(
-                        leases.acquire, name, self.holder, LEASE_SECONDS
-                    )
-                    if not held:
-                        return
-                    renewed = time.monotonic()
+        except Exception as exc:
+            logger.warning("taking %s: %s", name, exc)
+            self.running.pop(webhook_id, None)
+            return
+        if not held:
+            self.running.pop(webhook_id, None)
+            return  # another process delivers it
+        holding = Holding(name, self.holder, asked_at)
+        renewing = asyncio.ensure_future(holding.renew())
+        try:
+            async with _client() as client:
+                await self._deliver_held(webhook_id, holding, client)
         except Webhook.DoesNotExist:
-            return  # removed meanwhile
+            pass  # removed meanwhile
         except Exception:
             logger.exception("delivering webhook %s failed", webhook_id)
         finally:
+            renewing.cancel()
             self.running.pop(webhook_id, None)
             try:
                 await db.write(leases.release, name, self.holder)
             except Exception as exc:
                 logger.warning("releasing %s: %s (it expires)", name, exc)
 
-    async def _send(self, webhook: Webhook, outbound: list[Outbound]) -> bool:
+    async def _deliver_held(
+        self, webhook_id: int, holding: Holding, client: httpx.AsyncClient
+    ) -> None:
+        worked = time.monotonic()
+        while not self.stopping and not holding.lost:
+            news = self.news  # taken before reading: what commits after wakes it
+            found = await db.read(pending, webhook_id)
+            if found is None:
+                return  # paused, or backing off
+            webhook, outbound = found
+            if outbound:
+                if not await self._send(webhook, outbound, holding, client):
+                    return
+                worked = time.monotonic()
+                continue
+            left = LINGER_SECONDS - (time.monotonic() - worked)
+            if left <= 0:
+                return
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(news.wait(), min(left, TICK_SECONDS))
+
+    async def _send(
+        self,
+        webhook: Webhook,
+        outbound: list[Outbound],
+        holding: Holding,
+        client: httpx.AsyncClient,
+    ) -> bool:
         """POST these events in order (saved by the saver as it goes); True to go
         on."""
         run = Run(webhook, webhook.cursor, Progress(webhook.cursor))
@@ -445,7 +544,9 @@ class Deliverer:
                 if self.stopping or run.stale:
                     break
                 if event.body is not None:
-                    attempt = await self._post(webhook, event)
+                    attempt = await self._attempt(webhook, event, holding, client)
+                    if attempt is None:
+                        break  # the lease may not outlast an attempt: stop here
                     run.progress.attempts.append(attempt)
                     if not (attempt.status_code and 200 <= attempt.status_code < 300):
                         run.progress.failed = attempt
@@ -454,40 +555,120 @@ class Deliverer:
                     run.progress.succeeded_at = attempt.at
                     webhook.attempts = 0
                 run.progress.cursor = event.cursor
-            return await self.saver.save_now(run) and not self.stopping
+            saved = await self.saver.save_now(run)
+            return saved and not self.stopping and not holding.lost
         finally:
             del self.saver.runs[webhook.pk]
 
-    async def _post(self, webhook: Webhook, event: Outbound) -> WebhookDelivery:
-        attempt = WebhookDelivery(
-            event_id=event.event_id, attempt=webhook.attempts + 1, at=timezone.now()
-        )
-        started = time.perf_counter()
-        failure = None
-        try:
-            host = urlsplit(webhook.url).hostname or ""
-            if not host_allowed(host):
-                raise ValueError(f"host {host!r} is not allowed any more")
-            timestamp = datetime.now(UTC)
-            signature = Signer(webhook.secret).sign(
-                event.event_id, timestamp, event.body
-            )
-            response = await self.client.post(
-                webhook.url,
-                content=event.body.encode(),
-                headers={
-                    "content-type": "application/json",
-                    "webhook-id": event.event_id,
-                    "webhook-timestamp": str(int(timestamp.timestamp())),
-                    "webhook-signature": signature,
-                    "user-agent": "Botlnek",
-                },
-            )
-            attempt.status_code = response.status_code
-        except (httpx.HTTPError, OSError, ValueError) as exc:
-            attempt.error = f"{type(exc).__name__}: {exc}".rstrip(": ")[:500]
-            failure = exc
-        attempt.ms = (time.perf_counter() - started) * 1000
+    async def _attempt(
+        self,
+        webhook: Webhook,
+        event: Outbound,
+        holding: Holding,
+        client: httpx.AsyncClient,
+    ) -> WebhookDelivery | None:
+        """One attempt, when the domain's turn comes; None if the lease might
+        expire before the attempt would end."""
+        domain = webhook.domain.key
+        turns = self.turns.setdefault(domain, asyncio.Semaphore(DOMAIN_CONNECTIONS))
+        async with turns:
+            if not holding.lasts(RESOLVE_SECONDS + ATTEMPT_SECONDS + 1):
+                return None
+            attempt, failure = await _post(webhook, event, client)
         outcome = metrics.delivery_outcome(attempt.status_code, failure)
-        self.outcomes[webhook.domain.key, outcome] += 1
+        self.outcomes[domain, outcome] += 1
         return attempt
+
+
+async def _post(
+    webhook: Webhook, event: Outbound, client: httpx.AsyncClient
+) -> tuple[WebhookDelivery, Exception | None]:
+    """One attempt to deliver `event`, and why it failed if it did."""
+    attempt = WebhookDelivery(
+        event_id=event.event_id, attempt=webhook.attempts + 1, at=timezone.now()
+    )
+    started = time.perf_counter()
+    failure = None
+    try:
+        addresses = await _resolve(webhook.url)
+        timestamp = datetime.now(UTC)
+        signature = Signer(webhook.secret).sign(event.event_id, timestamp, event.body)
+        headers = {
+            "content-type": "application/json",
+            "webhook-id": event.event_id,
+            "webhook-timestamp": str(int(timestamp.timestamp())),
+            "webhook-signature": signature,
+            "user-agent": "Botlnek",
+        }
+        attempt.status_code = await _call(
+            client, webhook.url, addresses, headers, event.body.encode()
+        )
+    except targets.Refused as exc:
+        attempt.error, failure = str(exc)[:500], exc
+    except TimeoutError as exc:
+        seconds = time.perf_counter() - started
+        attempt.error = f"TimeoutError: no whole answer within {seconds:.1f} s"
+        failure = exc
+    except (httpx.HTTPError, OSError) as exc:
+        attempt.error = f"{type(exc).__name__}: {exc}".rstrip(": ")[:500]
+        failure = exc
+    attempt.ms = (time.perf_counter() - started) * 1000
+    return attempt, failure
+
+
+@functools.cache
+def _resolver() -> ThreadPoolExecutor:
+    # Threads of their own, and many: a resolver that hangs for one webhook's
+    # host holds a thread until the system resolver gives up.
+    return ThreadPoolExecutor(max_workers=64, thread_name_prefix="botlnek-resolve")
+
+
+async def _resolve(url: str) -> list[targets.Address]:
+    """The checked addresses of `url`'s host, resolved off the event loop."""
+    loop = asyncio.get_running_loop()
+    allowed = settings.BOTLNEK_WEBHOOK_ALLOWED_HOSTS
+    try:
+        async with asyncio.timeout(RESOLVE_SECONDS):
+            return await loop.run_in_executor(_resolver(), targets.check, url, allowed)
+    except TimeoutError:
+        host = httpx.URL(url).host
+        raise targets.Refused(
+            f"host {host!r} did not resolve within {RESOLVE_SECONDS} s"
+        ) from None
+
+
+async def _call(
+    client: httpx.AsyncClient,
+    url: str,
+    addresses: list[targets.Address],
+    headers: dict[str, str],
+    body: bytes,
+) -> int:
+    """POST `body` to `url` at the first of `addresses` that takes a connection
+    (the Host header and TLS's server name stay the URL's); the answer's status.
+    The attempt ends ATTEMPT_SECONDS after it started, and at most BODY_LIMIT
+    bytes of the answer are read."""
+    target = httpx.URL(url)
+    headers = {**headers, "host": target.netloc.decode("ascii")}
+    server_name = target.raw_host.decode("ascii")
+    async with asyncio.timeout(ATTEMPT_SECONDS):
+        for index, address in enumerate(addresses):
+            pinned = target.copy_with(host=str(address))
+            try:
+                async with client.stream(
+                    "POST",
+                    pinned,
+                    content=body,
+                    headers=headers,
+                    extensions={"sni_hostname": server_name},
+                ) as response:
+                    read = 0
+                    async for chunk in response.aiter_raw():
+                        read += len(chunk)
+                        if read >= BODY_LIMIT:
+                            break
+                    return response.status_code
+            except httpx.ConnectError:
+                if index == len(addresses) - 1:
+                    raise
+    raise AssertionError("unreachable: there is always an address")

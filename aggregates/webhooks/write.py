@@ -3,7 +3,6 @@
 import base64
 import secrets
 from typing import Annotated, Literal
-from urllib.parse import urlsplit
 
 from django.conf import settings
 from django.db import transaction
@@ -14,37 +13,23 @@ from aggregates.models import Domain, Rule, Webhook
 from aggregates.rules.read import get_rule
 from aggregates.schemas import Key
 from aggregates.store.read import get_domain
+from aggregates.webhooks import targets
 from aggregates.webhooks.read import get_webhook, webhook_json
 
 RULE_EVENTS = {"rule.fired", "rule.late"}
 
 
-def _url_rule(value: str) -> str:
-    parts = urlsplit(value)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ValueError("must be an http:// or https:// URL with a host")
-    if not host_allowed(parts.hostname):
-        raise ValueError(
-            f"host {parts.hostname!r} is not one BOTLNEK_WEBHOOK_ALLOWED_HOSTS allows"
-        )
-    return value
+def check_target(url: str) -> None:
+    """Refuse a URL whose host is not one BOTLNEK_WEBHOOK_ALLOWED_HOSTS allows, or
+    that does not resolve (a 400 naming the host and the setting). It resolves the
+    host: call it off the event loop, and not on the database's writer."""
+    try:
+        targets.check(url, settings.BOTLNEK_WEBHOOK_ALLOWED_HOSTS)
+    except targets.Refused as exc:
+        raise StoreError(str(exc), field="url") from None
 
 
-def host_allowed(host: str) -> bool:
-    """BOTLNEK_WEBHOOK_ALLOWED_HOSTS: names, or `.example.com` for a domain and its
-    subdomains; empty allows any."""
-    allowed = settings.BOTLNEK_WEBHOOK_ALLOWED_HOSTS
-    if not allowed:
-        return True
-    host = host.lower().rstrip(".")
-    for name in allowed:
-        name = name.lower()
-        if host == name.lstrip(".") or (name.startswith(".") and host.endswith(name)):
-            return True
-    return False
-
-
-Url = Annotated[str, AfterValidator(_url_rule), Field(max_length=2000)]
+Url = Annotated[str, AfterValidator(targets.url_rule), Field(max_length=2000)]
 Events = list[Literal["version", "rule.fired", "rule.late"]]
 
 
