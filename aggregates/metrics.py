@@ -20,6 +20,8 @@ registry (no multiprocess mode): scrape every process at its own address.
         commit to its live frame being handed to a connection
     botlnek_rule_events_total{domain,event}         counter: rule events this
         process's rules engine recorded, event "fired" or "late"
+    botlnek_rule_evaluation_failures_total{domain}  counter: evaluations of a
+        (rule, aggregate) that failed (recorded against the pair; others go on)
     botlnek_rule_statuses{domain,status}            gauge: (rule, aggregate)
         statuses by status, from the database when scraped
     botlnek_webhook_deliveries_total{domain,outcome}  counter: delivery attempts
@@ -108,6 +110,11 @@ RULE_EVENTS = Counter(
     "Rule events recorded by this process's rules engine.",
     ["domain", "event"],
 )
+RULE_EVALUATION_FAILURES = Counter(
+    "botlnek_rule_evaluation_failures",
+    "Evaluations of a (rule, aggregate) that failed in this process's rules engine.",
+    ["domain"],
+)
 WEBHOOK_DELIVERIES = Counter(
     "botlnek_webhook_deliveries",
     "Webhook delivery attempts made by this process's delivery worker, by outcome.",
@@ -128,6 +135,11 @@ def versions_committed(committed: Sequence) -> None:
 def rule_events_recorded(domain: str, events: Iterable[str]) -> None:
     for event, count in Tally(events).items():
         RULE_EVENTS.labels(domain, event).inc(count)
+
+
+def rule_evaluations_failed(domain: str, failures: int) -> None:
+    if failures:
+        RULE_EVALUATION_FAILURES.labels(domain).inc(failures)
 
 
 def delivery_outcome(status_code: int | None, failure: Exception | None) -> str:

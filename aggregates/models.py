@@ -248,6 +248,8 @@ class RuleStatus(models.Model):
     fired_version = models.PositiveIntegerField(null=True, blank=True)
     next_due_at = models.DateTimeField(null=True, blank=True)
     changed_at = models.DateTimeField()
+    # Why its last evaluation failed (the rules engine goes on with other pairs).
+    error = models.CharField(max_length=500, blank=True, default="")
 
     class Meta:
         constraints = [

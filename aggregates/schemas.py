@@ -302,6 +302,9 @@ class WhyOut(Schema):
     version: int
     deadline: str | None
     ready: bool
+    error: str | None = Field(
+        None, description="why the rule's last evaluation of it failed, if it did"
+    )
     events: list[RuleEventOut]
     terms: list[TermOut]
 
@@ -315,6 +318,7 @@ class PreviewRow(Schema):
     aggregate: str
     status: Literal["waiting", "ready", "late", "fired"]
     would_fire: WouldFire | None
+    error: str | None = Field(None, description="why evaluating it failed, if it did")
 
 
 class PreviewOut(Schema):

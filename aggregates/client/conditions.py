@@ -12,7 +12,10 @@ this module: one grammar, one error format with columns.
 
 A collection NAME stands for its number of sources; age() is the age in seconds of a
 collection's newest source; durations are 90s, 15m, 6h, 2d. A missing collection
-counts 0 and its age is infinite. A bare count means "at least one".
+counts 0 and its age is infinite. A bare count means "at least one". Ages are
+compared with at most MAX_AGE_SECONDS (ten years: a bound past that could not be
+added to a time), and conditions nest at most MAX_DEPTH deep (parentheses and
+`not`): each level costs the parser a few frames of Python's stack.
 
 Besides answering for given facts, a condition lists its comparisons (`terms`, for
 "why not?") and the moments at which time alone may change its answer (`changes`).
@@ -37,6 +40,8 @@ _TOKEN = re.compile(
 )
 UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 DURATION = re.compile(r"(\d+)([smhd])")
+MAX_AGE_SECONDS = 3650 * 86400
+MAX_DEPTH = 50
 _COMPARE = {
     "<": lambda a, b: a < b,
     "<=": lambda a, b: a <= b,
@@ -291,6 +296,14 @@ class _Parser:
         self.text = text
         self.tokens = _tokens(text)
         self.index = 0
+        self.depth = 0
+
+    def deeper(self, token: _Token) -> None:
+        self.depth += 1
+        if self.depth > MAX_DEPTH:
+            raise ConditionError(
+                f"nested more than {MAX_DEPTH} levels deep", token.column
+            )
 
     @property
     def token(self) -> _Token:
@@ -333,9 +346,13 @@ class _Parser:
         return node
 
     def not_(self) -> Node:
-        if self.take("name", "not"):
-            return Not(self.not_())
-        return self.compare()
+        token = self.take("name", "not")
+        if token is None:
+            return self.compare()
+        self.deeper(token)
+        inner = self.not_()
+        self.depth -= 1
+        return Not(inner)
 
     def compare(self) -> Node:
         start = self.token
@@ -343,9 +360,17 @@ class _Parser:
         op = self.token
         if op.kind == "op" and op.text in _COMPARE:
             self.index += 1
+            right_token = self.token
             right, right_kind = self.operand()
             if "bool" in (left_kind, right_kind):
                 raise ConditionError("cannot compare a condition", op.column)
+            if "age" in (left_kind, right_kind):
+                bound = left if right_kind == "age" else right
+                at = start if right_kind == "age" else right_token
+                if isinstance(bound, Number) and bound.value > MAX_AGE_SECONDS:
+                    raise ConditionError(
+                        "an age is compared with at most 3650d (ten years)", at.column
+                    )
             return Compare(left, op.text, right, self.source(start))
         if left_kind == "count":
             return Compare(left, ">=", Number(1), self.source(start))
@@ -360,8 +385,10 @@ class _Parser:
         if self.take("duration"):
             return Number(int(token.text[:-1]) * UNITS[token.text[-1]]), "number"
         if self.take("op", "("):
+            self.deeper(token)
             node = self.or_()
             self.expect("op", ")", "')'")
+            self.depth -= 1
             return node, "bool"
         if token.kind == "name" and token.text in ("count", "age"):
             self.index += 1

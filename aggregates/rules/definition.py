@@ -161,9 +161,16 @@ class CompiledRule:
         return aggregate.startswith(self.prefix)
 
     def deadline(self, aggregate: str, first_at: datetime) -> datetime | None:
+        """The aggregate's deadline; None without one, or when it would fall
+        past the last date there is (a key dated 9999-12-31 counts as no date)."""
         if self.deadline_after is None:
             return None
+        base = first_at
         if self.deadline_from == Rule.DeadlineFrom.KEY_DATE:
             base = key_date(aggregate)
-            return None if base is None else base + self.deadline_after
-        return first_at + self.deadline_after
+            if base is None:
+                return None
+        try:
+            return base + self.deadline_after
+        except OverflowError:
+            return None

@@ -15,6 +15,12 @@ domain's write lock is held to commit), so the versions after a cursor are read
 without gaps; the rule rows' lock admits one step per domain at a time; and the
 unique (rule, seq) constraint is the last line of defence.
 
+An evaluation that fails for one (rule, aggregate) — a bug, a date past the last
+there is — is recorded against that pair (its `error`, shown by "why", and a
+metric) and leaves its status as it was; the step goes on with every other pair
+and moves the cursors on, so one bad key never stalls a domain. The pair is tried
+again at its next version.
+
 Each server process runs Runner: it steps a domain soon after a commit there
 (and coalesces bursts), and every CLOCK_SECONDS looks for domains whose rules are
 behind or have something due, so a transition is recorded within a few seconds
@@ -25,7 +31,7 @@ one does.
 import asyncio
 import heapq
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -79,17 +85,24 @@ def step(domain_key: str, now: datetime | None = None) -> bool:
         work = _Step(rules, now)
         more = work.run()
         committed = work.save()
-    if committed:
-        recorded = [happened.event for _, happened in work.happened]
-        transaction.on_commit(lambda: _announce(domain_key, committed, recorded))
+    recorded = [happened.event for _, happened in work.happened]
+    if committed or work.failures:
+        transaction.on_commit(
+            lambda: _announce(domain_key, committed, recorded, work.failures)
+        )
     return more
 
 
 def _announce(
-    domain: str, committed: list[events.RuleEventsCommitted], recorded: list[str]
+    domain: str,
+    committed: list[events.RuleEventsCommitted],
+    recorded: list[str],
+    failures: int,
 ) -> None:
     metrics.rule_events_recorded(domain, recorded)
-    events.rule_events_committed.send(committed)
+    metrics.rule_evaluations_failed(domain, failures)
+    if committed:
+        events.rule_events_committed.send(committed)
 
 
 def _lock_rules(domain_key: str) -> list[Rule] | None:
@@ -118,6 +131,7 @@ class _Step:
         self.due: list[tuple[datetime, int, int]] = []  # (moment, rule, aggregate)
         self.happened: list[tuple[_Tracked, Happened]] = []
         self.history: dict[tuple[int, int], dict[str, datetime]] = {}
+        self.failures = 0  # evaluations that failed
 
     def run(self) -> bool:
         start = min(rule.position for rule in self.rows.values())
@@ -175,11 +189,13 @@ class _Step:
             if not rule.matches(tracked.aggregate):
                 tracked.state.next_due_at = None  # the rule no longer applies
                 continue
-            # The definition may have changed (PUT) since the deadline was set.
-            tracked.state.deadline = rule.deadline(tracked.aggregate, tracked.first_at)
-            happened = evaluate.advance(rule, tracked.state, moment)
-            self._record(tracked, happened)
-            self._schedule(tracked)
+
+            def advance(state: State, rule=rule, tracked=tracked, moment=moment):
+                # The definition may have changed (PUT) since the deadline was set.
+                state.deadline = rule.deadline(tracked.aggregate, tracked.first_at)
+                return evaluate.advance(rule, state, moment)
+
+            self._evaluate(tracked, advance)
         return False
 
     def _apply(self, row: "_Version") -> None:
@@ -190,18 +206,64 @@ class _Step:
             if not rule.matches(version.aggregate):
                 continue
             tracked = self.tracked.get((rule.id, aggregate_id))
-            if tracked is None:
-                newest = self._newest_as_of(aggregate_id, version)
-                state, happened = evaluate.begin(rule, version, newest)
-                tracked = _Tracked(
-                    rule, aggregate_id, version.aggregate, version.first_at, state
+            if tracked is not None:
+                self._evaluate(
+                    tracked,
+                    lambda state, rule=rule: evaluate.apply(rule, state, version),
                 )
-                self.tracked[rule.id, aggregate_id] = tracked
-            else:
-                happened = evaluate.apply(rule, tracked.state, version)
-            tracked.touched = True
-            self._record(tracked, happened)
-            self._schedule(tracked)
+                continue
+            newest = self._newest_as_of(aggregate_id, version)
+            tracked = _Tracked(
+                rule,
+                aggregate_id,
+                version.aggregate,
+                version.first_at,
+                evaluate.unevaluated(version),
+            )
+            self.tracked[rule.id, aggregate_id] = tracked
+            self._evaluate(
+                tracked,
+                lambda _, rule=rule, newest=newest: evaluate.begin(
+                    rule, version, newest
+                ),
+            )
+
+    def _evaluate(
+        self,
+        tracked: _Tracked,
+        evaluation: Callable[[State], list[Happened] | tuple[State, list[Happened]]],
+    ) -> None:
+        """Run `evaluation` on a copy of the pair's state and keep the outcome
+        (an evaluation may also answer a new state); if it fails, record why
+        against the pair and keep its state as it was."""
+        tracked.touched = True
+        state = evaluate.copied(tracked.state)
+        try:
+            outcome = evaluation(state)
+        except DatabaseError:
+            raise  # the step fails whole, and is tried again
+        except Exception as exc:
+            self._failed(tracked, exc)
+            return
+        if isinstance(outcome, tuple):
+            state, happened = outcome
+        else:
+            happened = outcome
+        state.error = ""
+        tracked.state = state
+        self._record(tracked, happened)
+        self._schedule(tracked)
+
+    def _failed(self, tracked: _Tracked, exc: Exception) -> None:
+        error = f"evaluating it failed: {type(exc).__name__}: {exc}"
+        logger.warning(
+            "rule %s, aggregate %s: %s", tracked.rule.name, tracked.aggregate, error
+        )
+        tracked.state.error = error[:500]
+        # Not again by time alone, which would fail again every second: the
+        # aggregate's next version tries again.
+        tracked.state.next_due_at = None
+        self.failures += 1
 
     def _newest_as_of(
         self, aggregate_id: int, version: VersionFacts
@@ -251,7 +313,7 @@ class _Step:
                 )
             )
         sql.save_events(recorded)
-        sql.save_cursors(self.domain_id, self.position, seqs)
+        sql.save_cursors(self.rows, self.position, seqs)
         return [
             events.RuleEventsCommitted(self.domain, self.rows[rule_id].name, seq)
             for rule_id, seq in seqs.items()
@@ -352,6 +414,9 @@ class Runner:
                     more = await db.write(step, domain)
                 except DatabaseError as exc:
                     logger.warning("rules of %s: step failed: %s", domain, exc)
+                    return
+                except Exception:
+                    logger.exception("rules of %s: step failed", domain)
                     return
                 if not more and domain not in self.again:
                     return

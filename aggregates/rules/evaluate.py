@@ -12,7 +12,7 @@ deadline) up to a given time; a version is applied at its own time, after them.
            becomes true by time alone; its status is ready while it holds.
 """
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 
 from aggregates.client.conditions import Facts
@@ -38,6 +38,26 @@ class State:
     late: bool = False
     fired_version: int | None = None
     next_due_at: datetime | None = None
+    error: str = ""  # why its last evaluation failed, if it did
+
+
+def unevaluated(version: "VersionFacts") -> State:
+    """A pair whose first evaluation failed: waiting, as of that version."""
+    return State(
+        status=Status.WAITING,
+        version=version.version,
+        position=version.position,
+        counts=dict(version.counts),
+        newest={},
+        deadline=None,
+        evaluated_at=version.at,
+        changed_at=version.at,
+    )
+
+
+def copied(state: State) -> State:
+    """A copy to evaluate on: the original stays as it was if evaluating fails."""
+    return replace(state, counts=dict(state.counts), newest=dict(state.newest))
 
 
 @dataclass(frozen=True)

@@ -201,6 +201,7 @@ def why(domain: str, rule: str, aggregate: str) -> dict[str, Any]:
         newest = newest_by_collection(target.pk, target.version)
         status, version = None, target.version
         deadline = compiled.deadline(aggregate, target.created_at)
+    error = row.error if row is not None else ""
     terms = compiled.condition.terms(Facts(counts, newest, now))
     events = RuleEvent.objects.filter(rule=found, aggregate=aggregate).order_by("-seq")
     return {
@@ -210,6 +211,7 @@ def why(domain: str, rule: str, aggregate: str) -> dict[str, Any]:
         "version": version,
         "deadline": isoformat(deadline) if deadline else None,
         "ready": compiled.condition(Facts(counts, newest, now)),
+        "error": error or None,
         "events": [
             event_json(event, rule, domain)
             for event in reversed(events[:EVENTS_PER_AGGREGATE])
@@ -276,25 +278,31 @@ def preview(domain: str, definition: RuleIn, *, limit: int) -> dict[str, Any]:
     now = timezone.now()
     answers = []
     for aggregate_id, key, created_at in aggregates:
-        state, happened = None, []
-        for _, number, position, at, collection, counts in by_aggregate.get(
-            aggregate_id, []
-        ):
-            facts = VersionFacts(
-                key, number, position, at, collection, counts, created_at
+        versions = [
+            VersionFacts(key, number, position, at, collection, counts, created_at)
+            for _, number, position, at, collection, counts in by_aggregate.get(
+                aggregate_id, []
             )
-            if state is None:
-                state, happened = evaluate.begin(rule, facts, {collection: at})
-            else:
-                happened += evaluate.apply(rule, state, facts)
-        if state is None:
+        ]
+        if not versions:
             continue
-        happened += evaluate.advance(rule, state, now)
+        try:
+            status, happened = _replay(rule, versions, now)
+        except Exception as exc:  # as the engine records it against the pair
+            answers.append(
+                {
+                    "aggregate": key,
+                    "status": "waiting",
+                    "would_fire": None,
+                    "error": f"evaluating it failed: {type(exc).__name__}: {exc}",
+                }
+            )
+            continue
         fired = next((h for h in happened if h.event == RuleEvent.Kind.FIRED), None)
         answers.append(
             {
                 "aggregate": key,
-                "status": state.status,
+                "status": status,
                 "would_fire": (
                     {"version": fired.version, "reason": fired.reason}
                     if fired
@@ -306,3 +314,16 @@ def preview(domain: str, definition: RuleIn, *, limit: int) -> dict[str, Any]:
         "aggregates": answers,
         "counts": dict(Counter(a["status"] for a in answers)),
     }
+
+
+def _replay(
+    rule: CompiledRule, versions: list[VersionFacts], now: datetime
+) -> tuple[str, list[evaluate.Happened]]:
+    """An aggregate's history under the rule, up to now: its status, and what
+    would have been recorded."""
+    first = versions[0]
+    state, happened = evaluate.begin(rule, first, {first.collection: first.at})
+    for facts in versions[1:]:
+        happened += evaluate.apply(rule, state, facts)
+    happened += evaluate.advance(rule, state, now)
+    return state.status, happened

@@ -36,6 +36,7 @@ _COLUMNS = (
     "fired_version",
     "next_due_at",
     "changed_at",
+    "error",
 )
 
 
@@ -101,6 +102,7 @@ def _state(row: tuple) -> State:
         fired_version,
         next_due_at,
         changed_at,
+        error,
     ) = row
     return State(
         status=status,
@@ -115,6 +117,7 @@ def _state(row: tuple) -> State:
         late=bool(late),
         fired_version=fired_version,
         next_due_at=_time(next_due_at),
+        error=error,
     )
 
 
@@ -138,6 +141,7 @@ def _values(state: State, ops) -> list[Any]:
         state.fired_version,
         time(state.next_due_at),
         time(state.changed_at),
+        state.error,
     ]
 
 
@@ -181,15 +185,19 @@ def save_events(events: list[tuple]) -> None:
         )
 
 
-def save_cursors(domain_id: int, position: int | None, seqs: dict[int, int]) -> None:
-    """Every rule of the domain has evaluated up to `position`; some rules'
-    logs reached new seqs."""
+def save_cursors(
+    rule_ids: Iterable[int], position: int | None, seqs: dict[int, int]
+) -> None:
+    """These rules (those the step locked: never one created meanwhile, which has
+    not read what they read) have evaluated up to `position`; some rules' logs
+    reached new seqs."""
+    rules = sorted(rule_ids)
     with connection.cursor() as cursor:
-        if position is not None:
+        if position is not None and rules:
             cursor.execute(
                 f'UPDATE "{RULE}" SET "position" = %s'
-                ' WHERE "domain_id" = %s AND "position" < %s',
-                [position, domain_id, position],
+                f' WHERE "id" IN ({placeholders(len(rules))}) AND "position" < %s',
+                [position, *rules, position],
             )
         if seqs:
             cursor.executemany(
