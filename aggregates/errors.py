@@ -44,6 +44,13 @@ def error_response(
     return JsonResponse(body, status=status)
 
 
+def unauthorized(detail: str) -> JsonResponse:
+    """401, and how to authenticate."""
+    response = error_response(401, "unauthorized", detail)
+    response["WWW-Authenticate"] = "Bearer"
+    return response
+
+
 class ApiError(Exception):
     """Raised anywhere in an API request to answer with this error."""
 

@@ -44,6 +44,7 @@ from collections import Counter as Tally
 from collections.abc import Iterable, Sequence
 
 import httpx
+from django.conf import settings
 from django.db import DatabaseError
 from django.http import HttpRequest, HttpResponse
 from django.views.decorators.http import require_safe
@@ -57,8 +58,8 @@ from prometheus_client import (
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.exposition import choose_encoder
 
-from aggregates import db
-from aggregates.errors import error_response
+from aggregates import db, tokens
+from aggregates.errors import error_response, unauthorized
 
 logger = logging.getLogger("botlnek.metrics")
 
@@ -315,10 +316,15 @@ REGISTRY.register(DatabaseGauges())
 @require_safe
 async def scrape(request: HttpRequest) -> HttpResponse:
     """The process's metrics in Prometheus' text format (or OpenMetrics, when the
-    scraper asks for it). ApiGatewayMiddleware checked the token, unless
-    BOTLNEK_PUBLIC_METRICS=1; one limited to some domains may not see every
-    domain's figures."""
+    scraper asks for it), for a read token of every domain unless
+    BOTLNEK_PUBLIC_METRICS=1. ApiGatewayMiddleware checked the token already; this
+    checks again, so that no route that reaches this view skips it."""
     token = getattr(request, "api_token", None)
+    if token is None and not settings.BOTLNEK_PUBLIC_METRICS:
+        raw = tokens.bearer(request)
+        token = await tokens.authenticate(raw) if raw else None
+        if token is None:
+            return unauthorized("send 'Authorization: Bearer <token>' of a read token")
     if token is not None and token.domains:
         return error_response(
             403,

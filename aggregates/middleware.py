@@ -10,7 +10,7 @@ from django.db import DatabaseError
 from django.http import HttpRequest, HttpResponse
 
 from aggregates import metrics, tokens
-from aggregates.errors import error_response
+from aggregates.errors import error_response, unauthorized
 
 logger = logging.getLogger("botlnek.api")
 # One JSON line per request: method, path, status, duration, token *name*.
@@ -24,13 +24,6 @@ _REASONS = {
     404: ("not_found", "no such path in the API; see /api/docs"),
     405: ("method_not_allowed", "this path does not accept {method}"),
 }
-
-
-def bearer_token(request: HttpRequest) -> str | None:
-    scheme, _, token = request.headers.get("Authorization", "").partition(" ")
-    if scheme.lower() != "bearer" or not token.strip():
-        return None
-    return token.strip()
 
 
 def needs_token(path: str) -> bool:
@@ -71,9 +64,9 @@ class ApiGatewayMiddleware:
     async def _respond(self, request: HttpRequest) -> HttpResponse:
         if not needs_token(request.path_info):
             return await self.get_response(request)
-        raw = bearer_token(request)
+        raw = tokens.bearer(request)
         if raw is None:
-            return _unauthorized("send 'Authorization: Bearer <token>'")
+            return unauthorized("send 'Authorization: Bearer <token>'")
         try:
             token = await tokens.authenticate(raw)
         except DatabaseError:
@@ -82,7 +75,7 @@ class ApiGatewayMiddleware:
                 503, "unavailable", "the database is unreachable; retry shortly"
             )
         if token is None:
-            return _unauthorized("the token is unknown or revoked")
+            return unauthorized("the token is unknown or revoked")
         request.api_token = token
         response = await self.get_response(request)
         if response.status_code in _REASONS and not _is_json(response):
@@ -94,12 +87,6 @@ class ApiGatewayMiddleware:
                 shaped["Allow"] = response["Allow"]
             return shaped
         return response
-
-
-def _unauthorized(detail: str) -> HttpResponse:
-    response = error_response(401, "unauthorized", detail)
-    response["WWW-Authenticate"] = "Bearer"
-    return response
 
 
 def _is_json(response: HttpResponse) -> bool:

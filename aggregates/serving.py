@@ -112,8 +112,9 @@ def _exit_when_done() -> None:
 
 
 def bind_server_loop(app):
-    """Wrap the ASGI application so the loop serving it is known, and so that a
-    stopping server turns new requests away instead of starting them."""
+    """Wrap the ASGI application so the loop serving it is known, so that a
+    stopping server turns new requests away instead of starting them, and so that
+    no client chooses the root path the application is served at."""
 
     async def bound(scope, receive, send):
         loop = asyncio.get_running_loop()
@@ -122,6 +123,12 @@ def bind_server_loop(app):
         if scope["type"] == "lifespan":
             await _lifespan(loop, receive, send)
             return
+        if scope.get("root_path"):
+            # daphne takes a root path from the client's Daphne-Root-Path header,
+            # which would route /x/metrics past the API's token check to the
+            # dashboard's side. Botlnek is served at the root (a proxy that
+            # publishes it under a prefix strips the prefix).
+            scope = {**scope, "root_path": ""}
         if _stopping and scope["type"] in ("http", "websocket"):
             await _turn_away(scope, send)
             return

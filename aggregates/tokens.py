@@ -6,12 +6,21 @@ import secrets
 import threading
 import time
 
+from django.http import HttpRequest
 from django.utils import timezone
 
 from aggregates import db
 from aggregates.models import ApiToken
 
 TOKEN_PREFIX = "bk_"
+
+
+def bearer(request: HttpRequest) -> str | None:
+    """The token a request carries in its Authorization header, if any."""
+    scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        return None
+    return token.strip()
 
 
 def digest(raw: str) -> str:

@@ -169,6 +169,18 @@ def test_metrics_need_a_token_for_every_domain(start_server, token, read_token):
     assert forbidden.status_code == 403 and forbidden.json()["error"] == "forbidden"
     wrong = httpx.post(url, headers={"Authorization": f"Bearer {read_token}"})
     assert wrong.status_code == 405 and wrong.json()["error"] == "method_not_allowed"
+    # No header a client sends changes which part of the server answers: daphne
+    # takes a root path from Daphne-Root-Path, which would route /x/metrics to the
+    # dashboard's side.
+    for path, headers in [
+        ("/x/metrics", {"Daphne-Root-Path": "/x"}),
+        ("/metrics", {"Daphne-Root-Path": "/metrics"}),
+        ("/metrics", {"X-Forwarded-Prefix": "/x", "X-Forwarded-Host": "other"}),
+        ("/metrics", {"Host": "localhost", "X-Forwarded-Proto": "https"}),
+    ]:
+        sneaked = httpx.get(f"{server.url}{path}", headers=headers)
+        assert sneaked.status_code in (401, 404), (path, headers, sneaked.text)
+        assert "botlnek_" not in sneaked.text
     # It is no JSON operation of the API.
     document = httpx.get(f"{server.url}/api/openapi.json").json()
     assert not [path for path in document["paths"] if "metrics" in path]
