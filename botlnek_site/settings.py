@@ -117,6 +117,19 @@ TEMPLATES = [
 ]
 
 
+def _sqlite_synchronous() -> str:
+    """FULL: a commit is on disk before it is acknowledged, so a power cut cannot
+    take back a version a client (or a webhook's receiver) was told of, and its
+    position cannot be given to another. NORMAL (WAL's default) trades that for
+    speed: bench/results-durability.md measures the difference."""
+    value = env_str("BOTLNEK_SQLITE_SYNCHRONOUS", "full").upper()
+    if value not in ("FULL", "NORMAL"):
+        raise ImproperlyConfigured(
+            f"BOTLNEK_SQLITE_SYNCHRONOUS must be full or normal, not {value.lower()!r}"
+        )
+    return value
+
+
 def _database() -> dict:
     url = env_str("BOTLNEK_DATABASE_URL")
     if not url:
@@ -131,7 +144,9 @@ def _database() -> dict:
             # Writers queue for the lock at BEGIN instead of failing mid-transaction.
             "transaction_mode": "IMMEDIATE",
             "timeout": 30,
-            "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
+            "init_command": (
+                f"PRAGMA journal_mode=WAL; PRAGMA synchronous={_sqlite_synchronous()};"
+            ),
         }
         config["TEST"] = {"NAME": str(DATA_DIR / "test.sqlite3")}
     elif engine == "django.db.backends.postgresql":

@@ -34,6 +34,12 @@ def test_env_helpers_parse_and_reject(monkeypatch):
         ("BOTLNEK_DB_POOL_SIZE", "1", "BOTLNEK_DB_POOL_SIZE must be at least 2"),
         ("BOTLNEK_WRITE_RATE", "fast", "BOTLNEK_WRITE_RATE must look like 100/s"),
         ("BOTLNEK_HTTPS", "1", "BOTLNEK_SECRET_KEY is required with BOTLNEK_HTTPS=1"),
+        ("BOTLNEK_SQLITE_SYNCHRONOUS", "off", "must be full or normal, not 'off'"),
+        (
+            "BOTLNEK_WEBHOOK_ALLOWED_HOSTS",
+            "external, 10.0.0.0/33",
+            "BOTLNEK_WEBHOOK_ALLOWED_HOSTS: '10.0.0.0/33' is neither",
+        ),
     ],
 )
 def test_bad_setting_stops_the_server_with_its_name(tmp_path, variable, value, message):
@@ -90,3 +96,28 @@ def test_dashboard_pages_carry_a_content_security_policy(admin_client):
     assert "script-src 'self'" in page["Content-Security-Policy"]
     assert page["X-Frame-Options"] == "DENY"
     assert "Content-Security-Policy" not in admin_client.get("/admin/")
+
+
+@pytest.mark.parametrize(("setting", "level"), [(None, "2"), ("normal", "1")])
+def test_sqlite_syncs_every_commit_unless_told_otherwise(tmp_path, setting, level):
+    """synchronous=FULL (2) by default: an acknowledged commit survives a power
+    cut; NORMAL (1) when the operator trades that for speed."""
+    env = {**os.environ, "BOTLNEK_DATA_DIR": str(tmp_path)}
+    env.pop("BOTLNEK_DATABASE_URL", None)
+    if setting:
+        env["BOTLNEK_SQLITE_SYNCHRONOUS"] = setting
+    code = (
+        "from django.db import connection\n"
+        "cursor = connection.cursor()\n"
+        "print(cursor.execute('PRAGMA synchronous').fetchone()[0],"
+        " cursor.execute('PRAGMA journal_mode').fetchone()[0])"
+    )
+    result = subprocess.run(
+        [sys.executable, "manage.py", "shell", "-c", code],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert result.stdout.splitlines()[-1].split() == [level, "wal"]
