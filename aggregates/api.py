@@ -26,7 +26,7 @@ from ninja.security import HttpBearer
 from pydantic import BaseModel, Field
 from pydantic import ValidationError as PydanticValidationError
 
-from aggregates import db, store
+from aggregates import db, limits, store
 from aggregates.access import (
     ERRORS,
     WRITE_ERRORS,
@@ -390,7 +390,7 @@ class StreamQuery(BaseModel):
 
 @api.get(
     "/stream",
-    response={200: None, **ERRORS},
+    response={200: None, 429: Error, **ERRORS},
     summary="New versions (id: the position), or a rule's events (id: the seq), "
     "as Server-Sent Events",
 )
@@ -421,9 +421,16 @@ async def stream(request: HttpRequest, query: Query[StreamQuery]):
     except PydanticValidationError as exc:
         fields = field_errors(exc.errors(), whole="query")
         raise ApiError(400, "invalid", summary(fields), fields) from None
-    response = StreamingHttpResponse(
-        sse.event_stream(subscription), content_type="text/event-stream"
+    holder = limits.holder_of(token_of(request))
+    if not limits.connections().open(holder):
+        detail = limits.connections().refusal(holder)
+        raise ApiError(429, "too_many_connections", detail, {"token": detail})
+    events = sse.EventStream(
+        subscription,
+        request.http_stream,
+        release=lambda: limits.connections().close(holder),
     )
+    response = StreamingHttpResponse(events, content_type="text/event-stream")
     response["Cache-Control"] = "no-cache"
     response["X-Accel-Buffering"] = "no"  # let proxies pass events on at once
     return response

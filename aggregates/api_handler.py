@@ -26,6 +26,7 @@ from django.core.handlers.asgi import ASGIHandler, get_script_prefix
 from django.core.handlers.exception import convert_exception_to_response
 from django.urls import set_script_prefix
 
+from aggregates.live import daphne_transport
 from aggregates.middleware import ApiGatewayMiddleware
 
 # Django's internals this handler relies on (see the module docstring).
@@ -72,10 +73,18 @@ class APIHandler(ASGIHandler):
             error_response.close()
             return
 
+        # A streamed response (Server-Sent Events) waits for its connection's
+        # write buffer, and may drop a reader that fell behind (the daphne seam).
+        request.http_stream = stream = daphne_transport.HttpStream(send)
+
         async def process_request():
             response = await self.run_get_response(request)
+            target = send
+            if response.streaming:
+                stream.attach()
+                target = stream.paced(send)
             with contextlib.suppress(asyncio.CancelledError):  # client went away
-                await self.send_response(response, send)
+                await self.send_response(response, target)
             return response
 
         # As Django does: a client that disconnects cancels the request (an SSE
@@ -95,6 +104,7 @@ class APIHandler(ASGIHandler):
                     task.cancel()
                     with contextlib.suppress(asyncio.CancelledError):
                         await task
+            stream.detach()
             body_file.close()
         if not listener.cancelled():
             # Retrieved, not raised: raised here, the RequestAborted's traceback

@@ -1,7 +1,9 @@
-"""Per-token limits: a write rate (token bucket) and open websockets.
+"""Per-token limits: a write rate (token bucket) and open live connections.
 
 Both are off unless configured (docs/operations.md) and kept per server process:
 behind a proxy spreading load over N processes a token gets up to N times the limit.
+Live connections are a token's websockets (/ws/subscribe) and Server-Sent Events
+streams (/api/stream) together, and a logged-in user's dashboard sockets.
 """
 
 import math
@@ -70,28 +72,48 @@ def retry_after(wait: float) -> str:
     return str(max(1, math.ceil(wait)))
 
 
+Holder = tuple[str, int]  # ("token", id) or ("user", id)
+
+
+def holder_of(token, user=None) -> Holder | None:
+    """Whose live connection this is: the API token's, else the logged-in user's
+    (a dashboard's); None for nobody's (a public dashboard's visitor)."""
+    if token is not None:
+        return ("token", token.pk)
+    if user is not None and user.is_authenticated:
+        return ("user", user.pk)
+    return None
+
+
 class ConnectionLimiter:
-    """Counts each token's open websockets; open() refuses past `limit`."""
+    """Counts each holder's open live connections; open() refuses past `limit`."""
 
     def __init__(self, limit: int) -> None:
         self.limit = limit
-        self._open: Counter[int] = Counter()
+        self._open: Counter[Holder] = Counter()
 
-    def open(self, token_id: int) -> bool:
+    def open(self, holder: Holder) -> bool:
         # Called on the event loop only: no lock needed.
-        if self.limit and self._open[token_id] >= self.limit:
+        if self.limit and self._open[holder] >= self.limit:
             return False
-        self._open[token_id] += 1
+        self._open[holder] += 1
         return True
 
-    def close(self, token_id: int) -> None:
-        self._open[token_id] -= 1
-        if self._open[token_id] <= 0:
-            del self._open[token_id]
+    def close(self, holder: Holder) -> None:
+        self._open[holder] -= 1
+        if self._open[holder] <= 0:
+            del self._open[holder]
+
+    def refusal(self, holder: Holder) -> str:
+        who = "token" if holder[0] == "token" else "user"
+        return (
+            f"this {who} already has {self.limit} open live connections on this "
+            "server (BOTLNEK_WS_MAX_CONNECTIONS_PER_TOKEN)"
+        )
 
 
 _writes: RateLimiter | None = None
-_sockets: ConnectionLimiter | None = None
+_connections: ConnectionLimiter | None = None
 
 
 def writes() -> RateLimiter | None:
@@ -105,15 +127,15 @@ def writes() -> RateLimiter | None:
     return _writes
 
 
-def sockets() -> ConnectionLimiter:
-    global _sockets
+def connections() -> ConnectionLimiter:
+    global _connections
     limit = settings.BOTLNEK_WS_MAX_CONNECTIONS_PER_TOKEN
-    if _sockets is None or _sockets.limit != limit:
-        _sockets = ConnectionLimiter(limit)
-    return _sockets
+    if _connections is None or _connections.limit != limit:
+        _connections = ConnectionLimiter(limit)
+    return _connections
 
 
 def reset() -> None:
     """Forget every bucket and count (for tests)."""
-    global _writes, _sockets
-    _writes = _sockets = None
+    global _writes, _connections
+    _writes = _connections = None

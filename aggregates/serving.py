@@ -129,6 +129,10 @@ def bind_server_loop(app):
             # dashboard's side. Botlnek is served at the root (a proxy that
             # publishes it under a prefix strips the prefix).
             scope = {**scope, "root_path": ""}
+        if scope["type"] == "websocket":
+            # The server's own send, for the daphne seam: middleware (sessions)
+            # wraps the one a consumer gets.
+            scope = {**scope, daphne_transport.SERVER_SEND: send}
         if _stopping and scope["type"] in ("http", "websocket"):
             await _turn_away(scope, send)
             return

@@ -196,11 +196,14 @@ BOTLNEK_POSITION_CHECK_SECONDS = env_int(
 
 # Per-token limits, per server process, off unless set: write requests (POST under
 # /api/) as a token bucket, "100/s", "6000/m" or "50000/h" (429 + Retry-After past
-# it), and open websocket subscriptions (closed with 1008 past it).
+# it), and open live connections: a token's websockets and SSE streams, a user's
+# dashboard sockets (a websocket past it is closed with 1008, a stream is a 429).
 BOTLNEK_WRITE_RATE = Rate.parse("BOTLNEK_WRITE_RATE", env_str("BOTLNEK_WRITE_RATE"))
 BOTLNEK_WS_MAX_CONNECTIONS_PER_TOKEN = env_int(
     "BOTLNEK_WS_MAX_CONNECTIONS_PER_TOKEN", 0, minimum=0
 )
+# Subscriptions one /ws/subscribe connection may hold at once.
+BOTLNEK_WS_MAX_SUBSCRIPTIONS = env_int("BOTLNEK_WS_MAX_SUBSCRIPTIONS", 100, minimum=1)
 
 # Hosts webhooks may call (aggregates/webhooks/targets.py): names, .domains, IP
 # addresses, CIDR networks, and the classes external, loopback, private and *.

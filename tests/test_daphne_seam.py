@@ -11,7 +11,7 @@ from twisted.internet.address import IPv4Address
 from twisted.internet.testing import StringTransport
 from twisted.web.http import HTTPChannel
 
-from aggregates.live.daphne_transport import SeamError, attach
+from aggregates.live.daphne_transport import HttpStream, SeamError, attach
 
 
 @pytest.fixture
@@ -67,3 +67,41 @@ def test_another_servers_send_needs_no_seam():
     pressure = attach(send)
     assert not pressure.paused and pressure.max_message_size == 0
     assert not pressure.close(1013, "reason")  # the caller closes through ASGI
+
+
+def test_a_streamed_http_response_attaches_to_daphnes_request():
+    """An event stream's connection: daphne's WebRequest over Twisted's channel
+    pauses it when the socket's buffer is full, and it can drop the connection."""
+    from daphne.http_protocol import HTTPFactory, WebRequest
+    from daphne.server import Server
+
+    server = Server(application=None, endpoints=["tcp:port=0:interface=127.0.0.1"])
+    server.connections = {}
+    channel = HTTPChannel()  # as daphne's HTTPFactory builds it, unwrapped
+    channel.factory = HTTPFactory(server)
+    transport = StringTransport()
+    channel.makeConnection(transport)
+    request = WebRequest(channel)
+    stream = HttpStream(functools.partial(server.handle_reply, request))
+    stream.attach()
+    assert request.producer is not None
+    channel.pauseProducing()  # Twisted: the socket's buffer is full
+    assert stream.paused
+    channel.resumeProducing()
+    assert not stream.paused
+    done = []
+    stream.when_done(lambda: done.append(True))
+    stream.detach()
+    assert request.producer is None and done == [True]
+    stream.attach()
+    assert stream.abort() and transport.disconnecting
+
+
+def test_an_http_request_without_what_the_seam_needs_fails_loudly(daphne):
+    server = daphne[0]
+
+    class Changed:  # a request of some other daphne or Twisted
+        channel = None
+
+    with pytest.raises(SeamError, match="registerProducer"):
+        HttpStream(functools.partial(server.handle_reply, Changed())).attach()

@@ -3,7 +3,6 @@
 import asyncio
 import json
 import time
-from types import SimpleNamespace
 from unittest.mock import patch
 
 import httpx
@@ -91,14 +90,14 @@ def test_a_socket_gives_its_place_back_once_even_when_disconnected_twice():
     # An overflow (1013) disconnects the consumer, then the close does again.
     sockets = limits.ConnectionLimiter(2)
     consumer = SubscribeConsumer()
-    consumer.token, consumer.subscriptions = SimpleNamespace(pk=7), {}
-    with patch.object(limits, "sockets", lambda: sockets):
-        consumer.counted = sockets.open(7)
-        assert sockets.open(7)  # the token's second socket, which stays open
+    consumer.holder, consumer.subscriptions = ("token", 7), {}
+    with patch.object(limits, "connections", lambda: sockets):
+        consumer.counted = sockets.open(("token", 7))
+        assert sockets.open(("token", 7))  # the token's second socket, still open
         asyncio.run(consumer.disconnect(1013))
         asyncio.run(consumer.disconnect(1000))
-    assert sockets.open(7)  # the first socket's place, given back once
-    assert not sockets.open(7)  # the limit holds
+    assert sockets.open(("token", 7))  # the first socket's place, given back once
+    assert not sockets.open(("token", 7))  # the limit holds
 
 
 def test_writes_are_unlimited_unless_configured(api, domain, fresh_limiters):
@@ -127,7 +126,7 @@ def test_websockets_past_the_per_token_limit_are_closed_with_1008(start_server, 
                 with pytest.raises(websockets.ConnectionClosed) as closed:
                     await third.subscribe()
                 assert closed.value.rcvd.code == 1008
-                assert "2 open connections" in closed.value.rcvd.reason
+                assert "2 open live connections" in closed.value.rcvd.reason
             async with Subscriber(server, other) as other_token:
                 await other_token.subscribe()
             await first.ws.close()
@@ -142,6 +141,100 @@ def test_websockets_past_the_per_token_limit_are_closed_with_1008(start_server, 
             raise AssertionError("the freed place never became available")
 
     asyncio.run(scenario())
+
+
+def test_a_websocket_holds_at_most_so_many_subscriptions(start_server, token):
+    server = start_server(BOTLNEK_WS_MAX_SUBSCRIPTIONS="2")
+
+    async def scenario():
+        async with Subscriber(server, token) as sub:
+            await sub.subscribe(id="a")
+            await sub.subscribe(id="b")
+            await sub.send(type="subscribe", id="c", domain="c-inputs")
+            refused = await sub.next()
+            await sub.send(type="unsubscribe", id="a")
+            await sub.subscribe(id="c")  # a place was given back
+            return refused
+
+    refused = asyncio.run(scenario())
+    assert (refused["type"], refused["error"], refused["id"]) == (
+        "error",
+        "too_many_subscriptions",
+        "c",
+    )
+    assert "BOTLNEK_WS_MAX_SUBSCRIPTIONS" in refused["detail"]
+
+
+def test_event_streams_and_dashboard_sockets_count_towards_the_limit(
+    start_server, domain
+):
+    """A token's SSE streams count with its websockets; a logged-in user's
+    dashboard sockets count for that user."""
+    from django.contrib.auth import get_user_model
+
+    limited = create_token(name="limited", scope="read")[1]
+    server = start_server(BOTLNEK_WS_MAX_CONNECTIONS_PER_TOKEN="2")
+    headers = {"Authorization": f"Bearer {limited}"}
+    stream = f"{server.url}/api/stream?domain=c-inputs"
+    with httpx.Client(timeout=10) as http:
+        with http.stream("GET", stream, headers=headers) as first:
+            assert first.status_code == 200
+            with http.stream("GET", stream, headers=headers) as second:
+                assert second.status_code == 200
+                third = http.get(stream, headers=headers)
+                assert third.status_code == 429
+                assert third.json()["error"] == "too_many_connections"
+                assert "BOTLNEK_WS_MAX_CONNECTIONS_PER_TOKEN" in third.json()["detail"]
+
+                async def websocket():
+                    async with Subscriber(server, limited) as fourth:
+                        with pytest.raises(websockets.ConnectionClosed) as closed:
+                            await fourth.subscribe()
+                        return closed.value.rcvd.code
+
+                assert asyncio.run(websocket()) == 1008
+        # Both streams closed: their places are given back.
+        wait_for(lambda: _opens(http, stream, headers), 10, "a stream again")
+
+    get_user_model().objects.create_user("viewer", password="a long passphrase")
+    cookie = {"Cookie": f"sessionid={_session(server, 'viewer')}", "Origin": server.url}
+    page = server.ws_url + "/ws/dashboard?path=/d/c-inputs/"
+
+    async def dashboards():
+        async with (
+            websockets.connect(page, additional_headers=cookie) as one,
+            websockets.connect(page, additional_headers=cookie) as two,
+        ):
+            await one.recv()
+            await two.recv()
+            async with websockets.connect(page, additional_headers=cookie) as three:
+                with pytest.raises(websockets.ConnectionClosed) as closed:
+                    await three.recv()
+                return closed.value.rcvd
+
+    refused = asyncio.run(dashboards())
+    assert refused.code == 1008 and "this user already has 2" in refused.reason
+
+
+def _opens(http: httpx.Client, url: str, headers: dict) -> bool:
+    with http.stream("GET", url, headers=headers) as response:
+        return response.status_code == 200
+
+
+def _session(server, username: str) -> str:
+    """Log in through the login page; the session cookie."""
+    with httpx.Client(base_url=server.url) as browser:
+        login = browser.get("/accounts/login/")
+        browser.post(
+            "/accounts/login/",
+            data={
+                "username": username,
+                "password": "a long passphrase",
+                "csrfmiddlewaretoken": login.cookies["csrftoken"],
+            },
+            headers={"Referer": f"{server.url}/accounts/login/"},
+        )
+        return browser.cookies["sessionid"]
 
 
 def test_one_json_log_line_per_request_with_the_token_name_never_its_secret(

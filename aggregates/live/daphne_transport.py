@@ -1,25 +1,35 @@
-"""The daphne seam: a websocket's write buffer, and close frames ASGI cannot send.
+"""The daphne seam: a connection's write buffer, close frames ASGI cannot send,
+and the server's shutdown.
 
 Why it exists: daphne's ASGI `send` never waits, so a reader that stops reading
-would make its socket's buffer (and the server's memory) grow without bound; and
-ASGI's close cannot carry what a slow or limited subscriber must be told (autobahn
-accepts only 1000 and 3000-4999 from daphne, and daphne drops the reason). Under
-daphne this module therefore reaches past ASGI. It touches exactly:
+(a websocket's, or a Server-Sent Events stream's) would make its socket's buffer
+(and the server's memory) grow without bound; ASGI's close cannot carry what a
+slow or limited subscriber must be told (autobahn accepts only 1000 and 3000-4999
+from daphne, and daphne drops the reason); and daphne cancels every request the
+moment it is told to stop. Under daphne this module therefore reaches past ASGI.
+It touches exactly:
 
 - daphne (pinned >=4.2,<4.3): the `send` it hands the application is
   `functools.partial(Server.handle_reply, protocol)`, where `protocol` is its
-  `WebSocketProtocol`;
+  `WebSocketProtocol`, or for HTTP its `WebRequest` (a `twisted.web.http.Request`);
+  `Server.kill_all_applications`, which daphne registers as a "before shutdown"
+  trigger of Twisted's reactor;
 - autobahn (pinned <27): `protocol.sendCloseFrame(code=, reasonUtf8=, isReply=)`,
   `protocol.closeHandshakeTimeout` and `protocol.maxMessagePayloadSize`;
 - Twisted (pinned <27): `protocol.transport.registerProducer(producer, True)`,
   `unregisterProducer()` and `.producer`, and `twisted.web.http.HTTPChannel`,
-  which daphne leaves registered as the producer after the upgrade.
+  which daphne leaves registered as the producer after the upgrade; for HTTP,
+  `Request.registerProducer(producer, True)`, `unregisterProducer()`, `.producer`
+  and `.channel.transport.abortConnection()`; and the reactor's
+  `addSystemEventTrigger` and `removeSystemEventTrigger`, whose trigger ids are
+  `(event, (phase, callable, args, kwargs))`.
 
-attach(send) answers a WritePressure. Under another ASGI server there is nothing to
-attach to: such a server's `send` waits by itself (uvicorn does) and close codes
-pass through ASGI. Under daphne, a protocol missing any of the above raises
-SeamError — the connection fails loudly instead of running unbounded.
-tests/test_daphne_seam.py attaches to the real classes of the installed versions.
+attach(send) answers a WritePressure for a websocket, HttpStream(send) one for a
+streamed HTTP response. Under another ASGI server there is nothing to attach to:
+such a server's `send` waits by itself (uvicorn does) and close codes pass through
+ASGI. Under daphne, a protocol missing any of the above raises SeamError — the
+connection fails loudly instead of running unbounded. tests/test_daphne_seam.py
+attaches to the real classes of the installed versions.
 """
 
 import asyncio
@@ -83,12 +93,19 @@ class WritePressure:
         self._writable.set()
 
 
+# The scope key under which the application's entry (aggregates.serving) keeps the
+# server's own `send` of a websocket: middleware such as sessions wraps the `send`
+# a consumer gets, which the seam would not recognize.
+SERVER_SEND = "botlnek.server_send"
+
 _PROTOCOL_NEEDS = ("sendCloseFrame", "closeHandshakeTimeout", "maxMessagePayloadSize")
 _TRANSPORT_NEEDS = ("registerProducer", "unregisterProducer", "producer")
 
 
-def attach(send) -> WritePressure:
-    """A WritePressure for the websocket behind this ASGI `send`."""
+def attach(send, scope: dict | None = None) -> WritePressure:
+    """A WritePressure for the websocket behind this ASGI `send` (or behind the
+    server's own send kept in its `scope`)."""
+    send = (scope or {}).get(SERVER_SEND, send)
     if not _is_daphnes(send):
         return WritePressure()
     protocol = send.args[0]
@@ -118,6 +135,80 @@ def attach(send) -> WritePressure:
             f"cannot watch the write buffer of {protocol!r}: {exc}"
         ) from exc
     return pressure
+
+
+_REQUEST_NEEDS = ("registerProducer", "unregisterProducer", "producer", "channel")
+
+
+class HttpStream:
+    """A streamed HTTP response's connection (Server-Sent Events): `await
+    writable()` returns once its socket can take more, `paused` says it cannot,
+    abort() drops the connection. Until attach(), and under another ASGI server,
+    it never waits and cannot abort."""
+
+    def __init__(self, send) -> None:
+        self._send = send
+        self._request = None
+        self._pressure = WritePressure()
+        self._done: list[Callable[[], None]] = []
+
+    def when_done(self, callback: Callable[[], None]) -> None:
+        """Call `callback` when the response is over, however it ended (the
+        client gone while the body waited to be sent included)."""
+        self._done.append(callback)
+
+    def attach(self) -> None:
+        """Watch the write buffer (the response is about to stream)."""
+        if self._request is not None or not _is_daphnes(self._send):
+            return
+        request = self._send.args[0]
+        missing = [name for name in _REQUEST_NEEDS if not hasattr(request, name)]
+        transport = getattr(getattr(request, "channel", None), "transport", None)
+        if not hasattr(transport, "abortConnection"):
+            missing.append("channel.transport.abortConnection")
+        if missing:
+            raise SeamError(
+                f"daphne's HTTP request {type(request).__name__} lacks "
+                f"{', '.join(missing)}: this daphne/Twisted is not one "
+                "aggregates.live.daphne_transport supports"
+            )
+        request.registerProducer(self._pressure, True)
+        self._request = request
+
+    def detach(self) -> None:
+        """The response is over: the connection may serve another request."""
+        request, self._request = self._request, None
+        if request is not None and request.producer is self._pressure:
+            request.unregisterProducer()
+        done, self._done = self._done, []
+        for callback in done:
+            callback()
+
+    async def writable(self) -> None:
+        await self._pressure.writable()
+
+    @property
+    def paused(self) -> bool:
+        return self._pressure.paused
+
+    def abort(self) -> bool:
+        """Drop the connection at once (what is buffered for it is dropped too);
+        False when that is not possible here."""
+        channel = getattr(self._request, "channel", None)
+        if channel is None or channel.transport is None:
+            return False
+        channel.transport.abortConnection()
+        return True
+
+    def paced(self, send):
+        """`send`, waiting before each part of the body while the socket is full."""
+
+        async def paced_send(message) -> None:
+            if message["type"] == "http.response.body":
+                await self.writable()
+            await send(message)
+
+        return paced_send
 
 
 def when_running(callback: Callable[[], None]) -> None:

@@ -14,9 +14,9 @@ from django.conf import settings
 from django.http import QueryDict
 from django.urls import Resolver404, resolve
 
-from aggregates import db, store
+from aggregates import db, limits, store
 from aggregates.errors import NotFound
-from aggregates.live import hub
+from aggregates.live import daphne_transport, hub
 from aggregates.live.websocket import SubscribeConsumer
 
 NOT_FOUND = 4404  # the page is gone, or has no live parts
@@ -52,7 +52,18 @@ class DashboardConsumer(AsyncWebsocketConsumer):
             self.domains = [self.kwargs["domain"]]
         else:
             self.domains = list(await db.read(store.latest_positions_all))
+        self.pressure = daphne_transport.attach(self.base_send, self.scope)
         await self.accept()
+        # A logged-in user's sockets count towards the live connections limit.
+        self.holder = limits.holder_of(None, user)
+        self.counted = self.holder is not None and limits.connections().open(
+            self.holder
+        )
+        if self.holder is not None and not self.counted:
+            reason = limits.connections().refusal(self.holder)
+            if not self.pressure.close(1008, reason):
+                await self.close(code=1008, reason=reason)
+            return
         self.dirty = asyncio.Event()
         self.dirty.set()
         self.feeds = [
@@ -72,6 +83,10 @@ class DashboardConsumer(AsyncWebsocketConsumer):
     async def _render(self) -> None:
         while True:
             await self.dirty.wait()
+            # A browser that stopped reading gets no more renders (what changed
+            # meanwhile comes in one render once it reads again), never a buffer
+            # growing with every change.
+            await self.pressure.writable()
             self.dirty.clear()
             try:
                 html = await db.read(self.render_live, self.query, **self.kwargs)
@@ -82,6 +97,9 @@ class DashboardConsumer(AsyncWebsocketConsumer):
             await asyncio.sleep(self.RENDER_EVERY)
 
     async def disconnect(self, code: int) -> None:
+        if getattr(self, "counted", False):
+            self.counted = False
+            limits.connections().close(self.holder)
         renderer = getattr(self, "renderer", None)
         if renderer is not None:
             renderer.cancel()

@@ -10,6 +10,7 @@ import logging
 from typing import Any
 
 from channels.generic.websocket import AsyncWebsocketConsumer
+from django.conf import settings
 from pydantic import ValidationError
 
 from aggregates import db, limits, metrics, store
@@ -50,22 +51,24 @@ class SubscribeConsumer(AsyncWebsocketConsumer):
             return
         self.subscriptions: dict[str, Subscription] = {}
         self.closing = False
-        self.pressure = daphne_transport.attach(self.base_send)
+        self.pressure = daphne_transport.attach(self.base_send, self.scope)
         await self.accept()
-        self.counted = self.token is not None and limits.sockets().open(self.token.pk)
-        if self.token is not None and not self.counted:
+        self.holder = limits.holder_of(self.token, user)
+        self.counted = self.holder is not None and limits.connections().open(
+            self.holder
+        )
+        if self.holder is not None and not self.counted:
             self.closing = True
-            limit = limits.sockets().limit
-            reason = f"this token already has {limit} open connections on this server"
+            reason = limits.connections().refusal(self.holder)
             if not self.pressure.close(1008, reason):
                 await self.close(code=1008, reason=reason)
 
     async def disconnect(self, code: int) -> None:
         # Called twice after an overflow (by overflow(), then by the close): the
-        # token's place is given back once, and before anything that could fail.
+        # holder's place is given back once, and before anything that could fail.
         if getattr(self, "counted", False):
             self.counted = False
-            limits.sockets().close(self.token.pk)
+            limits.connections().close(self.holder)
         for subscription in list(getattr(self, "subscriptions", {}).values()):
             await subscription.stop()
 
@@ -142,6 +145,14 @@ class SubscribeConsumer(AsyncWebsocketConsumer):
             await self.error(
                 "invalid", f"subscription {request.id!r} exists", request.id
             )
+            return
+        limit = settings.BOTLNEK_WS_MAX_SUBSCRIPTIONS
+        if len(self.subscriptions) >= limit:
+            detail = (
+                f"this connection already holds {limit} subscriptions "
+                "(BOTLNEK_WS_MAX_SUBSCRIPTIONS): unsubscribe one, or open another"
+            )
+            await self.error("too_many_subscriptions", detail, request.id)
             return
         if self.token is not None and not self.token.can_read(request.domain):
             detail = f"this token may not read domain {request.domain!r}"
