@@ -26,7 +26,7 @@ from ninja.security import HttpBearer
 from pydantic import BaseModel, Field
 from pydantic import ValidationError as PydanticValidationError
 
-from aggregates import db, limits, store
+from aggregates import db, idempotency, limits, store
 from aggregates.access import (
     ERRORS,
     WRITE_ERRORS,
@@ -353,14 +353,16 @@ async def post_sources(request: HttpRequest):
 
 @api.post(
     "/receipts",
-    response={201: Receipt, **WRITE_ERRORS},
+    response={201: Receipt, 422: Error, **WRITE_ERRORS},
     summary="Record that a subscriber acted (or failed to act) on a version",
+    openapi_extra={"parameters": [idempotency.PARAMETER]},
 )
 async def post_receipt(request: HttpRequest, payload: ReceiptIn):
     require_write(request, payload.domain)
     spend_write(request)
-    receipt = await db.write(store.record_receipt, **payload.model_dump())
-    return json_response(receipt, 201)
+    return await idempotency.respond(
+        request, 201, store.record_receipt, **payload.model_dump()
+    )
 
 
 @api.get(

@@ -391,6 +391,33 @@ class Lease(models.Model):
         return f"{self.name} ({self.holder})"
 
 
+class IdempotentRequest(models.Model):
+    """The first answer to a write sent with an `Idempotency-Key` (per token), kept
+    for a day: the same key with the same request answers it again."""
+
+    token = models.ForeignKey(
+        "ApiToken", on_delete=models.CASCADE, related_name="+", db_index=False
+    )
+    key = models.CharField(max_length=255)
+    fingerprint = models.CharField(max_length=64)  # SHA-256: method, path, body
+    status = models.PositiveSmallIntegerField()
+    body = models.TextField()  # the answer, JSON
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["token", "key"], name="idempotent_request_token_key"
+            )
+        ]
+        indexes = [
+            models.Index(fields=["created_at"], name="idempotent_request_age_idx")
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.key} ({self.status})"
+
+
 class ApiToken(models.Model):
     class Scope(models.TextChoices):
         READ = "read", "read"

@@ -6,6 +6,14 @@ The background work starts with the server: under daphne, which knows no ASGI
 lifespan, by Twisted's "when running" trigger (through the daphne seam); under
 another ASGI server, by the lifespan startup message. Nothing starts it in a
 process that only imports the application (the tests' in-process client).
+
+Stopping (SIGTERM) answers what was asked: the server stops listening (new
+connections are refused, so a proxy tries another process), turns away requests
+that still arrive on open connections with a 503, ends its event streams (their
+clients resume elsewhere), and lets the requests in flight finish, for up to
+STOP_GRACE_SECONDS; only then does daphne cancel what still runs (websockets)
+and the process exit. A write that commits is answered; one that is turned away
+wrote nothing.
 """
 
 import asyncio
@@ -20,10 +28,35 @@ from aggregates.live import daphne_transport
 
 logger = logging.getLogger("botlnek.serving")
 
+STOP_GRACE_SECONDS = 10
+
 _server_loop: asyncio.AbstractEventLoop | None = None
 _stopping = False
 _background: list[Callable[[], Awaitable[None]]] = []
 _tasks: list[asyncio.Task] = []
+_at_stop: set[Callable[[], None]] = set()
+_draining = False  # the daphne seam drains requests before daphne stops
+
+
+class _InFlight:
+    """HTTP requests this process is answering."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.idle = asyncio.Event()
+        self.idle.set()
+
+    def started(self) -> None:
+        self.count += 1
+        self.idle.clear()
+
+    def finished(self) -> None:
+        self.count -= 1
+        if not self.count:
+            self.idle.set()
+
+
+_requests = _InFlight()
 
 
 def server_loop() -> asyncio.AbstractEventLoop | None:
@@ -42,12 +75,46 @@ def in_background(run: Callable[[], Awaitable[None]]) -> None:
     _background.append(run)
 
 
+def at_stop(callback: Callable[[], None]) -> Callable[[], None]:
+    """Call `callback` when this process begins to stop (an event stream ends
+    itself then); answers a function that forgets it."""
+    _at_stop.add(callback)
+    return lambda: _at_stop.discard(callback)
+
+
 def _serve(loop: asyncio.AbstractEventLoop) -> None:
     """The loop that serves is known."""
     global _server_loop
     if _server_loop is not loop:
         _server_loop = loop
-        daphne_transport.when_stopping(_stop_taking_requests, stopped=_exit_when_done)
+        daphne_transport.when_stopped(_exit_when_done)
+
+
+def _drain_on_stop(send) -> None:
+    """Under daphne, from the first connection on: stopping drains first."""
+    global _draining
+    _draining = True  # once, whatever the answer: not daphne is not daphne later
+    daphne_transport.drain_before_stopping(send, lambda: _drain(send))
+
+
+async def _drain(send) -> None:
+    """Stop taking requests, then wait (a while) for those in flight."""
+    global _stopping
+    _stopping = True
+    daphne_transport.stop_listening(send)
+    for callback in list(_at_stop):
+        callback()
+    try:
+        await asyncio.wait_for(_requests.idle.wait(), STOP_GRACE_SECONDS)
+    except TimeoutError:
+        logger.warning(
+            "stopping with %d requests unanswered after %d s",
+            _requests.count,
+            STOP_GRACE_SECONDS,
+        )
+    # The last answers leave Twisted's write buffers on the loop's next turns;
+    # daphne's shutdown then closes every connection at once.
+    await asyncio.sleep(0.05)
 
 
 def _start_background(loop: asyncio.AbstractEventLoop) -> None:
@@ -92,11 +159,6 @@ def start_with_server() -> None:
     daphne_transport.when_running(lambda: _start_background(asyncio.get_event_loop()))
 
 
-def _stop_taking_requests() -> None:
-    global _stopping
-    _stopping = True
-
-
 def _exit_when_done() -> None:
     """The loop has stopped: finish the database work in flight, then exit at once.
 
@@ -129,14 +191,21 @@ def bind_server_loop(app):
             # dashboard's side. Botlnek is served at the root (a proxy that
             # publishes it under a prefix strips the prefix).
             scope = {**scope, "root_path": ""}
-        if scope["type"] == "websocket":
-            # The server's own send, for the daphne seam: middleware (sessions)
-            # wraps the one a consumer gets.
-            scope = {**scope, daphne_transport.SERVER_SEND: send}
+        if not _draining:
+            _drain_on_stop(send)
         if _stopping and scope["type"] in ("http", "websocket"):
             await _turn_away(scope, send)
             return
-        await app(scope, receive, send)
+        if scope["type"] == "websocket":
+            # The server's own send, for the daphne seam: middleware (sessions)
+            # wraps the one a consumer gets.
+            await app({**scope, daphne_transport.SERVER_SEND: send}, receive, send)
+            return
+        _requests.started()
+        try:
+            await app(scope, receive, send)
+        finally:
+            _requests.finished()
 
     return bound
 

@@ -11,7 +11,12 @@ from twisted.internet.address import IPv4Address
 from twisted.internet.testing import StringTransport
 from twisted.web.http import HTTPChannel
 
-from aggregates.live.daphne_transport import HttpStream, SeamError, attach
+from aggregates.live.daphne_transport import (
+    HttpStream,
+    SeamError,
+    attach,
+    drain_before_stopping,
+)
 
 
 @pytest.fixture
@@ -105,3 +110,21 @@ def test_an_http_request_without_what_the_seam_needs_fails_loudly(daphne):
 
     with pytest.raises(SeamError, match="registerProducer"):
         HttpStream(functools.partial(server.handle_reply, Changed())).attach()
+
+
+def test_stopping_drains_before_daphne_cancels_what_runs(daphne):
+    """daphne's shutdown trigger (kill_all_applications) is replaced by one that
+    drains first; a daphne that registers it otherwise fails loudly."""
+    from twisted.internet import reactor
+
+    server, protocol, _ = daphne
+    send = functools.partial(server.handle_reply, protocol)
+    with pytest.raises(SeamError, match="kill_all_applications"):
+        drain_before_stopping(send, lambda: None)  # daphne's run() registers it
+    # (This process's reactor never runs: the triggers added here never fire.)
+    reactor.addSystemEventTrigger("before", "shutdown", server.kill_all_applications)
+    assert drain_before_stopping(send, lambda: None)
+    with pytest.raises(ValueError):  # taken out, as the seam says
+        reactor.removeSystemEventTrigger(
+            ("shutdown", ("before", server.kill_all_applications, (), {}))
+        )

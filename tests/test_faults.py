@@ -17,8 +17,8 @@ import httpx
 import psycopg
 import pytest
 
-from aggregates.models import Source, Version
-from tests.toolkit import IN_CI, ROOT, Follower, Writer, free_port, wait_for
+from aggregates.models import Receipt, Source, Version
+from tests.toolkit import IN_CI, ROOT, Follower, Writer, free_port, post, wait_for
 
 
 def source(n: int, writer: int = 0) -> dict:
@@ -170,6 +170,63 @@ def test_a_server_stopped_under_writers_exits_promptly(start_server, token):
             for writer in writers:
                 writer.stopped.set()
                 writer.join()
+
+
+def test_a_stopped_server_answers_every_write_it_commits(start_server, token):
+    """SIGTERM under writers of receipts, which unlike sources are not idempotent
+    (a retried one is another receipt): every receipt written was answered, every
+    one answered was written, and those turned away or refused wrote nothing."""
+    server = start_server()
+    post(server, token, "d1", "A")
+    outcomes: dict[str, str] = {}  # a receipt's detail: how its request ended
+    gone = threading.Event()
+
+    def write(writer: int) -> None:
+        headers = {"Authorization": f"Bearer {token}"}
+        with httpx.Client(timeout=30, headers=headers) as http:
+            for n in range(100_000):
+                if gone.is_set():
+                    return
+                detail = f"{writer}-{n}"
+                receipt = {
+                    "watcher": "w",
+                    "domain": "c-inputs",
+                    "aggregate": "d1",
+                    "version": 1,
+                    "outcome": "success",
+                    "detail": detail,
+                }
+                try:
+                    response = http.post(f"{server.url}/api/receipts", json=receipt)
+                except httpx.TransportError as exc:
+                    outcomes[detail] = type(exc).__name__
+                    time.sleep(0.01)
+                    continue
+                outcomes[detail] = str(response.status_code)
+
+    writers = [threading.Thread(target=write, args=(w,)) for w in range(8)]
+    for writer in writers:
+        writer.start()
+    try:
+        wait_for(lambda: sum(o == "201" for o in outcomes.values()) >= 200, 30)
+        server.process.terminate()
+        assert server.process.wait(timeout=20) == 0, server.log()
+    finally:
+        gone.set()
+        for writer in writers:
+            writer.join()
+    written = set(Receipt.objects.values_list("detail", flat=True))
+    answered = {detail for detail, outcome in outcomes.items() if outcome == "201"}
+    assert written == answered, (
+        f"written, never answered: {sorted(written - answered)[:5]} "
+        f"({[outcomes[d] for d in sorted(written - answered)[:5]]}); "
+        f"answered, never written: {sorted(answered - written)[:5]}"
+    )
+    # Refused, turned away, or sent on a kept-alive connection as the server
+    # closed it (then the server never read it: HTTP/1.1's own race, which the
+    # Idempotency-Key header is for): none of them wrote anything.
+    endings = {"201", "503", "ConnectError", "RemoteProtocolError"}
+    assert set(outcomes.values()) <= endings, set(outcomes.values())
 
 
 @pytest.fixture

@@ -155,10 +155,16 @@ class Client:
         body: Any = None,
         *,
         rate_limit_retries: int = RATE_LIMIT_RETRIES,
+        idempotency_key: str | None = None,
     ) -> Any:
+        """Send a request; its JSON answer. With `idempotency_key`, a retry of a
+        write whose answer was lost writes nothing more (the server answers the
+        first answer)."""
         headers = {"Accept": "application/json"}
         if self.token:
             headers["Authorization"] = f"Bearer {self.token}"
+        if idempotency_key is not None:
+            headers["Idempotency-Key"] = idempotency_key
         data = None
         if body is not None:
             data = json.dumps(body).encode()

@@ -210,9 +210,14 @@ class RuleWatcher:
             "seq": event["seq"],
         }
         error = None
+        # One key for every try: a try whose answer was lost, then retried, is
+        # still one receipt (the server answers the retry with the first answer).
+        key = uuid.uuid4().hex
         for attempt in range(5):
             try:
-                self.client.request("POST", "/api/receipts", receipt)
+                self.client.request(
+                    "POST", "/api/receipts", receipt, idempotency_key=key
+                )
                 return
             except BotlnekError as exc:
                 if exc.status is not None and exc.status < 500 and exc.status != 429:

@@ -35,7 +35,7 @@ attaches to the real classes of the installed versions.
 import asyncio
 import functools
 import sys
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 
 class SeamError(RuntimeError):
@@ -219,14 +219,65 @@ def when_running(callback: Callable[[], None]) -> None:
         reactor.callWhenRunning(callback)
 
 
-def when_stopping(callback: Callable[[], None], *, stopped: Callable[[], None]) -> None:
-    """Under daphne, call `callback` when it begins to shut down (Twisted's "before
-    shutdown" trigger, while the event loop still serves) and `stopped` once its
-    loop has stopped (the "after shutdown" trigger); elsewhere, nothing."""
+def when_stopped(callback: Callable[[], None]) -> None:
+    """Under daphne, call `callback` once its loop has stopped (Twisted's "after
+    shutdown" trigger); elsewhere, nothing."""
     reactor = sys.modules.get("twisted.internet.reactor")
     if reactor is not None and "daphne.server" in sys.modules:
-        reactor.addSystemEventTrigger("before", "shutdown", callback)
-        reactor.addSystemEventTrigger("after", "shutdown", stopped)
+        reactor.addSystemEventTrigger("after", "shutdown", callback)
+
+
+def drain_before_stopping(send, drain: Callable[[], Awaitable[None]]) -> bool:
+    """Under daphne (this `send` is its), have its shutdown await `drain()` before
+    it cancels whatever still runs; False elsewhere.
+
+    daphne's own "before shutdown" trigger, Server.kill_all_applications, cancels
+    every request the moment the server is told to stop: an answer being computed
+    is lost, though its write may commit. It is taken out and run after `drain()`
+    instead, by a trigger whose Deferred holds the shutdown until then.
+    """
+    if not _is_daphnes(send):
+        return False
+    from twisted.internet import defer
+
+    server = send.func.__self__
+    reactor = sys.modules["twisted.internet.reactor"]
+    kill = server.kill_all_applications
+    try:
+        reactor.removeSystemEventTrigger(("shutdown", ("before", kill, (), {})))
+    except (KeyError, ValueError) as exc:
+        raise SeamError(
+            "daphne's shutdown trigger Server.kill_all_applications is not "
+            "registered as aggregates.live.daphne_transport expects"
+        ) from exc
+
+    async def drain_then_kill() -> None:
+        try:
+            await drain()
+        finally:
+            killed = kill()
+            if isinstance(killed, defer.Deferred):
+                await killed.asFuture(asyncio.get_running_loop())
+
+    def before_shutdown() -> defer.Deferred:
+        return defer.Deferred.fromFuture(asyncio.ensure_future(drain_then_kill()))
+
+    reactor.addSystemEventTrigger("before", "shutdown", before_shutdown)
+    return True
+
+
+def stop_listening(send) -> None:
+    """Under daphne, close the ports it listens on: new connections are refused
+    (a proxy sends them to another process); those open stay."""
+    if not _is_daphnes(send):
+        return
+    from twisted.internet.tcp import Port
+
+    server = send.func.__self__
+    reactor = sys.modules["twisted.internet.reactor"]
+    for reader in reactor.getReaders():
+        if isinstance(reader, Port) and reader.factory is server.http_factory:
+            reader.stopListening()
 
 
 def _is_daphnes(send) -> bool:

@@ -13,7 +13,7 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator, Callable
 
-from aggregates import metrics
+from aggregates import metrics, serving
 from aggregates.live.daphne_transport import HttpStream
 from aggregates.live.hub import Frame
 from aggregates.live.subscription import SubscribeIn, Subscription
@@ -82,6 +82,8 @@ class EventStream:
         self.release = release
         self.closed = False
         connection.when_done(self.close)
+        # A stopping server ends its streams; their clients resume elsewhere.
+        self.forget = serving.at_stop(self.sink.end)
 
     def __aiter__(self) -> AsyncIterator[str]:
         return self._events()
@@ -111,6 +113,7 @@ class EventStream:
         if self.closed:
             return
         self.closed = True
+        self.forget()
         self.release()
         if self.subscription.task is not None:
             self.subscription.task.cancel()

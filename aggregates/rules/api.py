@@ -6,7 +6,7 @@ from django.http import HttpRequest, HttpResponse
 from ninja import Query, Router
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from aggregates import db, leases
+from aggregates import db, idempotency, leases
 from aggregates.access import (
     ERRORS,
     WRITE_ERRORS,
@@ -53,15 +53,18 @@ async def preview_rule(
 
 @router.post(
     RULES,
-    response={201: RuleOut, 409: Error, **WRITE_ERRORS},
+    response={201: RuleOut, 409: Error, 422: Error, **WRITE_ERRORS},
     summary="Create a rule",
+    openapi_extra={"parameters": [idempotency.PARAMETER]},
 )
 async def create_rule(request: HttpRequest, domain: str, payload: RuleIn):
     require_write(request, domain)
     spend_write(request)
-    created = await db.write(write.create_rule, domain, payload)
+    created = await idempotency.respond(
+        request, 201, write.create_rule, domain, payload
+    )
     runner.watch(domain)
-    return json_response(created, 201)
+    return created
 
 
 @router.get(RULES, response={200: RuleList, **ERRORS}, summary="A domain's rules")

@@ -6,7 +6,7 @@ import asyncio
 from django.http import HttpRequest, HttpResponse
 from ninja import Query, Router
 
-from aggregates import db
+from aggregates import db, idempotency
 from aggregates.access import (
     ERRORS,
     WRITE_ERRORS,
@@ -16,7 +16,13 @@ from aggregates.access import (
     require_write,
     spend_write,
 )
-from aggregates.schemas import DeliveryList, WebhookCreated, WebhookList, WebhookOut
+from aggregates.schemas import (
+    DeliveryList,
+    Error,
+    WebhookCreated,
+    WebhookList,
+    WebhookOut,
+)
 from aggregates.webhooks import read, write
 from aggregates.webhooks.worker import worker
 from aggregates.webhooks.write import ReplayIn, WebhookChange, WebhookIn
@@ -27,16 +33,19 @@ WEBHOOKS = "/domains/{domain}/webhooks"
 
 @router.post(
     WEBHOOKS,
-    response={201: WebhookCreated, **WRITE_ERRORS},
+    response={201: WebhookCreated, 422: Error, **WRITE_ERRORS},
     summary="Create a webhook; its signing secret is in this answer only",
+    openapi_extra={"parameters": [idempotency.PARAMETER]},
 )
 async def create_webhook(request: HttpRequest, domain: str, payload: WebhookIn):
     require_write(request, domain)
     spend_write(request)
     await asyncio.to_thread(write.check_target, payload.url)
-    created = await db.write(write.create_webhook, domain, payload)
+    created = await idempotency.respond(
+        request, 201, write.create_webhook, domain, payload
+    )
     worker.watch(domain)
-    return json_response(created, 201)
+    return created
 
 
 @router.get(WEBHOOKS, response={200: WebhookList, **ERRORS}, summary="Webhooks")
