@@ -32,16 +32,54 @@ def require_read(request: HttpRequest, domain: str) -> None:
         raise ApiError(403, "forbidden", f"this token may not read domain {domain!r}")
 
 
+def require_publish(request: HttpRequest, domain: str) -> None:
+    """Posting sources: a publish or write token for the domain."""
+    token = token_of(request)
+    if token.can_publish(domain):
+        return
+    if token.scope == ApiToken.Scope.READ:
+        raise ApiError(
+            403,
+            "forbidden",
+            "this token has read scope; posting sources needs publish or write",
+        )
+    raise ApiError(403, "forbidden", f"this token may not post to domain {domain!r}")
+
+
 def require_write(request: HttpRequest, domain: str | None) -> None:
     token = token_of(request)
     if token.can_write(domain):
         return
     if token.scope != ApiToken.Scope.WRITE:
-        raise ApiError(
-            403, "forbidden", "this token has read scope; writing needs write"
-        )
+        only = {
+            ApiToken.Scope.READ: "read scope",
+            ApiToken.Scope.PUBLISH: "publish scope (it may post sources, nothing else)",
+        }[token.scope]
+        raise ApiError(403, "forbidden", f"this token has {only}; this needs write")
     target = "every domain" if domain is None else f"domain {domain!r}"
     raise ApiError(403, "forbidden", f"this token may not write to {target}")
+
+
+_NEEDS = {
+    "read": "any token (read, publish or write) that covers the domain",
+    "publish": "a publish or write token that covers the domain",
+    "write": "a write token that covers the domain",
+    "write-all": "a write token that covers every domain",
+}
+
+
+SCOPE_KEY = "x-botlnek-scope"
+
+
+def needs(scope: str, **extra: Any) -> dict[str, Any]:
+    """An operation's OpenAPI additions (`openapi_extra`): which token scope it
+    needs, in words and under SCOPE_KEY, which the API turns into the role of
+    the operation's security requirement."""
+    return {
+        **extra,
+        "description": f"Needs {_NEEDS[scope]}.",
+        SCOPE_KEY: scope.removesuffix("-all"),
+    }
 
 
 def spend_write(request: HttpRequest) -> None:

@@ -29,9 +29,12 @@ from pydantic import ValidationError as PydanticValidationError
 from aggregates import db, idempotency, limits, store
 from aggregates.access import (
     ERRORS,
+    SCOPE_KEY,
     WRITE_ERRORS,
     Page,
     json_response,
+    needs,
+    require_publish,
     require_read,
     require_write,
     spend_write,
@@ -132,7 +135,19 @@ class BearerToken(HttpBearer):
         return getattr(request, "api_token", None)
 
 
-api = NinjaAPI(
+class BotlnekAPI(NinjaAPI):
+    def get_openapi_schema(self, *args, **kwargs):
+        """The document, each operation's security requirement naming the token
+        scope it needs as its role (Ninja would add to the list, not replace)."""
+        schema = super().get_openapi_schema(*args, **kwargs)
+        for operations in schema["paths"].values():
+            for operation in operations.values():
+                if SCOPE_KEY in operation:
+                    operation["security"] = [{"BearerToken": [operation[SCOPE_KEY]]}]
+        return schema
+
+
+api = BotlnekAPI(
     title="Botlnek",
     version="1",
     description="Aggregates asynchronous data-availability events.",
@@ -148,6 +163,7 @@ api = NinjaAPI(
     "/domains",
     response={200: DomainOut, 201: DomainOut, 409: Error, **WRITE_ERRORS},
     summary="Create a domain",
+    openapi_extra=needs("write-all"),
 )
 async def create_domain(request: HttpRequest, payload: DomainIn):
     require_write(request, None)
@@ -156,13 +172,23 @@ async def create_domain(request: HttpRequest, payload: DomainIn):
     return json_response(store.domain_json(domain), 201 if created else 200)
 
 
-@api.get("/domains", response={200: DomainList, **ERRORS}, summary="List domains")
+@api.get(
+    "/domains",
+    response={200: DomainList, **ERRORS},
+    summary="List domains",
+    openapi_extra=needs("read"),
+)
 async def list_domains(request: HttpRequest):
     only = token_of(request).domains
     return json_response({"domains": await db.read(store.list_domains, only)})
 
 
-@api.get("/domains/{domain}", response={200: DomainOut, **ERRORS}, summary="A domain")
+@api.get(
+    "/domains/{domain}",
+    response={200: DomainOut, **ERRORS},
+    summary="A domain",
+    openapi_extra=needs("read"),
+)
 async def get_domain(request: HttpRequest, domain: str):
     require_read(request, domain)
     return json_response(store.domain_json(await db.read(store.get_domain, domain)))
@@ -189,6 +215,7 @@ def _aggregate_page(domain: str, query: AggregatePage) -> dict:
     "/domains/{domain}/aggregates",
     response={200: AggregateList, **ERRORS},
     summary="Aggregates of a domain, most recently updated first",
+    openapi_extra=needs("read"),
 )
 async def list_aggregates(
     request: HttpRequest, domain: str, query: Query[AggregatePage]
@@ -205,6 +232,7 @@ class AsOf(BaseModel):
     "/domains/{domain}/aggregates/{aggregate}",
     response={200: AggregateState, **ERRORS},
     summary="An aggregate's state, latest or as of a version",
+    openapi_extra=needs("read"),
 )
 async def get_aggregate(
     request: HttpRequest, domain: str, aggregate: str, query: Query[AsOf]
@@ -229,6 +257,7 @@ def _aggregate_versions(domain: str, key: str, query: AfterVersion) -> dict:
     "/domains/{domain}/aggregates/{aggregate}/versions",
     response={200: AggregateVersions, **ERRORS},
     summary="An aggregate's versions after version N, oldest first",
+    openapi_extra=needs("read"),
 )
 async def list_aggregate_versions(
     request: HttpRequest, domain: str, aggregate: str, query: Query[AfterVersion]
@@ -253,6 +282,7 @@ def _domain_versions(key: str, query: AfterPosition) -> dict:
     "/domains/{domain}/versions",
     response={200: DomainVersions, **ERRORS},
     summary="Catch-up: every version of a domain after a position",
+    openapi_extra=needs("read"),
 )
 async def list_domain_versions(
     request: HttpRequest, domain: str, query: Query[AfterPosition]
@@ -324,12 +354,12 @@ def _validate_sources(payload: Any) -> tuple[list[store.NewSource], bool]:
         **WRITE_ERRORS,
     },
     summary="Register a source, or a batch of them all or nothing",
-    openapi_extra={"requestBody": _SOURCES_BODY},
+    openapi_extra=needs("publish", requestBody=_SOURCES_BODY),
 )
 async def post_sources(request: HttpRequest):
     sources, batch = _validate_sources(parse_json(request))
     for domain in {source.domain for source in sources}:
-        require_write(request, domain)
+        require_publish(request, domain)
     spend_write(request)
     if not batch:
         # Posts arriving together share one transaction, each answered alone.
@@ -355,7 +385,7 @@ async def post_sources(request: HttpRequest):
     "/receipts",
     response={201: Receipt, 422: Error, **WRITE_ERRORS},
     summary="Record that a subscriber acted (or failed to act) on a version",
-    openapi_extra={"parameters": [idempotency.PARAMETER]},
+    openapi_extra=needs("write", parameters=[idempotency.PARAMETER]),
 )
 async def post_receipt(request: HttpRequest, payload: ReceiptIn):
     require_write(request, payload.domain)
@@ -369,6 +399,7 @@ async def post_receipt(request: HttpRequest, payload: ReceiptIn):
     "/domains/{domain}/aggregates/{aggregate}/receipts",
     response={200: ReceiptList, **ERRORS},
     summary="An aggregate's receipts, newest first",
+    openapi_extra=needs("read"),
 )
 async def list_receipts(
     request: HttpRequest, domain: str, aggregate: str, query: Query[Page]
@@ -395,6 +426,7 @@ class StreamQuery(BaseModel):
     response={200: None, 429: Error, **ERRORS},
     summary="New versions (id: the position), or a rule's events (id: the seq), "
     "as Server-Sent Events",
+    openapi_extra=needs("read"),
 )
 async def stream(request: HttpRequest, query: Query[StreamQuery]):
     require_read(request, query.domain)

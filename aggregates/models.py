@@ -421,13 +421,14 @@ class IdempotentRequest(models.Model):
 class ApiToken(models.Model):
     class Scope(models.TextChoices):
         READ = "read", "read"
-        WRITE = "write", "write (implies read)"
+        PUBLISH = "publish", "publish (read, and post sources)"
+        WRITE = "write", "write (implies read and publish)"
 
     name = models.CharField(max_length=100)
     # Only the SHA-256 of the token is kept; the prefix helps people tell tokens apart.
     digest = models.CharField(max_length=64, unique=True, editable=False)
     prefix = models.CharField(max_length=12, editable=False)
-    scope = models.CharField(max_length=5, choices=Scope.choices, default=Scope.READ)
+    scope = models.CharField(max_length=7, choices=Scope.choices, default=Scope.READ)
     domains = models.JSONField(
         default=list,
         blank=True,
@@ -448,6 +449,11 @@ class ApiToken(models.Model):
 
     def can_read(self, domain_key: str) -> bool:
         return self.is_active and (not self.domains or domain_key in self.domains)
+
+    def can_publish(self, domain_key: str) -> bool:
+        """May post sources into the domain (publish or write scope)."""
+        publishers = (self.Scope.PUBLISH, self.Scope.WRITE)
+        return self.scope in publishers and self.can_read(domain_key)
 
     def can_write(self, domain_key: str | None) -> bool:
         """Write access to a domain; None asks for write access to every domain."""

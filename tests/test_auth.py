@@ -156,3 +156,109 @@ def test_token_created_in_the_admin_is_shown_once(transactional_db, admin_client
     assert token.digest == digest(raw)
     assert token.domains == ["c-inputs", "other"]
     assert raw not in admin_client.get("/admin/aggregates/apitoken/").content.decode()
+
+
+def test_a_publish_token_posts_sources_and_reads_nothing_else(domain):
+    _, raw = create_token(name="pipeline-a", scope="publish", domains=["c-inputs"])
+    client = ApiClient(raw)
+    assert client.post("/api/sources", SOURCE).status_code == 201
+    assert (
+        client.post("/api/sources", [{**SOURCE, "collection": "B"}]).status_code == 200
+    )
+    assert client.get("/api/domains/c-inputs/aggregates/a").status_code == 200
+    refused = client.post("/api/domains/c-inputs/rules", {"name": "r", "when": "A"})
+    assert refused.status_code == 403
+    assert refused.json()["detail"] == (
+        "this token has publish scope (it may post sources, nothing else); this "
+        "needs write"
+    )
+    other = client.post("/api/sources", {**SOURCE, "domain": "other"})
+    assert other.status_code == 403  # its domains only
+    assert Version.objects.count() == 2
+
+
+def test_token_command_creates_publish_tokens(transactional_db, capsys):
+    call_command("token", "create", "--scope", "publish", "--domain", "c-inputs")
+    raw = capsys.readouterr().out.strip().splitlines()[-1]
+    assert ApiToken.objects.get(digest=digest(raw)).scope == "publish"
+
+
+# Every operation of the OpenAPI document says which scope it needs; each token
+# scope is refused (403) exactly where the document says it falls short.
+
+SAMPLES = {
+    ("post", "/api/domains"): {"key": "another"},
+    ("post", "/api/sources"): SOURCE,
+    ("post", "/api/receipts"): {
+        "watcher": "w",
+        "domain": "c-inputs",
+        "aggregate": "a",
+        "version": 1,
+        "outcome": "success",
+    },
+    ("post", "/api/domains/{domain}/rules"): {"name": "new", "when": "A"},
+    ("post", "/api/domains/{domain}/rules/preview"): {"name": "p", "when": "A"},
+    ("put", "/api/domains/{domain}/rules/{rule}"): {"name": "run-c", "when": "B"},
+    ("post", "/api/domains/{domain}/rules/{rule}/leases"): {
+        "watcher": "w",
+        "holder": "h",
+    },
+    ("post", "/api/domains/{domain}/webhooks"): {
+        "url": "http://127.0.0.1:9/",
+        "events": ["version"],
+    },
+    ("put", "/api/domains/{domain}/webhooks/{webhook}"): {"description": "d"},
+    ("post", "/api/domains/{domain}/webhooks/{webhook}/replay"): {"after_position": 0},
+}
+RANKS = {"read": 0, "publish": 1, "write": 2}
+
+
+def test_every_operation_needs_the_scope_the_document_says(domain, api, settings):
+    from aggregates.webhooks.targets import AllowList
+
+    settings.BOTLNEK_WEBHOOK_ALLOWED_HOSTS = AllowList.parse("loopback")
+    assert api.post("/api/sources", SOURCE).status_code == 201
+    assert api.post("/api/domains/c-inputs/rules", {"name": "run-c", "when": "A"})
+    hook = api.post(
+        "/api/domains/c-inputs/webhooks",
+        SAMPLES[("post", "/api/domains/{domain}/webhooks")],
+    ).json()["id"]
+    tokens = {scope: create_token(name=scope, scope=scope)[1] for scope in RANKS}
+    document = api.get("/api/openapi.json").json()
+    values = {
+        "domain": "c-inputs",
+        "aggregate": "a",
+        "rule": "run-c",
+        "webhook": str(hook),
+        "watcher": "w",
+    }
+    checked = 0
+    for path, operations in document["paths"].items():
+        for method, operation in operations.items():
+            (requirement,) = operation["security"]
+            (role,) = requirement["BearerToken"]
+            assert operation["description"].startswith("Needs "), (method, path)
+            if path == "/api/stream":
+                continue  # it streams: tests/test_sse.py checks its token
+            body = SAMPLES.get((method, path))
+            assert body is not None or method in ("get", "delete"), (method, path)
+            url = path.format(**values)
+            if "leases/" in path:
+                url += "?holder=h"
+            for scope in sorted(RANKS, key=RANKS.get):  # write last: it changes things
+                response = ApiClient(tokens[scope]).request(
+                    method.upper(),
+                    url,
+                    body=None if body is None else json.dumps(body),
+                    content_type="application/json",
+                )
+                refused = response.status_code == 403
+                assert refused == (RANKS[scope] < RANKS[role]), (
+                    method,
+                    path,
+                    scope,
+                    response.status_code,
+                    response.text,
+                )
+            checked += 1
+    assert checked >= 25

@@ -104,9 +104,10 @@ def parser() -> argparse.ArgumentParser:
     post = commands.add_parser(
         "post",
         parents=[common],
-        help="register a source",
+        help="register a source (a publish or write token)",
         description="Register a source: botlnek post --domain d --aggregate a "
-        "--collection A key=value … [--attr k=v …]",
+        "--collection A key=value … [--attr k=v …]. Needs a publish (or write) "
+        "token for the domain.",
     )
     post.add_argument("--domain", required=True)
     post.add_argument("--aggregate", required=True)
@@ -118,9 +119,9 @@ def parser() -> argparse.ArgumentParser:
     subscribe = commands.add_parser(
         "subscribe",
         parents=[common],
-        help="print every new version as one JSON line",
+        help="print every new version as one JSON line (any token)",
         description="Print each version frame as one JSON line; "
-        "reconnects and resumes by itself.",
+        "reconnects and resumes by itself. Any token that covers the domain.",
     )
     subscribe.add_argument("--domain", required=True)
     subscribe.add_argument("--aggregate")
@@ -138,7 +139,8 @@ def parser() -> argparse.ArgumentParser:
         help="run a command when an aggregate is ready",
         description="Run CMD for each aggregate whose state satisfies --when: once "
         "(the default) or on every new version that satisfies it; or, with --rule, "
-        "for each event of a rule the server evaluates.",
+        "for each event of a rule the server evaluates. Needs a token that "
+        "covers the domain; recording receipts (and --rule's lease) needs write.",
     )
     watch.add_argument("--domain", required=True)
     condition = watch.add_mutually_exclusive_group(required=True)

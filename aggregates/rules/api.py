@@ -12,6 +12,7 @@ from aggregates.access import (
     WRITE_ERRORS,
     Page,
     json_response,
+    needs,
     require_read,
     require_write,
     spend_write,
@@ -41,6 +42,7 @@ RULES = "/domains/{domain}/rules"
     f"{RULES}/preview",
     response={200: PreviewOut, **ERRORS},
     summary="Dry run: what a rule would record on the whole history, nothing saved",
+    openapi_extra=needs("read"),
 )
 async def preview_rule(
     request: HttpRequest, domain: str, payload: RuleIn, query: Query[Page]
@@ -55,7 +57,7 @@ async def preview_rule(
     RULES,
     response={201: RuleOut, 409: Error, 422: Error, **WRITE_ERRORS},
     summary="Create a rule",
-    openapi_extra={"parameters": [idempotency.PARAMETER]},
+    openapi_extra=needs("write", parameters=[idempotency.PARAMETER]),
 )
 async def create_rule(request: HttpRequest, domain: str, payload: RuleIn):
     require_write(request, domain)
@@ -67,13 +69,23 @@ async def create_rule(request: HttpRequest, domain: str, payload: RuleIn):
     return created
 
 
-@router.get(RULES, response={200: RuleList, **ERRORS}, summary="A domain's rules")
+@router.get(
+    RULES,
+    response={200: RuleList, **ERRORS},
+    summary="A domain's rules",
+    openapi_extra=needs("read"),
+)
 async def list_rules(request: HttpRequest, domain: str):
     require_read(request, domain)
     return json_response({"rules": await db.read(read.list_rules, domain)})
 
 
-@router.get(f"{RULES}/{{rule}}", response={200: RuleOut, **ERRORS}, summary="A rule")
+@router.get(
+    f"{RULES}/{{rule}}",
+    response={200: RuleOut, **ERRORS},
+    summary="A rule",
+    openapi_extra=needs("read"),
+)
 async def get_rule(request: HttpRequest, domain: str, rule: str):
     require_read(request, domain)
     return json_response(await db.read(read.read_rule, domain, rule))
@@ -83,6 +95,7 @@ async def get_rule(request: HttpRequest, domain: str, rule: str):
     f"{RULES}/{{rule}}",
     response={200: RuleOut, 409: Error, **WRITE_ERRORS},
     summary="Replace a rule's definition (its log and seq are kept)",
+    openapi_extra=needs("write"),
 )
 async def replace_rule(request: HttpRequest, domain: str, rule: str, payload: RuleIn):
     require_write(request, domain)
@@ -94,6 +107,7 @@ async def replace_rule(request: HttpRequest, domain: str, rule: str, payload: Ru
     f"{RULES}/{{rule}}",
     response={204: None, **WRITE_ERRORS},
     summary="Remove a rule and its events",
+    openapi_extra=needs("write"),
 )
 async def delete_rule(request: HttpRequest, domain: str, rule: str):
     require_write(request, domain)
@@ -110,6 +124,7 @@ class AfterSeq(Page):
     f"{RULES}/{{rule}}/events",
     response={200: RuleEventList, **ERRORS},
     summary="A rule's events after a seq, in seq order",
+    openapi_extra=needs("read"),
 )
 async def list_events(
     request: HttpRequest, domain: str, rule: str, query: Query[AfterSeq]
@@ -130,6 +145,7 @@ class StatusPage(Page):
     f"{RULES}/{{rule}}/aggregates",
     response={200: RuleStatusList, **ERRORS},
     summary="Where the rule stands for each aggregate, most recently changed first",
+    openapi_extra=needs("read"),
 )
 async def list_statuses(
     request: HttpRequest, domain: str, rule: str, query: Query[StatusPage]
@@ -150,6 +166,7 @@ async def list_statuses(
     f"{RULES}/{{rule}}/aggregates/{{aggregate}}",
     response={200: WhyOut, **ERRORS},
     summary="Why: the rule's status for an aggregate, each comparison evaluated now",
+    openapi_extra=needs("read"),
 )
 async def why(request: HttpRequest, domain: str, rule: str, aggregate: str):
     require_read(request, domain)
@@ -164,6 +181,7 @@ class ReceiptPage(Page):
     f"{RULES}/{{rule}}/receipts",
     response={200: ReceiptList, **ERRORS},
     summary="Receipts of the rule's events, highest seq first",
+    openapi_extra=needs("read"),
 )
 async def list_receipts(
     request: HttpRequest, domain: str, rule: str, query: Query[ReceiptPage]
@@ -210,6 +228,7 @@ def _lease(domain: str, rule: str, payload: LeaseIn) -> tuple[bool, dict]:
     f"{RULES}/{{rule}}/leases",
     response={200: LeaseOut, 409: LeaseOut, **WRITE_ERRORS},
     summary="Take or renew the lease that lets one watcher of a name run events",
+    openapi_extra=needs("write"),
 )
 async def take_lease(request: HttpRequest, domain: str, rule: str, payload: LeaseIn):
     require_write(request, domain)
@@ -232,6 +251,7 @@ def _release(domain: str, rule: str, watcher: str, holder: str) -> None:
     f"{RULES}/{{rule}}/leases/{{watcher}}",
     response={204: None, **WRITE_ERRORS},
     summary="Give a watcher's lease up (its holder only)",
+    openapi_extra=needs("write"),
 )
 async def release_lease(
     request: HttpRequest, domain: str, rule: str, watcher: str, holder: str

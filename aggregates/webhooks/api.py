@@ -12,6 +12,7 @@ from aggregates.access import (
     WRITE_ERRORS,
     Page,
     json_response,
+    needs,
     require_read,
     require_write,
     spend_write,
@@ -35,7 +36,7 @@ WEBHOOKS = "/domains/{domain}/webhooks"
     WEBHOOKS,
     response={201: WebhookCreated, 422: Error, **WRITE_ERRORS},
     summary="Create a webhook; its signing secret is in this answer only",
-    openapi_extra={"parameters": [idempotency.PARAMETER]},
+    openapi_extra=needs("write", parameters=[idempotency.PARAMETER]),
 )
 async def create_webhook(request: HttpRequest, domain: str, payload: WebhookIn):
     require_write(request, domain)
@@ -48,7 +49,12 @@ async def create_webhook(request: HttpRequest, domain: str, payload: WebhookIn):
     return created
 
 
-@router.get(WEBHOOKS, response={200: WebhookList, **ERRORS}, summary="Webhooks")
+@router.get(
+    WEBHOOKS,
+    response={200: WebhookList, **ERRORS},
+    summary="Webhooks",
+    openapi_extra=needs("read"),
+)
 async def list_webhooks(request: HttpRequest, domain: str):
     require_read(request, domain)
     return json_response({"webhooks": await db.read(read.list_webhooks, domain)})
@@ -58,6 +64,7 @@ async def list_webhooks(request: HttpRequest, domain: str):
     f"{WEBHOOKS}/{{webhook}}",
     response={200: WebhookOut, **ERRORS},
     summary="A webhook and its health",
+    openapi_extra=needs("read"),
 )
 async def get_webhook(request: HttpRequest, domain: str, webhook: int):
     require_read(request, domain)
@@ -68,6 +75,7 @@ async def get_webhook(request: HttpRequest, domain: str, webhook: int):
     f"{WEBHOOKS}/{{webhook}}",
     response={200: WebhookOut, **WRITE_ERRORS},
     summary="Change any of url, events, rule, description, paused",
+    openapi_extra=needs("write"),
 )
 async def change_webhook(
     request: HttpRequest, domain: str, webhook: int, payload: WebhookChange
@@ -84,6 +92,7 @@ async def change_webhook(
     f"{WEBHOOKS}/{{webhook}}",
     response={204: None, **WRITE_ERRORS},
     summary="Remove a webhook",
+    openapi_extra=needs("write"),
 )
 async def delete_webhook(request: HttpRequest, domain: str, webhook: int):
     require_write(request, domain)
@@ -96,6 +105,7 @@ async def delete_webhook(request: HttpRequest, domain: str, webhook: int):
     f"{WEBHOOKS}/{{webhook}}/deliveries",
     response={200: DeliveryList, **ERRORS},
     summary="The webhook's delivery attempts, newest first",
+    openapi_extra=needs("read"),
 )
 async def list_deliveries(
     request: HttpRequest, domain: str, webhook: int, query: Query[Page]
@@ -109,6 +119,7 @@ async def list_deliveries(
     f"{WEBHOOKS}/{{webhook}}/replay",
     response={200: WebhookOut, **WRITE_ERRORS},
     summary="Deliver again, in order, everything after a position or seq",
+    openapi_extra=needs("write"),
 )
 async def replay(request: HttpRequest, domain: str, webhook: int, payload: ReplayIn):
     require_write(request, domain)

@@ -11,7 +11,13 @@ class Command(BaseCommand):
     def add_arguments(self, parser):
         actions = parser.add_subparsers(dest="action", required=True)
         create = actions.add_parser("create", help="create a token and print it once")
-        create.add_argument("--scope", choices=["read", "write"], required=True)
+        create.add_argument(
+            "--scope",
+            choices=["read", "publish", "write"],
+            required=True,
+            help="read: read only; publish: read, and post sources (for "
+            "publishers); write: everything, in the domains it covers",
+        )
         create.add_argument(
             "--domain",
             dest="domains",
