@@ -89,7 +89,7 @@ def _once(
 
 
 class _Raced(Exception):
-    """The same key's first request committed while this one wrote."""
+    """The same key's first request committed while this one began."""
 
 
 def _first_or_write(
@@ -111,18 +111,20 @@ def _first_or_write(
         if random.random() < 0.01:  # now and then, the expired ones go
             IdempotentRequest.objects.filter(created_at__lt=fresh).delete()
         IdempotentRequest.objects.filter(token_id=token, key=key).delete()  # expired
-        body = _encode(write())
+        # The key's row first: a request with the same key that arrives
+        # meanwhile waits on its unique index (PostgreSQL) until this commits,
+        # then answers this answer, instead of writing beside it (a rule name
+        # taken by this very write would have been its 409).
         try:
             with transaction.atomic():
-                IdempotentRequest.objects.create(
-                    token_id=token,
-                    key=key,
-                    fingerprint=fingerprint,
-                    status=status,
-                    body=body,
+                claimed = IdempotentRequest.objects.create(
+                    token_id=token, key=key, fingerprint=fingerprint, status=0, body=""
                 )
         except IntegrityError:
-            raise _Raced from None  # this write is undone with the transaction
+            raise _Raced from None
+        body = _encode(write())
+        claimed.status, claimed.body = status, body
+        claimed.save(update_fields=["status", "body"])
     return status, body, False
 
 

@@ -322,7 +322,12 @@ async def scrape(request: HttpRequest) -> HttpResponse:
     token = getattr(request, "api_token", None)
     if token is None and not settings.BOTLNEK_PUBLIC_METRICS:
         raw = tokens.bearer(request)
-        token = await tokens.authenticate(raw) if raw else None
+        try:
+            token = await tokens.authenticate(raw) if raw else None
+        except DatabaseError:
+            return error_response(
+                503, "unavailable", "the database is unreachable; retry shortly"
+            )
         if token is None:
             return unauthorized("send 'Authorization: Bearer <token>' of a read token")
     if token is not None and token.domains:

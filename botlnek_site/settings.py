@@ -130,6 +130,10 @@ def _sqlite_synchronous() -> str:
     return value
 
 
+# Read whatever the database, so that a bad value fails at start everywhere.
+SQLITE_SYNCHRONOUS = _sqlite_synchronous()
+
+
 def _database() -> dict:
     url = env_str("BOTLNEK_DATABASE_URL")
     if not url:
@@ -145,7 +149,7 @@ def _database() -> dict:
             "transaction_mode": "IMMEDIATE",
             "timeout": 30,
             "init_command": (
-                f"PRAGMA journal_mode=WAL; PRAGMA synchronous={_sqlite_synchronous()};"
+                f"PRAGMA journal_mode=WAL; PRAGMA synchronous={SQLITE_SYNCHRONOUS};"
             ),
         }
         config["TEST"] = {"NAME": str(DATA_DIR / "test.sqlite3")}

@@ -100,6 +100,12 @@ def test_a_streamed_http_response_attaches_to_daphnes_request():
     assert request.producer is None and done == [True]
     stream.attach()
     assert stream.abort() and transport.disconnecting
+    # The client gone: Twisted drops the request's channel. Letting go still
+    # works, and still calls back (the stream's slot and subscription).
+    stream.when_done(lambda: done.append("again"))
+    request.channel = None
+    stream.detach()
+    assert request.producer is None and done == [True, "again"]
 
 
 def test_an_http_request_without_what_the_seam_needs_fails_loudly(daphne):

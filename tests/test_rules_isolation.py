@@ -64,6 +64,16 @@ def test_an_age_bound_past_ten_years_is_refused(api, domain, when, column):
     assert api.post(RULES, {"name": "r", "when": "age(A) < 3650d"}).status_code == 201
 
 
+def test_a_rule_accepted_before_the_bounds_still_runs(api, domain):
+    """A rule stored before ages were bounded compiles as it was accepted."""
+    Rule.objects.create(domain=domain, name="old", when="A >= 1 and age(A) < 5000d")
+    define(api, "run-a", "A >= 1")
+    register("2026-11-26", "A")
+    engine.catch_up("c-inputs")
+    assert brief(events(api, "old")) == [("2026-11-26", "fired", "ready", 1, False)]
+    assert brief(events(api, "run-a")) == [("2026-11-26", "fired", "ready", 1, False)]
+
+
 def test_conditions_nest_32_levels_and_more_but_not_without_end(api, domain):
     deep = "(" * 32 + "A >= 1" + ")" * 32
     assert api.post(RULES, {"name": "deep", "when": deep}).status_code == 201
@@ -120,7 +130,8 @@ def test_an_evaluation_that_fails_stalls_only_its_own_pair(api, domain, monkeypa
     assert why["error"] == (
         "evaluating it failed: ValueError: this key breaks the rule"
     )
-    assert (why["status"], why["version"]) == ("waiting", 1)  # as it was
+    # Its status as it was; its facts as they are (for the next evaluation).
+    assert (why["status"], why["version"]) == ("waiting", 2)
     assert failures("c-inputs") == before + 2  # each of its versions, once
     assert set(Rule.objects.values_list("position", flat=True)) == {4}
     assert (

@@ -292,15 +292,16 @@ def _tokens(text: str) -> list[_Token]:
 
 
 class _Parser:
-    def __init__(self, text: str):
+    def __init__(self, text: str, bounded: bool = True):
         self.text = text
         self.tokens = _tokens(text)
         self.index = 0
         self.depth = 0
+        self.bounded = bounded
 
     def deeper(self, token: _Token) -> None:
         self.depth += 1
-        if self.depth > MAX_DEPTH:
+        if self.bounded and self.depth > MAX_DEPTH:
             raise ConditionError(
                 f"nested more than {MAX_DEPTH} levels deep", token.column
             )
@@ -364,7 +365,7 @@ class _Parser:
             right, right_kind = self.operand()
             if "bool" in (left_kind, right_kind):
                 raise ConditionError("cannot compare a condition", op.column)
-            if "age" in (left_kind, right_kind):
+            if self.bounded and "age" in (left_kind, right_kind):
                 bound = left if right_kind == "age" else right
                 at = start if right_kind == "age" else right_token
                 if isinstance(bound, Number) and bound.value > MAX_AGE_SECONDS:
@@ -409,8 +410,11 @@ class _Parser:
         raise ConditionError(f"unexpected {token.text!r}", token.column)
 
 
-def parse(text: str) -> Condition:
-    """The condition, callable with Facts; ConditionError names the column."""
+def parse(text: str, *, bounded: bool = True) -> Condition:
+    """The condition, callable with Facts; ConditionError names the column.
+    `bounded=False` leaves out the bounds on ages and nesting, for a condition
+    accepted before they existed (an evaluation that overflows then fails for
+    its own (rule, aggregate) alone)."""
     if not text.strip():
         raise ConditionError("the condition is empty", 1)
-    return Condition(text, _Parser(text).parse())
+    return Condition(text, _Parser(text, bounded).parse())

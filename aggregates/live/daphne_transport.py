@@ -176,13 +176,23 @@ class HttpStream:
         self._request = request
 
     def detach(self) -> None:
-        """The response is over: the connection may serve another request."""
+        """The response is over (or the connection gone): stop watching, and call
+        back whoever asked."""
+        try:
+            self._unregister()
+        finally:
+            done, self._done = self._done, []
+            for callback in done:
+                callback()
+
+    def _unregister(self) -> None:
         request, self._request = self._request, None
-        if request is not None and request.producer is self._pressure:
+        if request is None or request.producer is not self._pressure:
+            return
+        if getattr(request, "channel", None) is None:
+            request.producer = None  # the connection is gone, and its channel
+        else:
             request.unregisterProducer()
-        done, self._done = self._done, []
-        for callback in done:
-            callback()
 
     async def writable(self) -> None:
         await self._pressure.writable()
@@ -205,7 +215,10 @@ class HttpStream:
 
         async def paced_send(message) -> None:
             if message["type"] == "http.response.body":
-                await self.writable()
+                if message.get("more_body"):
+                    await self.writable()
+                else:  # the last part: Twisted wants its producer gone first
+                    self._unregister()
             await send(message)
 
         return paced_send

@@ -71,8 +71,12 @@ class DashboardConsumer(AsyncWebsocketConsumer):
             for domain in self.domains
             for feed in (hub.versions_feed(domain), hub.rules_feed(domain))
         ]
-        for feed in self.feeds:
-            await hub.hub().listen(feed, self)
+        try:
+            for feed in self.feeds:
+                await hub.hub().listen(feed, self)
+        except BaseException:
+            await self.disconnect(1011)  # Channels will not: connect() failed
+            raise
         self.renderer = asyncio.ensure_future(self._render())
 
     def offer(self, frame: hub.Frame | None) -> None:

@@ -55,6 +55,7 @@ class SseSink:
         """Too many frames waiting for a reader that does not read: drop it."""
         if self.ended:
             return
+        self.ended = True
         logger.warning("dropping an event stream whose reader fell behind")
         metrics.slow_consumer_disconnected(self.transport)
         if not self.connection.abort():

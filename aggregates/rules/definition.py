@@ -149,7 +149,8 @@ class CompiledRule:
         return cls(
             id=rule.pk,
             name=rule.name,
-            condition=parse(rule.when),
+            # A stored rule compiles as it was accepted, bounds or not.
+            condition=parse(rule.when, bounded=False),
             every=rule.trigger == Rule.Trigger.EVERY,
             prefix=rule.aggregate_prefix,
             deadline_after=timedelta(seconds=after) if after is not None else None,

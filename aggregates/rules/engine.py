@@ -210,6 +210,7 @@ class _Step:
                 self._evaluate(
                     tracked,
                     lambda state, rule=rule: evaluate.apply(rule, state, version),
+                    version,
                 )
                 continue
             newest = self._newest_as_of(aggregate_id, version)
@@ -218,7 +219,7 @@ class _Step:
                 aggregate_id,
                 version.aggregate,
                 version.first_at,
-                evaluate.unevaluated(version),
+                evaluate.unevaluated(version, newest),
             )
             self.tracked[rule.id, aggregate_id] = tracked
             self._evaluate(
@@ -232,10 +233,12 @@ class _Step:
         self,
         tracked: _Tracked,
         evaluation: Callable[[State], list[Happened] | tuple[State, list[Happened]]],
+        version: VersionFacts | None = None,
     ) -> None:
         """Run `evaluation` on a copy of the pair's state and keep the outcome
         (an evaluation may also answer a new state); if it fails, record why
-        against the pair and keep its state as it was."""
+        against the pair and keep its status as it was (with `version`'s facts:
+        the next evaluation sees the aggregate as it is)."""
         tracked.touched = True
         state = evaluate.copied(tracked.state)
         try:
@@ -243,7 +246,7 @@ class _Step:
         except DatabaseError:
             raise  # the step fails whole, and is tried again
         except Exception as exc:
-            self._failed(tracked, exc)
+            self._failed(tracked, exc, version)
             return
         if isinstance(outcome, tuple):
             state, happened = outcome
@@ -254,15 +257,20 @@ class _Step:
         self._record(tracked, happened)
         self._schedule(tracked)
 
-    def _failed(self, tracked: _Tracked, exc: Exception) -> None:
+    def _failed(
+        self, tracked: _Tracked, exc: Exception, version: VersionFacts | None
+    ) -> None:
         error = f"evaluating it failed: {type(exc).__name__}: {exc}"
         logger.warning(
             "rule %s, aggregate %s: %s", tracked.rule.name, tracked.aggregate, error
         )
         tracked.state.error = error[:500]
-        # Not again by time alone, which would fail again every second: the
-        # aggregate's next version tries again.
-        tracked.state.next_due_at = None
+        if version is not None:
+            evaluate.note(tracked.state, version)
+        else:
+            # Time alone would fail again every second: the aggregate's next
+            # version tries again.
+            tracked.state.next_due_at = None
         self.failures += 1
 
     def _newest_as_of(

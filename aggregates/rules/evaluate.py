@@ -41,18 +41,27 @@ class State:
     error: str = ""  # why its last evaluation failed, if it did
 
 
-def unevaluated(version: "VersionFacts") -> State:
-    """A pair whose first evaluation failed: waiting, as of that version."""
+def unevaluated(version: "VersionFacts", newest: dict[str, datetime]) -> State:
+    """A pair whose first evaluation failed: waiting, with the aggregate's facts as
+    of that version (`newest`: its newest source time per collection)."""
     return State(
         status=Status.WAITING,
         version=version.version,
         position=version.position,
         counts=dict(version.counts),
-        newest={},
+        newest=dict(newest),
         deadline=None,
         evaluated_at=version.at,
         changed_at=version.at,
     )
+
+
+def note(state: State, version: "VersionFacts") -> None:
+    """Keep a version's facts without evaluating it (its evaluation failed): the
+    next evaluation sees the aggregate as it is."""
+    state.version, state.position = version.version, version.position
+    state.counts = dict(version.counts)
+    state.newest[version.collection] = version.at
 
 
 def copied(state: State) -> State:

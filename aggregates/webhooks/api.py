@@ -1,8 +1,6 @@
 """The webhooks API: create (the secret, once), read with health, change, remove,
 the delivery log, replay."""
 
-import asyncio
-
 from django.http import HttpRequest, HttpResponse
 from ninja import Query, Router
 
@@ -41,7 +39,7 @@ WEBHOOKS = "/domains/{domain}/webhooks"
 async def create_webhook(request: HttpRequest, domain: str, payload: WebhookIn):
     require_write(request, domain)
     spend_write(request)
-    await asyncio.to_thread(write.check_target, payload.url)
+    await write.check_target_async(payload.url)
     created = await idempotency.respond(
         request, 201, write.create_webhook, domain, payload
     )
@@ -83,7 +81,7 @@ async def change_webhook(
     require_write(request, domain)
     spend_write(request)
     if payload.url is not None:
-        await asyncio.to_thread(write.check_target, payload.url)
+        await write.check_target_async(payload.url)
     changed = await db.write(write.change_webhook, domain, webhook, payload)
     return json_response(changed)
 

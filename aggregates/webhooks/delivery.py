@@ -42,7 +42,6 @@ import ssl
 import threading
 import time
 from collections import Counter
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from itertools import islice
@@ -68,7 +67,6 @@ RENEW_SECONDS = 5
 BATCH = 100  # events read at a time
 FLUSH_SECONDS = 0.25
 LINGER_SECONDS = 5  # a caught-up webhook keeps its lease and task this long
-RESOLVE_SECONDS = 5
 ATTEMPT_SECONDS = 10  # from connecting to the end of the answer
 BODY_LIMIT = 64 * 1024  # of an answer, read and dropped
 DOMAIN_CONNECTIONS = 16  # attempts at once, per domain
@@ -356,6 +354,7 @@ class Holding:
         self.holder = holder
         self.until = acquired_at + LEASE_SECONDS
         self.lost = False
+        self.renewal: asyncio.Future | None = None  # a renewal being written
 
     def lasts(self, seconds: float) -> bool:
         """Still held `seconds` from now, for sure."""
@@ -366,10 +365,13 @@ class Holding:
         while not self.lost:
             await asyncio.sleep(RENEW_SECONDS)
             asked_at = time.monotonic()
+            # Shielded: cancelling the renewals must not leave a write running
+            # unseen, which could take the lease again after it was given up.
+            self.renewal = asyncio.ensure_future(
+                db.write(leases.acquire, self.name, self.holder, LEASE_SECONDS)
+            )
             try:
-                held, _ = await db.write(
-                    leases.acquire, self.name, self.holder, LEASE_SECONDS
-                )
+                held, _ = await asyncio.shield(self.renewal)
             except Exception as exc:  # it may still be held: `until` says how long
                 logger.warning("renewing %s: %s", self.name, exc)
                 continue
@@ -377,6 +379,12 @@ class Holding:
                 self.until = asked_at + LEASE_SECONDS
             else:
                 self.lost = True
+
+    async def stop_renewing(self, renewing: asyncio.Task) -> None:
+        """Cancel the renewals, and wait for one being written."""
+        renewing.cancel()
+        if self.renewal is not None:
+            await asyncio.wait([self.renewal])
 
 
 @functools.cache
@@ -500,12 +508,14 @@ class Deliverer:
         except Exception:
             logger.exception("delivering webhook %s failed", webhook_id)
         finally:
-            renewing.cancel()
-            self.running.pop(webhook_id, None)
+            await holding.stop_renewing(renewing)
             try:
                 await db.write(leases.release, name, self.holder)
             except Exception as exc:
                 logger.warning("releasing %s: %s (it expires)", name, exc)
+            # Only now: a task started for it meanwhile would have renewed the
+            # lease this release gives up.
+            self.running.pop(webhook_id, None)
 
     async def _deliver_held(
         self, webhook_id: int, holding: Holding, client: httpx.AsyncClient
@@ -545,8 +555,9 @@ class Deliverer:
                     break
                 if event.body is not None:
                     attempt = await self._attempt(webhook, event, holding, client)
-                    if attempt is None:
-                        break  # the lease may not outlast an attempt: stop here
+                    if attempt is None:  # the lease may not outlast an attempt
+                        await self.saver.save_now(run)
+                        return False  # the next look takes it up again
                     run.progress.attempts.append(attempt)
                     if not (attempt.status_code and 200 <= attempt.status_code < 300):
                         run.progress.failed = attempt
@@ -572,7 +583,7 @@ class Deliverer:
         domain = webhook.domain.key
         turns = self.turns.setdefault(domain, asyncio.Semaphore(DOMAIN_CONNECTIONS))
         async with turns:
-            if not holding.lasts(RESOLVE_SECONDS + ATTEMPT_SECONDS + 1):
+            if not holding.lasts(targets.RESOLVE_SECONDS + ATTEMPT_SECONDS + 1):
                 return None
             attempt, failure = await _post(webhook, event, client)
         outcome = metrics.delivery_outcome(attempt.status_code, failure)
@@ -590,7 +601,8 @@ async def _post(
     started = time.perf_counter()
     failure = None
     try:
-        addresses = await _resolve(webhook.url)
+        allowed = settings.BOTLNEK_WEBHOOK_ALLOWED_HOSTS
+        addresses = await targets.check_async(webhook.url, allowed)
         timestamp = datetime.now(UTC)
         signature = Signer(webhook.secret).sign(event.event_id, timestamp, event.body)
         headers = {
@@ -609,32 +621,11 @@ async def _post(
         seconds = time.perf_counter() - started
         attempt.error = f"TimeoutError: no whole answer within {seconds:.1f} s"
         failure = exc
-    except (httpx.HTTPError, OSError) as exc:
+    except Exception as exc:  # a failed attempt, whatever failed: retried
         attempt.error = f"{type(exc).__name__}: {exc}".rstrip(": ")[:500]
         failure = exc
     attempt.ms = (time.perf_counter() - started) * 1000
     return attempt, failure
-
-
-@functools.cache
-def _resolver() -> ThreadPoolExecutor:
-    # Threads of their own, and many: a resolver that hangs for one webhook's
-    # host holds a thread until the system resolver gives up.
-    return ThreadPoolExecutor(max_workers=64, thread_name_prefix="botlnek-resolve")
-
-
-async def _resolve(url: str) -> list[targets.Address]:
-    """The checked addresses of `url`'s host, resolved off the event loop."""
-    loop = asyncio.get_running_loop()
-    allowed = settings.BOTLNEK_WEBHOOK_ALLOWED_HOSTS
-    try:
-        async with asyncio.timeout(RESOLVE_SECONDS):
-            return await loop.run_in_executor(_resolver(), targets.check, url, allowed)
-    except TimeoutError:
-        host = httpx.URL(url).host
-        raise targets.Refused(
-            f"host {host!r} did not resolve within {RESOLVE_SECONDS} s"
-        ) from None
 
 
 async def _call(
@@ -651,6 +642,9 @@ async def _call(
     target = httpx.URL(url)
     headers = {**headers, "host": target.netloc.decode("ascii")}
     server_name = target.raw_host.decode("ascii")
+    # Each address gets its share of the time to connect: one that drops the
+    # connection attempt (a blackholed IPv6 route) leaves time for the next.
+    timeout = httpx.Timeout(ATTEMPT_SECONDS, connect=ATTEMPT_SECONDS / len(addresses))
     async with asyncio.timeout(ATTEMPT_SECONDS):
         for index, address in enumerate(addresses):
             pinned = target.copy_with(host=str(address))
@@ -660,6 +654,7 @@ async def _call(
                     pinned,
                     content=body,
                     headers=headers,
+                    timeout=timeout,
                     extensions={"sni_hostname": server_name},
                 ) as response:
                     read = 0
@@ -668,7 +663,7 @@ async def _call(
                         if read >= BODY_LIMIT:
                             break
                     return response.status_code
-            except httpx.ConnectError:
+            except (httpx.ConnectError, httpx.ConnectTimeout):
                 if index == len(addresses) - 1:
                     raise
     raise AssertionError("unreachable: there is always an address")

@@ -16,9 +16,12 @@ Addresses are judged by what they reach, however written: glibc reads
 address (`::ffff:127.0.0.1`, NAT64, 6to4) count as that address.
 """
 
+import asyncio
+import functools
 import ipaddress
 import re
 import socket
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
@@ -182,6 +185,29 @@ def check(url: str, allowed: AllowList) -> list[Address]:
                 f"which {SETTING} ({allowed.text}) does not allow"
             )
     return addresses
+
+
+RESOLVE_SECONDS = 5
+
+
+@functools.cache
+def _resolver() -> ThreadPoolExecutor:
+    # Threads of their own, and many: a resolver that hangs for one webhook's
+    # host holds a thread until the system resolver gives up.
+    return ThreadPoolExecutor(max_workers=64, thread_name_prefix="botlnek-resolve")
+
+
+async def check_async(url: str, allowed: AllowList) -> list[Address]:
+    """check(), off the event loop, for at most RESOLVE_SECONDS."""
+    loop = asyncio.get_running_loop()
+    try:
+        async with asyncio.timeout(RESOLVE_SECONDS):
+            return await loop.run_in_executor(_resolver(), check, url, allowed)
+    except TimeoutError:
+        host = urlsplit(url).hostname
+        raise Refused(
+            f"host {host!r} did not resolve within {RESOLVE_SECONDS} s"
+        ) from None
 
 
 def url_rule(value: str) -> str:

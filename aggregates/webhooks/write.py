@@ -22,9 +22,18 @@ RULE_EVENTS = {"rule.fired", "rule.late"}
 def check_target(url: str) -> None:
     """Refuse a URL whose host is not one BOTLNEK_WEBHOOK_ALLOWED_HOSTS allows, or
     that does not resolve (a 400 naming the host and the setting). It resolves the
-    host: call it off the event loop, and not on the database's writer."""
+    host: from async code, use check_target_async."""
     try:
         targets.check(url, settings.BOTLNEK_WEBHOOK_ALLOWED_HOSTS)
+    except targets.Refused as exc:
+        raise StoreError(str(exc), field="url") from None
+
+
+async def check_target_async(url: str) -> None:
+    """check_target, resolving off the event loop (and off the database's
+    writer), for at most a few seconds."""
+    try:
+        await targets.check_async(url, settings.BOTLNEK_WEBHOOK_ALLOWED_HOSTS)
     except targets.Refused as exc:
         raise StoreError(str(exc), field="url") from None
 
