@@ -26,7 +26,7 @@ from django.core.handlers.asgi import ASGIHandler, get_script_prefix
 from django.core.handlers.exception import convert_exception_to_response
 from django.urls import set_script_prefix
 
-from aggregates.live import daphne_transport
+from aggregates import daphne_transport
 from aggregates.middleware import ApiGatewayMiddleware
 
 # Django's internals this handler relies on (see the module docstring).

@@ -6,18 +6,18 @@ class AggregatesConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self) -> None:
-        from aggregates import metrics, serving
-        from aggregates.live import events, hub
+        from aggregates import announcements, metrics, serving
+        from aggregates.live import hub
         from aggregates.rules.engine import runner
         from aggregates.webhooks.worker import worker
 
         # What commits is announced to this process's live delivery; the domains
         # with rules are stepped soon after, the delivery worker told, versions counted.
-        events.versions_committed.connect(hub.publish)
-        events.rule_events_committed.connect(hub.publish_rule_events)
-        events.versions_committed.connect(runner.versions_committed)
-        events.versions_committed.connect(worker.committed)
-        events.versions_committed.connect(metrics.versions_committed)
-        events.rule_events_committed.connect(worker.committed)
+        announcements.versions_committed.connect(hub.publish)
+        announcements.rule_events_committed.connect(hub.publish_rule_events)
+        announcements.versions_committed.connect(runner.versions_committed)
+        announcements.versions_committed.connect(worker.committed)
+        announcements.versions_committed.connect(metrics.versions_committed)
+        announcements.rule_events_committed.connect(worker.committed)
         serving.in_background(runner.clock)
         serving.in_background(worker.run)

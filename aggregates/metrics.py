@@ -46,6 +46,7 @@ from collections.abc import Iterable, Sequence
 import httpx
 from django.conf import settings
 from django.db import DatabaseError
+from django.db.models import Count
 from django.http import HttpRequest, HttpResponse
 from django.views.decorators.http import require_safe
 from prometheus_client import (
@@ -60,6 +61,7 @@ from prometheus_client.exposition import choose_encoder
 
 from aggregates import db, tokens
 from aggregates.errors import error_response, unauthorized
+from aggregates.models import Rule, RuleStatus, Webhook
 
 logger = logging.getLogger("botlnek.metrics")
 
@@ -128,7 +130,7 @@ WEBHOOK_DELIVERIES = Counter(
 
 
 def versions_committed(committed: Sequence) -> None:
-    """A listener of events.versions_committed (after commit, on the writer)."""
+    """A listener of announcements.versions_committed (after commit, on the writer)."""
     for domain, count in Tally(version.domain for version in committed).items():
         VERSIONS_COMMITTED.labels(domain).inc(count)
 
@@ -259,10 +261,6 @@ class DatabaseGauges:
         ]
 
     def _rule_statuses(self, family: GaugeMetricFamily) -> None:
-        from django.db.models import Count
-
-        from aggregates.models import Rule, RuleStatus
-
         domain_of = dict(Rule.objects.values_list("id", "domain__key"))
         counts = {
             (domain, status): 0
@@ -282,8 +280,6 @@ class DatabaseGauges:
             family.add_metric([domain, status], n)
 
     def _webhooks(self, lag: GaugeMetricFamily, paused: GaugeMetricFamily) -> None:
-        from aggregates.models import Webhook
-
         rows = Webhook.objects.values_list(
             "domain__key",
             "paused",

@@ -5,6 +5,8 @@ import logging
 import time
 
 from asgiref.sync import markcoroutinefunction
+from channels.auth import AuthMiddlewareStack
+from channels.security.websocket import AllowedHostsOriginValidator
 from django.conf import settings
 from django.db import DatabaseError
 from django.http import HttpRequest, HttpResponse
@@ -104,9 +106,6 @@ class WebsocketAuthMiddleware:
     their session, and their Origin must be an allowed host."""
 
     def __init__(self, inner):
-        from channels.auth import AuthMiddlewareStack
-        from channels.security.websocket import AllowedHostsOriginValidator
-
         self.inner = inner
         self.browser = AllowedHostsOriginValidator(AuthMiddlewareStack(inner))
 

@@ -23,8 +23,7 @@ import os
 import sys
 from collections.abc import Awaitable, Callable
 
-from aggregates import db
-from aggregates.live import daphne_transport
+from aggregates import daphne_transport, db
 
 logger = logging.getLogger("botlnek.serving")
 

@@ -4,7 +4,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from aggregates.client.conditions import ConditionError, Facts, parse
+from aggregates.conditions import ConditionError, Facts, parse
 
 NOW = datetime(2026, 11, 28, 12, 0, tzinfo=UTC)
 

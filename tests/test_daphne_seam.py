@@ -1,4 +1,4 @@
-"""The daphne seam (aggregates.live.daphne_transport) against the real classes of the
+"""The daphne seam (aggregates.daphne_transport) against the real classes of the
 installed daphne, autobahn and Twisted: if an upgrade moves what it reaches into,
 these fail here rather than the server running without a bound on slow readers.
 (tests/test_live.py shows the same seam end to end: a stalled reader closed with
@@ -11,7 +11,7 @@ from twisted.internet.address import IPv4Address
 from twisted.internet.testing import StringTransport
 from twisted.web.http import HTTPChannel
 
-from aggregates.live.daphne_transport import (
+from aggregates.daphne_transport import (
     HttpStream,
     SeamError,
     attach,

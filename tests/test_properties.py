@@ -24,9 +24,8 @@ from hypothesis.stateful import (
     run_state_machine_as_test,
 )
 
-from aggregates import store
+from aggregates import announcements, store
 from aggregates.errors import Conflict, UnknownDomain
-from aggregates.live import events
 from aggregates.models import Aggregate, Domain, Source, Version
 from aggregates.store import NewSource
 from aggregates.values import isoformat
@@ -155,10 +154,10 @@ class WritePath(RuleBasedStateMachine):
         self.sources: dict[tuple, Registered] = {}
         self.histories: dict[tuple[str, str], list[Registered]] = {}
         self.touched: set[tuple[str, str]] = set()
-        self.committed: list[events.VersionCommitted] = []
+        self.committed: list[announcements.VersionCommitted] = []
         self.cleanup = ExitStack()
         self.cleanup.enter_context(
-            events.versions_committed.listening(self.committed.extend)
+            announcements.versions_committed.listening(self.committed.extend)
         )
 
     def teardown(self) -> None:
@@ -306,7 +305,7 @@ class WritePath(RuleBasedStateMachine):
                 assert registration.at == first.at
         new = [first for created, first in plan.answers if created]
         assert self.committed == [
-            events.VersionCommitted(
+            announcements.VersionCommitted(
                 r.item.domain, r.item.aggregate, r.version, r.position
             )
             for r in new

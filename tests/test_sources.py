@@ -4,7 +4,7 @@ import itertools
 
 import pytest
 
-from aggregates.live import events
+from aggregates import announcements
 from aggregates.models import Aggregate, Source, Version
 from aggregates.store import NewSource, register_sources
 from tests.toolkit import post_source
@@ -14,7 +14,7 @@ from tests.toolkit import post_source
 def committed():
     """Every VersionCommitted announced while the test runs."""
     seen = []
-    with events.versions_committed.listening(seen.extend):
+    with announcements.versions_committed.listening(seen.extend):
         yield seen
 
 

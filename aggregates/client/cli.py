@@ -6,10 +6,10 @@ import json
 import sys
 from pathlib import Path
 
-from aggregates.client.conditions import ConditionError
 from aggregates.client.http import BotlnekError, Client
 from aggregates.client.rule_watch import RuleWatcher
 from aggregates.client.watch import Watcher
+from aggregates.conditions import ConditionError
 
 
 def _pairs(values: list[str], flag: str) -> dict[str, str]:

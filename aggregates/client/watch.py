@@ -21,8 +21,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from aggregates.client.conditions import Facts, parse
 from aggregates.client.http import BotlnekError, Client
+from aggregates.conditions import Facts, parse
 
 
 @dataclass

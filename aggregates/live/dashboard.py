@@ -14,9 +14,9 @@ from django.conf import settings
 from django.http import QueryDict
 from django.urls import Resolver404, resolve
 
-from aggregates import db, limits, store
+from aggregates import daphne_transport, db, limits, store
 from aggregates.errors import NotFound
-from aggregates.live import daphne_transport, hub
+from aggregates.live import hub
 from aggregates.live.websocket import SubscribeConsumer
 
 NOT_FOUND = 4404  # the page is gone, or has no live parts

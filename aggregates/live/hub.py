@@ -22,9 +22,8 @@ from asgiref.sync import async_to_sync
 from channels.layers import get_channel_layer
 from django.conf import settings
 
-from aggregates import db, serving, store
+from aggregates import announcements, db, serving, store
 from aggregates.errors import NotFound
-from aggregates.live import events
 from aggregates.rules.read import latest_seqs, rule_events
 
 logger = logging.getLogger("botlnek.live")
@@ -40,7 +39,7 @@ def domain_group(domain: str) -> str:
 # thread.
 
 
-def publish(committed: Sequence[events.VersionCommitted]) -> None:
+def publish(committed: Sequence[announcements.VersionCommitted]) -> None:
     latest: dict[str, int] = {}
     for version in committed:
         latest[version.domain] = max(latest.get(version.domain, 0), version.position)
@@ -49,7 +48,7 @@ def publish(committed: Sequence[events.VersionCommitted]) -> None:
         _send_soon(domain_group(domain), message)
 
 
-def publish_rule_events(committed: Sequence[events.RuleEventsCommitted]) -> None:
+def publish_rule_events(committed: Sequence[announcements.RuleEventsCommitted]) -> None:
     for rule in committed:
         message = {
             "type": "rule.changed",

@@ -14,7 +14,7 @@ import logging
 from collections.abc import AsyncIterator, Callable
 
 from aggregates import metrics, serving
-from aggregates.live.daphne_transport import HttpStream
+from aggregates.daphne_transport import HttpStream
 from aggregates.live.hub import Frame
 from aggregates.live.subscription import SubscribeIn, Subscription
 

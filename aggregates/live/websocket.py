@@ -13,9 +13,8 @@ from channels.generic.websocket import AsyncWebsocketConsumer
 from django.conf import settings
 from pydantic import ValidationError
 
-from aggregates import db, limits, metrics, store
+from aggregates import daphne_transport, db, limits, metrics, store
 from aggregates.errors import NotFound, field_errors, summary
-from aggregates.live import daphne_transport
 from aggregates.live.hub import Frame
 from aggregates.live.subscription import SubscribeIn, Subscription
 from aggregates.rules.read import get_rule

@@ -8,7 +8,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
 
-from aggregates.client.conditions import (
+from aggregates.conditions import (
     Condition,
     ConditionError,
     parse,
@@ -16,7 +16,7 @@ from aggregates.client.conditions import (
 )
 from aggregates.models import Rule
 from aggregates.schemas import Key
-from aggregates.values import KEY_CHARS, KEY_PATTERN
+from aggregates.values import KEY_CHARS, KEY_PATTERN, isoformat
 
 
 def _prefix_rule(value: str) -> str:
@@ -88,8 +88,6 @@ def definition_json(rule: Rule) -> dict[str, Any]:
             "after": _duration_text(rule.deadline_seconds),
             "from": rule.deadline_from,
         }
-    from aggregates.values import isoformat
-
     return {
         "name": rule.name,
         "when": rule.when,

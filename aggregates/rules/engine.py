@@ -39,8 +39,7 @@ from django.db import DatabaseError, connection, transaction
 from django.db.models import F, Max
 from django.utils import timezone
 
-from aggregates import db, metrics
-from aggregates.live import events
+from aggregates import announcements, db, metrics, serving
 from aggregates.models import Rule, RuleStatus, Source, Version
 from aggregates.rules import evaluate, sql
 from aggregates.rules.definition import CompiledRule
@@ -95,14 +94,14 @@ def step(domain_key: str, now: datetime | None = None) -> bool:
 
 def _announce(
     domain: str,
-    committed: list[events.RuleEventsCommitted],
+    committed: list[announcements.RuleEventsCommitted],
     recorded: list[str],
     failures: int,
 ) -> None:
     metrics.rule_events_recorded(domain, recorded)
     metrics.rule_evaluations_failed(domain, failures)
     if committed:
-        events.rule_events_committed.send(committed)
+        announcements.rule_events_committed.send(committed)
 
 
 def _lock_rules(domain_key: str) -> list[Rule] | None:
@@ -295,7 +294,7 @@ class _Step:
     def _record(self, tracked: _Tracked, happened: list[Happened]) -> None:
         self.happened.extend((tracked, event) for event in happened)
 
-    def save(self) -> list[events.RuleEventsCommitted]:
+    def save(self) -> list[announcements.RuleEventsCommitted]:
         """Write statuses, events and cursors; what to announce after commit."""
         sql.save_statuses(
             (tracked.row_id, tracked.rule.id, tracked.aggregate_id, tracked.state)
@@ -323,7 +322,7 @@ class _Step:
         sql.save_events(recorded)
         sql.save_cursors(self.rows, self.position, seqs)
         return [
-            events.RuleEventsCommitted(self.domain, self.rows[rule_id].name, seq)
+            announcements.RuleEventsCommitted(self.domain, self.rows[rule_id].name, seq)
             for rule_id, seq in seqs.items()
         ]
 
@@ -388,7 +387,7 @@ class Runner:
         self.running: dict[str, asyncio.Task] = {}
         self.again: set[str] = set()
 
-    def versions_committed(self, committed: Sequence[events.VersionCommitted]):
+    def versions_committed(self, committed: Sequence[announcements.VersionCommitted]):
         """After a commit (on the writer's thread): step the domains with rules."""
         for domain in {version.domain for version in committed}:
             if domain in self.ruled:
@@ -401,8 +400,6 @@ class Runner:
             self.poke(domain)
 
     def poke_threadsafe(self, domain: str) -> None:
-        from aggregates import serving
-
         loop = serving.server_loop()
         if loop is not None:
             loop.call_soon_threadsafe(self.poke, domain)

@@ -15,7 +15,7 @@ deadline) up to a given time; a version is applied at its own time, after them.
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 
-from aggregates.client.conditions import Facts
+from aggregates.conditions import Facts
 from aggregates.models import RuleEvent, RuleStatus
 from aggregates.rules.definition import CompiledRule
 

@@ -11,7 +11,7 @@ from typing import Any
 from django.db.models import Count, Max, Q
 from django.utils import timezone
 
-from aggregates.client.conditions import Facts
+from aggregates.conditions import Facts
 from aggregates.errors import NotFound, StoreError
 from aggregates.models import (
     Aggregate,

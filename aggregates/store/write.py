@@ -25,8 +25,8 @@ from typing import Any
 from django.db import DatabaseError, connection, transaction
 from django.utils import timezone
 
+from aggregates import announcements
 from aggregates.errors import Conflict, NotFound, StoreError, UnknownDomain
-from aggregates.live import events
 from aggregates.models import Aggregate, Domain, Receipt, RuleEvent, RuleStatus
 from aggregates.store.read import get_aggregate, receipt_json
 from aggregates.store.sql import (
@@ -108,7 +108,7 @@ def _register(
     else:
         outcomes = _register_python(items, all_or_nothing)
     committed = [
-        events.VersionCommitted(
+        announcements.VersionCommitted(
             domain=o.domain,
             aggregate=o.aggregate,
             version=o.version,
@@ -119,7 +119,7 @@ def _register(
     ]
     if committed:
         # Right away in autocommit (PostgreSQL's one statement has committed).
-        transaction.on_commit(lambda: events.versions_committed.send(committed))
+        transaction.on_commit(lambda: announcements.versions_committed.send(committed))
     return outcomes
 
 

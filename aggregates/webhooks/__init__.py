@@ -8,6 +8,7 @@ kept in the database instead.
     read.py      the webhook with its health, the delivery log
     worker.py    the delivery worker: a process each server process starts, at a
                  lower CPU priority, to run the deliverer off the server's cores
+    process.py   that process's entry: the deliverer on its own event loop
     delivery.py  the deliverer: for a webhook with events after
                  its cursor, it takes the webhook's lease, POSTs the events one by
                  one in order (Standard Webhooks headers and signature), and saves

@@ -4,7 +4,7 @@ its own, which it starts, restarts and takes down with it.
 Why a process: a post into a domain with ten webhooks makes ten signed POSTs. Made
 by the server process, they took its event loop and its GIL from the posts (ingest
 fell to a third). In a process of their own they run on another core, and at a
-lower CPU priority (NICENESS): on a machine with no core to spare, taking posts
+lower CPU priority (process.NICENESS): on a machine with no core to spare, taking posts
 comes first and the deliveries catch up afterwards, from their cursors in the
 database, where nothing is lost.
 
@@ -20,26 +20,17 @@ finish the attempt in flight and save, gives its leases up, and exits.
 
 import asyncio
 import contextlib
-import ctypes
 import json
 import logging
 import os
-import signal
-import socket
 import subprocess
 import sys
 import threading
-import time
-import uuid
+
+from aggregates import metrics
+from aggregates.webhooks.process import REPORTS_FD, SERVER_PID
 
 logger = logging.getLogger("botlnek.webhooks")
-
-NICENESS = 19  # added to the server's: what CPU the posts leave
-REPORT_SECONDS = 0.5
-STOP_GRACE_SECONDS = 2
-_PR_SET_PDEATHSIG = 1  # prctl(2)
-_REPORTS_FD = "BOTLNEK_WORKER_REPORTS_FD"
-_SERVER_PID = "BOTLNEK_WORKER_SERVER_PID"
 
 
 class WorkerProcess:
@@ -77,14 +68,14 @@ class WorkerProcess:
             **os.environ,
             # The server's own imports, whatever started it.
             "PYTHONPATH": os.pathsep.join(path or os.getcwd() for path in sys.path),
-            _REPORTS_FD: str(reports_write),
-            _SERVER_PID: str(os.getpid()),
+            REPORTS_FD: str(reports_write),
+            SERVER_PID: str(os.getpid()),
         }
         # Started from the thread of the event loop, which lives as long as the
         # process: the kernel's parent-death signal is tied to the starting thread.
         try:
             process = subprocess.Popen(
-                [sys.executable, "-m", "aggregates.webhooks.worker"],
+                [sys.executable, "-m", "aggregates.webhooks.process"],
                 stdin=subprocess.PIPE,
                 env=env,
                 pass_fds=(reports_write,),
@@ -117,8 +108,6 @@ class WorkerProcess:
 
 
 def _count_reports(fd: int) -> None:
-    from aggregates import metrics
-
     with open(fd, "rb") as reports:
         for line in reports:
             for domain, outcome, attempts in json.loads(line):
@@ -126,82 +115,3 @@ def _count_reports(fd: int) -> None:
 
 
 worker = WorkerProcess()
-
-
-# The worker process's side
-
-
-def main() -> None:
-    import django
-
-    django.setup()
-    server = int(os.environ[_SERVER_PID])
-    _end_with(server)
-    os.nice(NICENESS)
-    reports = open(int(os.environ[_REPORTS_FD]), "w", buffering=1)  # noqa: SIM115
-    holder = f"{socket.gethostname()}:{server}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
-    asyncio.run(_work(holder, reports))
-
-
-def _end_with(server: int) -> None:
-    """Have the kernel send SIGTERM when the server process ends (Linux)."""
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
-    except (OSError, AttributeError):
-        return  # not Linux: the end of stdin tells
-    if os.getppid() != server:
-        sys.exit(0)  # it ended before the signal was asked for
-
-
-async def _work(holder: str, reports) -> None:
-    from aggregates.webhooks.delivery import Deliverer
-
-    loop = asyncio.get_running_loop()
-    deliverer = Deliverer(holder)
-    stop = asyncio.Event()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, stop.set)
-    stdin = asyncio.StreamReader()
-    await loop.connect_read_pipe(
-        lambda: asyncio.StreamReaderProtocol(stdin), sys.stdin.buffer
-    )
-
-    async def listen() -> None:
-        while line := await stdin.readline():
-            what, domain = json.loads(line)
-            if what == "watch":
-                deliverer.watch(domain)
-            else:
-                deliverer.committed(domain)
-        stop.set()  # the server is gone
-
-    async def report() -> None:
-        while True:
-            await asyncio.sleep(REPORT_SECONDS)
-            _report(deliverer, reports)
-
-    tasks = [
-        asyncio.ensure_future(work)
-        for work in (deliverer.run(), listen(), report(), stop.wait())
-    ]
-    await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-    started = time.monotonic()
-    await deliverer.stop(STOP_GRACE_SECONDS)
-    for task in tasks:
-        task.cancel()
-    await asyncio.gather(*tasks, return_exceptions=True)
-    _report(deliverer, reports)
-    logger.info("delivery worker stopped in %.2f s", time.monotonic() - started)
-
-
-def _report(deliverer, reports) -> None:
-    if deliverer.outcomes:
-        counted = [[*key, attempts] for key, attempts in deliverer.outcomes.items()]
-        deliverer.outcomes.clear()
-        with contextlib.suppress(BrokenPipeError):  # the server is gone
-            reports.write(json.dumps(counted) + "\n")
-
-
-if __name__ == "__main__":
-    main()

@@ -1,7 +1,7 @@
 from django.core.management.base import BaseCommand, CommandError
 
 from aggregates.models import ApiToken
-from aggregates.tokens import create_token, revoke_token
+from aggregates.tokens import create_token, digest, revoke_token
 from aggregates.values import key_rule
 
 
@@ -58,8 +58,6 @@ class Command(BaseCommand):
             )
 
     def _revoke(self, *, token, **options):
-        from aggregates.tokens import digest
-
         matches = ApiToken.objects.filter(digest=digest(token)) or (
             ApiToken.objects.filter(pk=int(token))
             if token.isdigit()

@@ -118,7 +118,7 @@ def attach(send, scope: dict | None = None) -> WritePressure:
         raise SeamError(
             f"daphne's websocket protocol {type(protocol).__name__} lacks "
             f"{', '.join(missing)}: this daphne/autobahn/Twisted is not one "
-            "aggregates.live.daphne_transport supports"
+            "aggregates.daphne_transport supports"
         )
     pressure = WritePressure(protocol)
     # daphne upgrades a connection by handing the HTTP channel's transport to the
@@ -170,7 +170,7 @@ class HttpStream:
             raise SeamError(
                 f"daphne's HTTP request {type(request).__name__} lacks "
                 f"{', '.join(missing)}: this daphne/Twisted is not one "
-                "aggregates.live.daphne_transport supports"
+                "aggregates.daphne_transport supports"
             )
         request.registerProducer(self._pressure, True)
         self._request = request
@@ -261,7 +261,7 @@ def drain_before_stopping(send, drain: Callable[[], Awaitable[None]]) -> bool:
     except (KeyError, ValueError) as exc:
         raise SeamError(
             "daphne's shutdown trigger Server.kill_all_applications is not "
-            "registered as aggregates.live.daphne_transport expects"
+            "registered as aggregates.daphne_transport expects"
         ) from exc
 
     async def drain_then_kill() -> None:
