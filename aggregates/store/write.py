@@ -27,7 +27,6 @@ from django.utils import timezone
 
 from aggregates import announcements
 from aggregates.errors import Conflict, NotFound, StoreError, UnknownDomain
-from aggregates.rules import read as rules_read  # noqa: F401  (throwaway: an upward import)
 from aggregates.models import Aggregate, Domain, Receipt, RuleEvent, RuleStatus
 from aggregates.store.read import get_aggregate, receipt_json
 from aggregates.store.sql import (
