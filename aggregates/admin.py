@@ -2,6 +2,7 @@ from django import forms
 from django.contrib import admin, messages
 from pydantic import ValidationError
 
+from aggregates import store
 from aggregates.errors import StoreError, field_errors
 from aggregates.models import (
     Aggregate,
@@ -15,16 +16,35 @@ from aggregates.models import (
     Webhook,
     WebhookDelivery,
 )
+from aggregates.rules import write as rule_write
 from aggregates.rules.definition import RuleIn
-from aggregates.rules.write import reexamine, start_position
+from aggregates.schemas import DomainIn
 from aggregates.tokens import create_token, forget_all
 from aggregates.values import key_rule
-from aggregates.webhooks.targets import url_rule
-from aggregates.webhooks.write import check_target, new_secret, resume, start_cursor
+from aggregates.webhooks import write as webhook_write
+from aggregates.webhooks.write import WebhookChange, WebhookIn, check_target
+
+
+class DomainForm(forms.ModelForm):
+    """A domain, checked as the API checks it."""
+
+    class Meta:
+        model = Domain
+        fields = ["key", "attrs"]
+
+    def clean(self):
+        cleaned = super().clean()
+        key = cleaned.get("key", self.instance.key) or ""
+        try:
+            DomainIn.model_validate({"key": key, "attrs": cleaned.get("attrs") or {}})
+        except ValidationError as exc:
+            _add_errors(self, exc)
+        return cleaned
 
 
 @admin.register(Domain)
 class DomainAdmin(admin.ModelAdmin):
+    form = DomainForm
     list_display = ["key", "aggregate_count", "latest_position", "created_at"]
     search_fields = ["key"]
     readonly_fields = ["latest_position", "aggregate_count", "created_at"]
@@ -41,8 +61,17 @@ class DomainAdmin(admin.ModelAdmin):
             # Only attrs: the counters belong to the write path, and saving the copy
             # loaded with the form would put them back behind concurrent posts.
             obj.save(update_fields=["attrs"])
-        else:
-            super().save_model(request, obj, form, change)
+            return
+        created, _ = store.create_domain(obj.key, obj.attrs)
+        obj.pk = created.pk
+        obj.refresh_from_db()
+
+
+def _add_errors(form: forms.ModelForm, exc: ValidationError, rename=None) -> None:
+    """The API's refusal, on the form: each message on its field (or the form's)."""
+    for name, message in field_errors(exc.errors()).items():
+        field = rename(name) if rename else name
+        form.add_error(field if field in form.fields else None, message)
 
 
 class ReadOnlyAdmin(admin.ModelAdmin):
@@ -130,6 +159,7 @@ class RuleForm(forms.ModelForm):
 
     def clean(self):
         cleaned = super().clean()
+        instance = self.instance
         deadline = None
         if cleaned.get("deadline_seconds"):
             deadline = {
@@ -137,27 +167,41 @@ class RuleForm(forms.ModelForm):
                 "from": cleaned.get("deadline_from") or "first_source",
             }
         try:
-            RuleIn.model_validate(
+            # Name and start are fixed once a rule exists: the form leaves them out.
+            self.definition = RuleIn.model_validate(
                 {
-                    "name": cleaned.get("name") or "",
+                    "name": cleaned.get("name") or instance.name or "",
                     "when": cleaned.get("when") or "",
                     "trigger": cleaned.get("trigger"),
                     "aggregate_prefix": cleaned.get("aggregate_prefix") or "",
                     "deadline": deadline,
                     "on_deadline": cleaned.get("on_deadline"),
-                    "start": cleaned.get("start"),
+                    "start": cleaned.get("start") or instance.start,
                 }
             )
+            rule_write.check_name(self.definition.name)
         except ValidationError as exc:
-            for name, message in field_errors(exc.errors()).items():
-                field = "deadline_seconds" if name.startswith("deadline") else name
-                self.add_error(field if field in self.fields else None, message)
+            _add_errors(
+                self,
+                exc,
+                lambda name: (
+                    "deadline_seconds" if name.startswith("deadline") else name
+                ),
+            )
+        except StoreError as exc:
+            self.add_error(exc.field, str(exc))
         return cleaned
+
+
+def _rule_field(name: str) -> str:
+    """The form field of a RuleIn field (the deadline's are one form field)."""
+    return "deadline_seconds" if name.startswith("deadline") else name
 
 
 @admin.register(Rule)
 class RuleAdmin(admin.ModelAdmin):
-    """Changing a definition here is a PUT: the log and its seq stay."""
+    """Through the same writes as the API: adding is a POST, changing a PUT (the
+    log and its seq stay), deleting a DELETE."""
 
     form = RuleForm
     list_display = ["name", "domain", "when", "trigger", "latest_seq", "created_at"]
@@ -172,15 +216,21 @@ class RuleAdmin(admin.ModelAdmin):
         return [*self.readonly_fields, *fixed]
 
     def save_model(self, request, obj, form, change):
+        domain = obj.domain.key
         if change:
-            fields = [
-                name for name in form.changed_data if name in RuleForm.Meta.fields
-            ]
-            obj.save(update_fields=fields or None)
-            reexamine(obj, obj.trigger)  # as a PUT does
-            return
-        obj.position = start_position(obj.domain, obj.start)
-        super().save_model(request, obj, form, change)
+            rule_write.replace_rule(domain, obj.name, form.definition)
+        else:
+            rule_write.create_rule(domain, form.definition)
+        saved = Rule.objects.get(domain=obj.domain, name=form.definition.name)
+        obj.pk = saved.pk
+        obj.refresh_from_db()
+
+    def delete_model(self, request, obj):
+        rule_write.delete_rule(obj.domain.key, obj.name)
+
+    def delete_queryset(self, request, queryset):
+        for rule in queryset.select_related("domain"):
+            self.delete_model(request, rule)
 
 
 @admin.register(RuleEvent)
@@ -202,7 +252,7 @@ class RuleEventAdmin(ReadOnlyAdmin):
 
 
 class WebhookForm(forms.ModelForm):
-    """A webhook's URL, checked as the API checks it: its host must be one
+    """A webhook, checked as the API checks it: WebhookIn's rules, and a host that
     BOTLNEK_WEBHOOK_ALLOWED_HOSTS allows."""
 
     # The API's URL rule, not Django's (which refuses hosts without a dot).
@@ -212,21 +262,39 @@ class WebhookForm(forms.ModelForm):
         model = Webhook
         fields = ["domain", "url", "events", "rule", "description", "paused"]
 
-    def clean_url(self) -> str:
-        url = self.cleaned_data["url"]
-        if self.instance.pk is not None and url == self.instance.url:
-            return url  # unchanged: pausing a webhook whose host is gone works
+    def clean(self):
+        cleaned = super().clean()
+        domain = cleaned.get("domain") or getattr(self.instance, "domain", None)
+        rule = cleaned.get("rule")
+        if rule is not None and domain is not None and rule.domain_id != domain.pk:
+            self.add_error("rule", f"{rule.name!r} is a rule of another domain")
         try:
-            url_rule(url)
-            check_target(url)
-        except (ValueError, StoreError) as exc:
-            raise forms.ValidationError(f"{url} {exc}") from None
-        return url
+            self.definition = WebhookIn.model_validate(
+                {
+                    "url": cleaned.get("url") or "",
+                    "events": cleaned.get("events"),
+                    "rule": rule.name if rule is not None else None,
+                    "description": cleaned.get("description") or "",
+                }
+            )
+        except ValidationError as exc:
+            _add_errors(self, exc)
+            return cleaned
+        url = self.definition.url
+        if self.instance.pk is None or url != self.instance.url:
+            # Unchanged, it is not checked again: pausing a webhook whose host is
+            # gone works.
+            try:
+                check_target(url)
+            except StoreError as exc:
+                self.add_error("url", f"{url} {exc}")
+        return cleaned
 
 
 @admin.register(Webhook)
 class WebhookAdmin(admin.ModelAdmin):
-    """Health at a glance; the secret is shown once, when the webhook is made."""
+    """Health at a glance; the secret is shown once, when the webhook is made.
+    Through the same writes as the API."""
 
     form = WebhookForm
 
@@ -261,23 +329,41 @@ class WebhookAdmin(admin.ModelAdmin):
         return [*self.fields, *self.readonly_fields] if obj else self.fields
 
     def save_model(self, request, obj, form, change):
-        if not change:
-            obj.secret = new_secret()
-            obj.cursor = start_cursor(obj.domain, obj.rule)
-            super().save_model(request, obj, form, change)
-            messages.warning(
-                request, f"The signing secret, shown this once: {obj.secret}"
+        domain = obj.domain.key
+        definition = form.definition
+        if change:
+            changed = {
+                name: getattr(definition, name)
+                for name in ("url", "events", "rule", "description")
+                if name in form.changed_data
+            }
+            if "paused" in form.changed_data:
+                changed["paused"] = obj.paused
+            webhook_write.change_webhook(
+                domain,
+                obj.pk,
+                WebhookChange.model_validate(changed),
+                paused_reason="paused in the admin",
             )
-            return
-        # As a PUT does: another stream starts from what comes next on.
-        if "rule" in form.changed_data:
-            obj.cursor = start_cursor(obj.domain, obj.rule)
-        if "paused" in form.changed_data:
-            if obj.paused:
-                obj.paused_reason = "paused in the admin"
-            else:
-                resume(obj)
-        super().save_model(request, obj, form, change)
+        else:
+            created = webhook_write.create_webhook(domain, definition)
+            obj.pk = created["id"]
+            if form.cleaned_data.get("paused"):
+                pause = WebhookChange(paused=True)
+                webhook_write.change_webhook(
+                    domain, obj.pk, pause, paused_reason="paused in the admin"
+                )
+            messages.warning(
+                request, f"The signing secret, shown this once: {created['secret']}"
+            )
+        obj.refresh_from_db()
+
+    def delete_model(self, request, obj):
+        webhook_write.delete_webhook(obj.domain.key, obj.pk)
+
+    def delete_queryset(self, request, queryset):
+        for webhook in queryset.select_related("domain"):
+            self.delete_model(request, webhook)
 
 
 @admin.register(WebhookDelivery)

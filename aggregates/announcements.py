@@ -1,9 +1,11 @@
-"""What happens after a commit: the seam between the writers and delivery.
+"""What happens after a commit: the seam between the writers and whoever follows.
 
-The store announces versions_committed, and the rules engine rule_events_committed,
-from transaction.on_commit, never before the commit. Listeners are connected when
-the app is ready (aggregates.apps); the database stays the source of truth, so an
-announcement only says "something changed".
+The store announces versions_committed, the rules engine rule_events_committed, and
+the writes of rules and webhooks (whoever calls them: the API, the admin, a
+command) rules_changed and webhooks_changed — from transaction.on_commit, never
+before the commit. Listeners are connected when the app is ready (aggregates.apps);
+the database stays the source of truth, so an announcement only says "something
+changed". This module imports nothing of the app: every layer may announce.
 """
 
 import logging
@@ -11,6 +13,8 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Generic, TypeVar
+
+from django.db import transaction
 
 logger = logging.getLogger("botlnek.events")
 
@@ -68,3 +72,11 @@ versions_committed: Announcement[VersionCommitted] = Announcement("versions comm
 rule_events_committed: Announcement[RuleEventsCommitted] = Announcement(
     "rule events committed"
 )
+# The keys of domains whose rules, or webhooks, were created, changed or removed.
+rules_changed: Announcement[str] = Announcement("rules changed")
+webhooks_changed: Announcement[str] = Announcement("webhooks changed")
+
+
+def on_commit(announcement: Announcement[T], committed: Sequence[T]) -> None:
+    """Announce `committed` once the transaction commits (at once outside one)."""
+    transaction.on_commit(lambda: announcement.send(committed))

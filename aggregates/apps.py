@@ -19,5 +19,9 @@ class AggregatesConfig(AppConfig):
         announcements.versions_committed.connect(worker.committed)
         announcements.versions_committed.connect(metrics.versions_committed)
         announcements.rule_events_committed.connect(worker.committed)
+        # Rules and webhooks written (by the API, the admin or a command): the
+        # engine steps their domain, the delivery worker looks at it.
+        announcements.rules_changed.connect(runner.rules_changed)
+        announcements.webhooks_changed.connect(worker.webhooks_changed)
         serving.in_background(runner.clock)
         serving.in_background(worker.run)

@@ -169,3 +169,139 @@ def test_webhooks_are_changed_in_the_admin_as_in_the_api(
     resumed = change(events='["rule.fired"]', rule=rule.pk)
     assert (resumed.paused, resumed.paused_reason, resumed.attempts) == (False, "", 0)
     assert resumed.cursor == 3  # where it stopped
+
+
+# The admin writes through the API's own actions: it refuses what the API refuses,
+# and what it writes is announced as the API's writes are.
+
+
+def rule_form(domain, **fields) -> dict:
+    return {
+        "domain": domain.pk,
+        "name": "run-c",
+        "when": "A >= 1",
+        "trigger": "once",
+        "aggregate_prefix": "",
+        "deadline_seconds": "",
+        "deadline_from": "",
+        "on_deadline": "late",
+        "start": "now",
+        **fields,
+    }
+
+
+def test_the_admin_refuses_a_rule_the_api_refuses(admin_client, api, history):
+    from aggregates.models import Domain, Rule
+
+    domain = Domain.objects.get(key="c-inputs")
+    for fields, api_says in [
+        ({"name": "preview"}, "reserved"),
+        ({"when": "age(A) < 3000000d"}, "3650"),
+    ]:
+        form = rule_form(domain, **fields)
+        payload = {"name": form["name"], "when": form["when"]}
+        through_api = api.post("/api/domains/c-inputs/rules", payload)
+        assert through_api.status_code == 400, through_api.text
+        assert api_says in through_api.text
+        response = admin_client.post("/admin/aggregates/rule/add/", form)
+        assert response.status_code == 200  # the form again, with the error
+        assert api_says in response.content.decode()
+    assert not Rule.objects.exists()
+
+
+def test_rules_written_in_the_admin_are_announced(
+    admin_client, history, django_capture_on_commit_callbacks
+):
+    from aggregates import announcements
+    from aggregates.models import Domain, Rule
+
+    domain = Domain.objects.get(key="c-inputs")
+    told: list[str] = []
+    with (
+        announcements.rules_changed.listening(told.extend),
+        django_capture_on_commit_callbacks(execute=True),
+    ):
+        added = admin_client.post("/admin/aggregates/rule/add/", rule_form(domain))
+        assert added.status_code == 302
+        rule = Rule.objects.get()
+        page = f"/admin/aggregates/rule/{rule.pk}/change/"
+        changed = admin_client.post(page, rule_form(domain, when="A >= 2"))
+        assert changed.status_code == 302, changed.content
+        deleted = admin_client.post(
+            f"/admin/aggregates/rule/{rule.pk}/delete/", {"post": "yes"}
+        )
+        assert deleted.status_code == 302
+    assert told == ["c-inputs"] * 3  # the engine steps the domain each time
+    assert not Rule.objects.exists()
+
+
+def test_the_admin_refuses_a_webhook_the_api_refuses(
+    admin_client, api, history, monkeypatch
+):
+    from aggregates.models import Domain, Rule, Webhook
+    from aggregates.webhooks import targets
+
+    monkeypatch.setattr(
+        targets, "resolve", lambda host, port: [ipaddress.ip_address("93.184.215.14")]
+    )
+    domain = Domain.objects.get(key="c-inputs")
+    rule = Rule.objects.create(domain=domain, name="run-c", when="A >= 1")
+    other = store.create_domain("elsewhere", {})[0]
+    elsewhere = Rule.objects.create(domain=other, name="run-d", when="A >= 1")
+    url = "https://hooks.example.com/botlnek"
+    through_api = api.post(
+        "/api/domains/c-inputs/webhooks",
+        {"url": url, "events": ["version"], "rule": "run-c"},
+    )
+    assert through_api.status_code == 400, through_api.text
+    assert "takes no rule" in through_api.text
+    form = {"domain": domain.pk, "url": url, "description": ""}
+    for fields, says in [
+        ({"events": '["version"]', "rule": rule.pk}, "takes no rule"),
+        ({"events": '["rule.fired"]', "rule": ""}, "need the rule"),
+        ({"events": '["rule.fired"]', "rule": elsewhere.pk}, "another domain"),
+        ({"events": '["everything"]', "rule": ""}, "events"),
+    ]:
+        response = admin_client.post(
+            "/admin/aggregates/webhook/add/", {**form, **fields}
+        )
+        assert response.status_code == 200, fields
+        assert says in response.content.decode(), fields
+    assert not Webhook.objects.exists()
+
+
+def test_a_webhook_saved_in_the_admin_keeps_the_cursor_the_deliverer_moved(
+    admin_client, history, monkeypatch, django_capture_on_commit_callbacks
+):
+    from aggregates import announcements
+    from aggregates.models import Domain, Webhook
+    from aggregates.webhooks import targets
+
+    monkeypatch.setattr(
+        targets, "resolve", lambda host, port: [ipaddress.ip_address("93.184.215.14")]
+    )
+    domain = Domain.objects.get(key="c-inputs")
+    form = {
+        "domain": domain.pk,
+        "url": "https://hooks.example.com/botlnek",
+        "events": '["version"]',
+        "rule": "",
+        "description": "",
+    }
+    told: list[str] = []
+    with (
+        announcements.webhooks_changed.listening(told.extend),
+        django_capture_on_commit_callbacks(execute=True),
+    ):
+        assert (
+            admin_client.post("/admin/aggregates/webhook/add/", form).status_code == 302
+        )
+        webhook = Webhook.objects.get()
+        page = f"/admin/aggregates/webhook/{webhook.pk}/change/"
+        admin_client.get(page)  # the form is loaded with cursor 10 ...
+        Webhook.objects.update(cursor=12)  # ... then the deliverer moves on
+        changed = admin_client.post(page, {**form, "description": "C's trigger"})
+        assert changed.status_code == 302, changed.content
+    saved = Webhook.objects.get()
+    assert (saved.description, saved.cursor) == ("C's trigger", 12)
+    assert told == ["c-inputs", "c-inputs"]  # the delivery worker looks, each time

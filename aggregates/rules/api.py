@@ -19,7 +19,6 @@ from aggregates.access import (
 )
 from aggregates.rules import read, write
 from aggregates.rules.definition import RuleIn
-from aggregates.rules.engine import runner
 from aggregates.schemas import (
     Error,
     LeaseOut,
@@ -62,11 +61,7 @@ async def preview_rule(
 async def create_rule(request: HttpRequest, domain: str, payload: RuleIn):
     require_write(request, domain)
     spend_write(request)
-    created = await idempotency.respond(
-        request, 201, write.create_rule, domain, payload
-    )
-    runner.watch(domain)
-    return created
+    return await idempotency.respond(request, 201, write.create_rule, domain, payload)
 
 
 @router.get(

@@ -393,11 +393,13 @@ class Runner:
             if domain in self.ruled:
                 self.poke_threadsafe(domain)
 
-    def watch(self, domain: str) -> None:
-        """A rule was created in `domain`: step it from now on (and now)."""
-        self.ruled.add(domain)
+    def rules_changed(self, domains: Sequence[str]) -> None:
+        """After a commit of rules (on the writer's thread): step those domains from
+        now on, and now."""
+        self.ruled.update(domains)
         if self.started:
-            self.poke(domain)
+            for domain in domains:
+                self.poke_threadsafe(domain)
 
     def poke_threadsafe(self, domain: str) -> None:
         loop = serving.server_loop()

@@ -1,8 +1,11 @@
-"""Creating, replacing and removing rules. The engine does the rest."""
+"""Creating, replacing and removing rules: the one way to, for the API, the admin
+and the commands alike. Each checks what the API checks, writes, and announces the
+change once committed (the engine then steps the domain). The engine does the rest."""
 
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
+from aggregates import announcements
 from aggregates.errors import Conflict, StoreError
 from aggregates.models import Domain, Rule, RuleEvent, RuleStatus
 from aggregates.rules.definition import RuleIn
@@ -13,11 +16,15 @@ from aggregates.store.read import get_domain
 RESERVED_NAMES = {"preview"}
 
 
+def check_name(name: str) -> None:
+    if name in RESERVED_NAMES:
+        raise StoreError(f"{name!r} is a reserved name", field="name")
+
+
 def create_rule(domain: str, definition: RuleIn) -> dict:
     """A new rule. With `start: now` it evaluates what comes after the domain's
     current position; with `start: history`, everything from position 0."""
-    if definition.name in RESERVED_NAMES:
-        raise StoreError(f"{definition.name!r} is a reserved name", field="name")
+    check_name(definition.name)
     found = get_domain(domain)
     with transaction.atomic():
         position = start_position(found, definition.start)
@@ -31,6 +38,7 @@ def create_rule(domain: str, definition: RuleIn) -> dict:
                 f"domain {domain!r} already has a rule named {definition.name!r}",
                 field="name",
             ) from None
+        announcements.on_commit(announcements.rules_changed, [domain])
     return read_rule(domain, rule.name)
 
 
@@ -49,6 +57,7 @@ def replace_rule(domain: str, name: str, definition: RuleIn) -> dict:
     with transaction.atomic():
         Rule.objects.filter(pk=rule.pk).update(**fields)  # the engine's lock, too
         reexamine(rule, definition.trigger)
+        announcements.on_commit(announcements.rules_changed, [domain])
     return read_rule(domain, name)
 
 
@@ -80,3 +89,4 @@ def delete_rule(domain: str, name: str) -> None:
         RuleStatus.objects.filter(rule=rule).delete()
         RuleEvent.objects.filter(rule=rule).delete()
         rule.delete()
+        announcements.on_commit(announcements.rules_changed, [domain])

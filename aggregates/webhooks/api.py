@@ -23,7 +23,6 @@ from aggregates.schemas import (
     WebhookOut,
 )
 from aggregates.webhooks import read, write
-from aggregates.webhooks.worker import worker
 from aggregates.webhooks.write import ReplayIn, WebhookChange, WebhookIn
 
 router = Router(tags=["webhooks"])
@@ -40,11 +39,9 @@ async def create_webhook(request: HttpRequest, domain: str, payload: WebhookIn):
     require_write(request, domain)
     spend_write(request)
     await write.check_target_async(payload.url)
-    created = await idempotency.respond(
+    return await idempotency.respond(
         request, 201, write.create_webhook, domain, payload
     )
-    worker.watch(domain)
-    return created
 
 
 @router.get(

@@ -46,9 +46,10 @@ class WorkerProcess:
         for domain in {item.domain for item in committed}:
             self._tell("committed", domain)
 
-    def watch(self, domain: str) -> None:
-        """A webhook was made in `domain`."""
-        self._tell("watch", domain)
+    def webhooks_changed(self, domains) -> None:
+        """A listener of webhooks_changed (after commit, on the writer's thread)."""
+        for domain in set(domains):
+            self._tell("watch", domain)
 
     def _tell(self, what: str, domain: str) -> None:
         line = json.dumps([what, domain]).encode() + b"\n"

@@ -1,4 +1,8 @@
-"""Creating, changing, removing and replaying webhooks."""
+"""Creating, changing, removing and replaying webhooks: the one way to, for the API
+and the admin alike. Each writes what WebhookIn / WebhookChange / ReplayIn let
+through, and announces the change once committed (the delivery worker then looks
+at the domain). A URL must have passed check_target (or check_target_async) first:
+resolving a host must not hold the database's writer."""
 
 import base64
 import secrets
@@ -8,6 +12,7 @@ from django.conf import settings
 from django.db import transaction
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
+from aggregates import announcements
 from aggregates.errors import StoreError
 from aggregates.models import Domain, Rule, Webhook
 from aggregates.rules.read import get_rule
@@ -98,26 +103,37 @@ def create_webhook(domain: str, definition: WebhookIn) -> dict:
     found = get_domain(domain)
     rule = get_rule(domain, definition.rule) if definition.rule else None
     secret = new_secret()
-    webhook = Webhook.objects.create(
-        domain=found,
-        url=definition.url,
-        events=definition.events,
-        rule=rule,
-        description=definition.description,
-        secret=secret,
-        cursor=start_cursor(found, rule),
-    )
+    with transaction.atomic():
+        webhook = Webhook.objects.create(
+            domain=found,
+            url=definition.url,
+            events=definition.events,
+            rule=rule,
+            description=definition.description,
+            secret=secret,
+            cursor=start_cursor(found, rule),
+        )
+        announcements.on_commit(announcements.webhooks_changed, [domain])
     return {**webhook_json(get_webhook(domain, webhook.pk)), "secret": secret}
 
 
-def change_webhook(domain: str, webhook_id: int, change: WebhookChange) -> dict:
+def change_webhook(
+    domain: str,
+    webhook_id: int,
+    change: WebhookChange,
+    *,
+    paused_reason: str = "paused through the API",
+) -> dict:
     webhook = get_webhook(domain, webhook_id)
     fields = change.model_dump(exclude_unset=True)
+    changed = set()
     with transaction.atomic():
         if "url" in fields:
             webhook.url = fields["url"]
+            changed.add("url")
         if "description" in fields:
             webhook.description = fields["description"] or ""
+            changed.add("description")
         if "events" in fields or "rule" in fields:
             events = fields.get("events", webhook.events)
             rule_name = fields.get("rule", webhook.rule.name if webhook.rule else None)
@@ -128,13 +144,23 @@ def change_webhook(domain: str, webhook_id: int, change: WebhookChange) -> dict:
             rule = get_rule(domain, rule_name) if rule_name else None
             if rule != webhook.rule:  # another stream: from what comes next on
                 webhook.cursor = start_cursor(webhook.domain, rule)
+                changed.add("cursor")
             webhook.events, webhook.rule = events, rule
+            changed |= {"events", "rule"}
         if fields.get("paused") is False and webhook.paused:
             resume(webhook)
+            changed |= RESUMED
         elif fields.get("paused"):
-            webhook.paused, webhook.paused_reason = True, "paused through the API"
-        webhook.save()
+            webhook.paused, webhook.paused_reason = True, paused_reason
+            changed |= {"paused", "paused_reason"}
+        # Only what changed: the deliverer moves the cursor and the health meanwhile.
+        webhook.save(update_fields=sorted(changed))
+        announcements.on_commit(announcements.webhooks_changed, [domain])
     return webhook_json(get_webhook(domain, webhook_id))
+
+
+# What resume() sets.
+RESUMED = {"paused", "paused_reason", "attempts", "failing_since", "next_attempt_at"}
 
 
 def resume(webhook: Webhook) -> None:
@@ -145,7 +171,9 @@ def resume(webhook: Webhook) -> None:
 
 
 def delete_webhook(domain: str, webhook_id: int) -> None:
-    get_webhook(domain, webhook_id).delete()
+    with transaction.atomic():
+        get_webhook(domain, webhook_id).delete()
+        announcements.on_commit(announcements.webhooks_changed, [domain])
 
 
 class ReplayIn(BaseModel):
@@ -181,7 +209,9 @@ def replay(domain: str, webhook_id: int, replay: ReplayIn) -> dict:
         field = "after_seq"
     if point > latest:
         raise StoreError(f"must be at most {latest}, the stream's latest", field=field)
-    Webhook.objects.filter(pk=webhook.pk).update(
-        cursor=point, attempts=0, failing_since=None, next_attempt_at=None
-    )
+    with transaction.atomic():
+        Webhook.objects.filter(pk=webhook.pk).update(
+            cursor=point, attempts=0, failing_since=None, next_attempt_at=None
+        )
+        announcements.on_commit(announcements.webhooks_changed, [domain])
     return webhook_json(get_webhook(domain, webhook_id))
