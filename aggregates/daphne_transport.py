@@ -1,12 +1,13 @@
 """The daphne seam: a connection's write buffer, close frames ASGI cannot send,
-and the server's shutdown.
+and the server's lifecycle (its start, its shutdown, its exit).
 
 Why it exists: daphne's ASGI `send` never waits, so a reader that stops reading
 (a websocket's, or a Server-Sent Events stream's) would make its socket's buffer
 (and the server's memory) grow without bound; ASGI's close cannot carry what a
 slow or limited subscriber must be told (autobahn accepts only 1000 and 3000-4999
-from daphne, and daphne drops the reason); and daphne cancels every request the
-moment it is told to stop. Under daphne this module therefore reaches past ASGI.
+from daphne, and daphne drops the reason); daphne cancels every request the
+moment it is told to stop; and daphne, knowing no ASGI lifespan, says nothing of
+its start or end. Under daphne this module therefore reaches past ASGI.
 It touches exactly:
 
 - daphne (pinned >=4.2,<4.3): the `send` it hands the application is
@@ -21,19 +22,26 @@ It touches exactly:
   which daphne leaves registered as the producer after the upgrade; for HTTP,
   `Request.registerProducer(producer, True)`, `unregisterProducer()`, `.producer`
   and `.channel.transport.abortConnection()`; and the reactor's
-  `addSystemEventTrigger` and `removeSystemEventTrigger`, whose trigger ids are
+  `callWhenRunning`, `getReaders`, `addSystemEventTrigger` and
+  `removeSystemEventTrigger`, whose trigger ids are
   `(event, (phase, callable, args, kwargs))`.
 
 attach(send) answers a WritePressure for a websocket, HttpStream(send) one for a
 streamed HTTP response. Under another ASGI server there is nothing to attach to:
 such a server's `send` waits by itself (uvicorn does) and close codes pass through
 ASGI. Under daphne, a protocol missing any of the above raises SeamError — the
-connection fails loudly instead of running unbounded. tests/test_daphne_seam.py
-attaches to the real classes of the installed versions.
+connection fails loudly instead of running unbounded. when_running() and
+finish_when_stopped() tie the server's background work (the rules clock, the
+delivery worker) to daphne's reactor; they answer False in a process not serving
+under daphne, and raise SeamError under a daphne whose reactor lacks them, rather
+than leave that work unstarted in silence. tests/test_daphne_seam.py attaches to
+the real classes of the installed versions, and runs a real reactor.
 """
 
 import asyncio
 import functools
+import logging
+import os
 import sys
 from collections.abc import Awaitable, Callable
 
@@ -224,20 +232,68 @@ class HttpStream:
         return paced_send
 
 
-def when_running(callback: Callable[[], None]) -> None:
+# The server's lifecycle: what runs when daphne's reactor starts and once it stopped.
+
+_REACTOR_NEEDS = (
+    "callWhenRunning",
+    "addSystemEventTrigger",
+    "removeSystemEventTrigger",
+    "getReaders",
+)
+
+# CPython 3.11 before 3.11.8 can crash (a segmentation fault) while the interpreter
+# finalizes if an asyncio future is still referenced then (python/cpython#113566,
+# fixed in 3.11.8): seen here as a crash in asyncio.Queue.get when daphne, told to
+# stop while requests kept arriving, left coroutines suspended. There, a stopped
+# server exits at once, without finalizing, once its work is finished.
+EXIT_AT_ONCE = sys.version_info < (3, 11, 8)
+
+
+def _daphnes_reactor():
+    """The reactor daphne runs on, in a process serving under daphne; None in any
+    other process. A daphne whose reactor lacks what this seam uses raises."""
+    if "daphne.server" not in sys.modules:
+        return None
+    reactor = sys.modules.get("twisted.internet.reactor")
+    missing = [name for name in _REACTOR_NEEDS if not hasattr(reactor, name)]
+    if missing:
+        raise SeamError(
+            f"daphne runs, but Twisted's reactor ({type(reactor).__name__}) lacks "
+            f"{', '.join(missing)}: this daphne/Twisted is not one "
+            "aggregates.daphne_transport supports"
+        )
+    return reactor
+
+
+def when_running(callback: Callable[[], None]) -> bool:
     """Under daphne, call `callback` once its reactor (and so its event loop) runs
-    (Twisted's callWhenRunning); elsewhere, nothing."""
-    reactor = sys.modules.get("twisted.internet.reactor")
-    if reactor is not None and "daphne.server" in sys.modules:
-        reactor.callWhenRunning(callback)
+    (Twisted's callWhenRunning), and answer True; elsewhere, False (another ASGI
+    server says so by the lifespan protocol)."""
+    reactor = _daphnes_reactor()
+    if reactor is None:
+        return False
+    reactor.callWhenRunning(callback)
+    return True
 
 
-def when_stopped(callback: Callable[[], None]) -> None:
-    """Under daphne, call `callback` once its loop has stopped (Twisted's "after
-    shutdown" trigger); elsewhere, nothing."""
-    reactor = sys.modules.get("twisted.internet.reactor")
-    if reactor is not None and "daphne.server" in sys.modules:
-        reactor.addSystemEventTrigger("after", "shutdown", callback)
+def finish_when_stopped(finish: Callable[[], None]) -> bool:
+    """Under daphne, call `finish` once its loop has stopped (Twisted's "after
+    shutdown" trigger), then, where EXIT_AT_ONCE, end the process at once; answer
+    True. Elsewhere, False."""
+    reactor = _daphnes_reactor()
+    if reactor is None:
+        return False
+    reactor.addSystemEventTrigger("after", "shutdown", _finish_then_exit, finish)
+    return True
+
+
+def _finish_then_exit(finish: Callable[[], None]) -> None:
+    finish()
+    if EXIT_AT_ONCE:
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)
 
 
 def drain_before_stopping(send, drain: Callable[[], Awaitable[None]]) -> bool:
@@ -254,7 +310,7 @@ def drain_before_stopping(send, drain: Callable[[], Awaitable[None]]) -> bool:
     from twisted.internet import defer
 
     server = send.func.__self__
-    reactor = sys.modules["twisted.internet.reactor"]
+    reactor = _daphnes_reactor()
     kill = server.kill_all_applications
     try:
         reactor.removeSystemEventTrigger(("shutdown", ("before", kill, (), {})))
@@ -287,8 +343,7 @@ def stop_listening(send) -> None:
     from twisted.internet.tcp import Port
 
     server = send.func.__self__
-    reactor = sys.modules["twisted.internet.reactor"]
-    for reader in reactor.getReaders():
+    for reader in _daphnes_reactor().getReaders():
         if isinstance(reader, Port) and reader.factory is server.http_factory:
             reader.stopListening()
 

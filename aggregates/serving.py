@@ -19,8 +19,6 @@ wrote nothing.
 import asyncio
 import gc
 import logging
-import os
-import sys
 from collections.abc import Awaitable, Callable
 
 from aggregates import daphne_transport, db
@@ -86,7 +84,8 @@ def _serve(loop: asyncio.AbstractEventLoop) -> None:
     global _server_loop
     if _server_loop is not loop:
         _server_loop = loop
-        daphne_transport.when_stopped(_exit_when_done)
+        # The database work in flight finishes before the process ends.
+        daphne_transport.finish_when_stopped(db.finish)
 
 
 def _drain_on_stop(send) -> None:
@@ -154,22 +153,14 @@ async def _supervised(run: Callable[[], Awaitable[None]]) -> None:
 
 def start_with_server() -> None:
     """Under daphne, start the background work when the server starts, before any
-    request arrives (called where the ASGI application is built)."""
-    daphne_transport.when_running(lambda: _start_background(asyncio.get_event_loop()))
+    request arrives (called where the ASGI application is built). Under another
+    server, the lifespan protocol's startup starts it."""
+    if not daphne_transport.when_running(_start_on_running_loop):
+        logger.debug("not under daphne: background work starts with the lifespan")
 
 
-def _exit_when_done() -> None:
-    """The loop has stopped: finish the database work in flight, then exit at once.
-
-    Exiting the usual way would have the interpreter garbage-collect coroutines
-    that daphne left suspended, which crashed CPython 3.11 (a segmentation fault
-    in asyncio.Queue.get) when requests kept arriving during the shutdown.
-    """
-    db.finish()
-    logging.shutdown()
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(0)
+def _start_on_running_loop() -> None:
+    _start_background(asyncio.get_event_loop())
 
 
 def bind_server_loop(app):

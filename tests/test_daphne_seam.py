@@ -5,6 +5,8 @@ these fail here rather than the server running without a bound on slow readers.
 1013 and a reason.)"""
 
 import functools
+import subprocess
+import sys
 
 import pytest
 from twisted.internet.address import IPv4Address
@@ -16,6 +18,8 @@ from aggregates.daphne_transport import (
     SeamError,
     attach,
     drain_before_stopping,
+    finish_when_stopped,
+    when_running,
 )
 
 
@@ -134,3 +138,55 @@ def test_stopping_drains_before_daphne_cancels_what_runs(daphne):
         reactor.removeSystemEventTrigger(
             ("shutdown", ("before", server.kill_all_applications, (), {}))
         )
+
+
+LIFECYCLE = """
+import sys
+from twisted.internet import asyncioreactor
+asyncioreactor.install()
+from twisted.internet import reactor
+from aggregates import daphne_transport
+
+assert daphne_transport.when_running(print) is False  # no daphne: nothing to tie to
+import daphne.server  # noqa: F401  (serving under daphne imports it)
+daphne_transport.EXIT_AT_ONCE = "--exit" in sys.argv
+
+def running():
+    print("running", flush=True)
+    reactor.stop()
+
+assert daphne_transport.when_running(running)
+assert daphne_transport.finish_when_stopped(lambda: print("finished", flush=True))
+reactor.run()
+print("exited the usual way", flush=True)
+"""
+
+
+@pytest.mark.parametrize("exit_at_once", [False, True])
+def test_the_lifecycle_hooks_run_on_daphnes_reactor(exit_at_once):
+    """A real reactor, as daphne runs it: the background work starts once it runs,
+    the database work finishes once it stopped, and where CPython needs it the
+    process then ends at once."""
+    args = [sys.executable, "-c", LIFECYCLE, *(["--exit"] if exit_at_once else [])]
+    result = subprocess.run(args, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.split()
+    expected = ["running", "finished"]
+    if not exit_at_once:
+        expected += ["exited", "the", "usual", "way"]
+    assert lines == expected
+
+
+def test_a_reactor_without_the_lifecycle_hooks_fails_loudly(monkeypatch):
+    """Under daphne, a reactor lacking what the lifecycle seam uses raises instead
+    of leaving the rules clock and the delivery worker unstarted."""
+
+    class OldReactor:
+        def addSystemEventTrigger(self, *args): ...
+
+    monkeypatch.setitem(sys.modules, "daphne.server", object())
+    monkeypatch.setitem(sys.modules, "twisted.internet.reactor", OldReactor())
+    with pytest.raises(SeamError, match="callWhenRunning"):
+        when_running(lambda: None)
+    with pytest.raises(SeamError, match="getReaders"):
+        finish_when_stopped(lambda: None)
