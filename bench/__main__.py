@@ -408,7 +408,7 @@ def report(
             "",
             "In the benchmark's process, on a temporary SQLite database: the frame of "
             "an aggregate's latest version built as the hub builds it after a poke "
-            "(`store.live_frames` reads the version, `hub.Frame(row).text(mode, "
+            "(`store.live_frames` reads the version, `streams.Frame(row).text(mode, "
             "subscription)` renders it; full mode reads the state with "
             "`store.aggregate_state_json`), afresh each time. Median of "
             f"{plan.frame_runs} "

@@ -88,7 +88,7 @@ def _fill_in_process(domain: str, aggregate: str, size: int) -> int:
 async def _build(domain: str, position: int, mode: str) -> tuple[float, str]:
     """One frame as the hub builds it after a poke: seconds taken, and its text."""
     from aggregates import db, store
-    from aggregates.live.hub import Frame
+    from aggregates.streams import Frame
 
     started = time.perf_counter()
     _, rows = await db.read(

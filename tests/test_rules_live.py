@@ -15,7 +15,7 @@ import pytest
 
 from aggregates.models import Receipt, RuleEvent
 from aggregates.store import NewSource, register_sources
-from tests.toolkit import ROOT, Subscriber, post, wait_for
+from tests.toolkit import ROOT, Subscriber, post, wait_for, watch_command
 
 RULES = "/api/domains/c-inputs/rules"
 
@@ -204,17 +204,9 @@ def test_watch_rule_restarted_elsewhere_runs_every_firing_once(
     def watch(directory):
         directory.mkdir(exist_ok=True)
         process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "aggregates.client.cli",
-                "watch",
-                "--url",
-                server.url,
-                "--token",
+            watch_command(
+                server,
                 token,
-                "--domain",
-                "c-inputs",
                 "--rule",
                 "run-c",
                 "--name",
@@ -225,7 +217,7 @@ def test_watch_rule_restarted_elsewhere_runs_every_firing_once(
                 sys.executable,
                 str(script),
                 str(runs),
-            ],
+            ),
             cwd=directory,
             env={**os.environ, "PYTHONPATH": str(ROOT)},
             stderr=subprocess.PIPE,

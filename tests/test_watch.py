@@ -10,7 +10,7 @@ import httpx
 import pytest
 
 from aggregates.models import Receipt
-from tests.toolkit import ROOT, post, wait_for
+from tests.toolkit import ROOT, post, wait_for, watch_command
 
 # The command a watcher runs: appends what it saw, then exits with $EXIT (or hangs).
 RECORDER = """
@@ -33,17 +33,9 @@ class Watch:
         script = tmp_path / "recorder.py"
         script.write_text(RECORDER)
         self.process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "aggregates.client.cli",
-                "watch",
-                "--url",
-                server.url,
-                "--token",
+            watch_command(
+                server,
                 token,
-                "--domain",
-                "c-inputs",
                 "--state-file",
                 str(self.state_file),
                 "--name",
@@ -53,7 +45,7 @@ class Watch:
                 sys.executable,
                 str(script),
                 str(self.runs_file),
-            ],
+            ),
             cwd=ROOT,
             env={**os.environ, **(env or {})},
             stderr=subprocess.PIPE,
@@ -222,23 +214,15 @@ def test_bad_start_is_one_line_and_nonzero(
 ):
     server = start_server()
     result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "aggregates.client.cli",
-            "watch",
-            "--url",
-            server.url,
-            "--token",
+        watch_command(
+            server,
             token,
-            "--domain",
-            "c-inputs",
             "--state-file",
             str(tmp_path / "s.json"),
             *flags,
             "--",
             "true",
-        ],
+        ),
         cwd=ROOT,
         capture_output=True,
         text=True,

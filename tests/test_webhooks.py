@@ -230,6 +230,12 @@ def test_versions_arrive_in_order_signed_one_post_each(serve, token, receiver):
     assert (health["lag"], health["last_status"]) == (0, 200)
 
 
+def deliveries(server, token, webhook_id: int) -> list[dict]:
+    path = f"{HOOKS}/{webhook_id}/deliveries"
+    answer = api_call(server, token, "GET", path, params={"limit": 1000})
+    return answer.json()["deliveries"]
+
+
 def test_a_failing_then_absent_receiver_gets_everything_in_order(
     serve, token, receiver
 ):
@@ -243,7 +249,9 @@ def test_a_failing_then_absent_receiver_gets_everything_in_order(
     receiver.stop()  # down: connections refused
     for n in range(5, 10):
         post(server, token, "d1", "A", n=str(n))
-    time.sleep(3)  # several seconds of refused connections
+    wait_for(  # refused connections, recorded as such
+        lambda: any(d["error"] for d in deliveries(server, token, created["id"])), 20
+    )
     receiver.answer = lambda request: 200
     receiver.start()
     wait_for(
@@ -254,13 +262,7 @@ def test_a_failing_then_absent_receiver_gets_everything_in_order(
     assert [r["headers"]["webhook-id"] for r in receiver.requests[:3]] == [first] * 3
     delivered = [b["position"] for b in receiver.bodies()[2:]]
     assert delivered == list(range(1, 11))
-    log = api_call(
-        server,
-        token,
-        "GET",
-        f"{HOOKS}/{created['id']}/deliveries",
-        params={"limit": 1000},
-    ).json()["deliveries"]
+    log = deliveries(server, token, created["id"])
     refused = [d for d in log if d["error"]]
     assert [d["status_code"] for d in reversed(log) if d["status_code"] == 503] == [
         503,

@@ -133,6 +133,23 @@ def fill(
 # Real server processes, for what crosses processes and sockets.
 
 
+def watch_command(server, token: str, *args: str, domain: str = "c-inputs") -> list:
+    """`botlnek watch` against `server`, as a user runs it (then `args`)."""
+    return [
+        sys.executable,
+        "-m",
+        "aggregates.client.cli",
+        "watch",
+        "--url",
+        server.url,
+        "--token",
+        token,
+        "--domain",
+        domain,
+        *args,
+    ]
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

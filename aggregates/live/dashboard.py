@@ -14,7 +14,7 @@ from django.conf import settings
 from django.http import QueryDict
 from django.urls import Resolver404, resolve
 
-from aggregates import daphne_transport, db, limits, store
+from aggregates import daphne_transport, db, limits, store, streams
 from aggregates.errors import NotFound
 from aggregates.live import hub
 from aggregates.live.websocket import SubscribeConsumer
@@ -69,7 +69,7 @@ class DashboardConsumer(AsyncWebsocketConsumer):
         self.feeds = [
             feed
             for domain in self.domains
-            for feed in (hub.versions_feed(domain), hub.rules_feed(domain))
+            for feed in (streams.DomainVersions(domain), streams.DomainRules(domain))
         ]
         try:
             for feed in self.feeds:
@@ -79,7 +79,7 @@ class DashboardConsumer(AsyncWebsocketConsumer):
             raise
         self.renderer = asyncio.ensure_future(self._render())
 
-    def offer(self, frame: hub.Frame | None) -> None:
+    def offer(self, frame: streams.Frame | None) -> None:
         """A version of the domain, or None: some rule of it recorded events."""
         if frame is None or self.aggregate is None or frame.aggregate == self.aggregate:
             self.dirty.set()

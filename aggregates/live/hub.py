@@ -1,4 +1,5 @@
-"""The per-process hub: one channel-layer listener and one feed per domain.
+"""The per-process hub: one channel-layer listener, and one Feed per stream someone
+in this process listens to (streams.py: a domain's versions, a rule's events).
 
 The channel layer is at-most-once, so it only ever says "domain D has reached
 position P"; the database is the source of truth. Each process keeps one Hub: one
@@ -11,23 +12,18 @@ Subscriptions keep their own cursor and heal any gap from the database.
 
 import asyncio
 import hashlib
-import json
 import logging
 from collections import Counter
 from collections.abc import Sequence
-from datetime import datetime
 from typing import Any, Protocol
 
 from asgiref.sync import async_to_sync
 from channels.layers import get_channel_layer
 from django.conf import settings
 
-from aggregates import announcements, db, serving, store
-from aggregates.errors import NotFound
-from aggregates.rules.read import latest_seqs, rule_events
+from aggregates import announcements, db, serving, streams
 
 logger = logging.getLogger("botlnek.live")
-PAGE = 500
 
 
 def domain_group(domain: str) -> str:
@@ -95,160 +91,16 @@ def _report(future) -> None:
         logger.warning("notification lost: %s", future.exception())
 
 
-# Frames: what a feed hands its listeners
-
-
-class Frame:
-    """One version as sent to subscribers, its JSON built at most once per mode."""
-
-    __slots__ = ("_full", "aggregate", "body", "committed_at", "position", "version")
-
-    def __init__(self, frame: dict[str, Any]):
-        self.aggregate: str = frame["aggregate"]
-        self.version: int = frame["version"]
-        self.position: int = frame["position"]
-        self.body = frame  # with "counts"
-        # Unix time of the commit, for the commit → send delay (aggregates.metrics).
-        self.committed_at = datetime.fromisoformat(frame["at"]).timestamp()
-        self._full: asyncio.Future | None = None
-
-    @property
-    def cursor(self) -> int:
-        return self.position
-
-    def delta_tail(self) -> str:
-        # Everything after {"type":…,"subscription":…, — shared by every subscriber.
-        return json.dumps(self.body, ensure_ascii=False)[1:]
-
-    async def full_tail(self) -> str:
-        # Built on first demand and shared: concurrent subscribers await one build.
-        if self._full is None:
-            self._full = asyncio.ensure_future(self._build_full())
-        return await asyncio.shield(self._full)
-
-    async def _build_full(self) -> str:
-        state = await db.read(
-            store.state_json_as_of, self.body["domain"], self.aggregate, self.version
-        )
-        full = {key: value for key, value in self.body.items() if key != "counts"}
-        return json.dumps(full, ensure_ascii=False)[1:-1] + ',"state":' + state + "}"
-
-    async def text(self, mode: str, subscription: str | None = None) -> str:
-        """The §4 version frame; without `subscription` as SSE sends it."""
-        tail = self.delta_tail() if mode == "delta" else await self.full_tail()
-        head = '{"type":"version",'
-        if subscription is not None:
-            head += '"subscription":' + json.dumps(subscription) + ","
-        return head + tail
-
-
-class RuleFrame:
-    """One event of a rule as sent to subscribers, with the aggregate's state as of
-    the event's version (null once the aggregate was pruned); built once."""
-
-    __slots__ = ("_text", "aggregate", "body", "seq", "version")
-
-    def __init__(self, event: dict[str, Any]):
-        self.body = event
-        self.seq: int = event["seq"]
-        self.aggregate: str = event["aggregate"]
-        self.version: int = event["version"]
-        self._text: asyncio.Future | None = None
-
-    @property
-    def cursor(self) -> int:
-        return self.seq
-
-    async def text(self, mode: str = "full", subscription: str | None = None) -> str:
-        if self._text is None:
-            self._text = asyncio.ensure_future(self._build())
-        tail = await asyncio.shield(self._text)
-        head = '{"type":"rule_event",'
-        if subscription is not None:
-            head += '"subscription":' + json.dumps(subscription) + ","
-        return head + tail
-
-    async def _build(self) -> str:
-        try:
-            state = await db.read(
-                store.state_json_as_of,
-                self.body["domain"],
-                self.aggregate,
-                self.version,
-            )
-        except NotFound:
-            state = "null"
-        return (
-            json.dumps(self.body, ensure_ascii=False)[1:-1] + ',"state":' + state + "}"
-        )
-
-
 class Listener(Protocol):
     def offer(self, frame: Any) -> None: ...
 
 
-# Feeds: one stream of this process, read once from the database and handed to
-# every listener here. A feed is named by (kind, domain, rule):
-#   ("versions", d, "")  the domain's versions, by position;
-#   ("rule", d, r)       rule r's events, by seq;
-#   ("rules", d, "")     that some rule of the domain recorded events (no frames).
-FeedKey = tuple[str, str, str]
-
-
-def versions_feed(domain: str) -> FeedKey:
-    return ("versions", domain, "")
-
-
-def rule_feed(domain: str, rule: str) -> FeedKey:
-    return ("rule", domain, rule)
-
-
-def rules_feed(domain: str) -> FeedKey:
-    return ("rules", domain, "")
-
-
-async def _read(key: FeedKey, after: int) -> list:
-    kind, domain, rule = key
-    if kind == "versions":
-        _, rows = await db.read(
-            store.live_frames, domain, after_position=after, limit=PAGE
-        )
-        return [Frame(row) for row in rows]
-    if kind == "rule":
-        _, events = await db.read(
-            rule_events, domain, rule, after_seq=after, limit=PAGE
-        )
-        return [RuleFrame(event) for event in events]
-    return []
-
-
-async def _latest(keys: list[FeedKey]) -> dict[FeedKey, int]:
-    """Where each feed's stream stands in the database now."""
-    return await db.read(_latest_now, keys)
-
-
-def _latest_now(keys: list[FeedKey]) -> dict[FeedKey, int]:
-    domains = {domain for kind, domain, _ in keys if kind == "versions"}
-    positions = store.latest_positions(domains) if domains else {}
-    ruled = {domain for kind, domain, _ in keys if kind != "versions"}
-    seqs = latest_seqs(ruled) if ruled else {}
-    latest = {}
-    for key in keys:
-        kind, domain, rule = key
-        if kind == "versions":
-            latest[key] = positions.get(domain, 0)
-        elif kind == "rule":
-            latest[key] = seqs.get((domain, rule), 0)
-        else:
-            latest[key] = sum(seq for (d, _), seq in seqs.items() if d == domain)
-    return latest
-
-
 class Feed:
-    """A stream of this process, in order, as the process learns of it."""
+    """A stream followed by this process, in order, as the process learns of it:
+    each new item read once, and handed to every listener here."""
 
-    def __init__(self, key: FeedKey, cursor: int):
-        self.key = key
+    def __init__(self, stream: streams.Stream, cursor: int):
+        self.stream = stream
         self.cursor = cursor  # everything up to here went to the listeners
         self.target = cursor
         self.listeners: set[Listener] = set()
@@ -261,13 +113,14 @@ class Feed:
 
     async def _catch_up(self) -> None:
         try:
-            if self.key[0] == "rules":  # no frames: only that something happened
+            if isinstance(self.stream, streams.DomainRules):
+                # No items: only that something happened.
                 self.cursor = self.target
                 for listener in list(self.listeners):
                     listener.offer(None)
                 return
             while self.target > self.cursor:
-                frames = await _read(self.key, self.cursor)
+                _, frames = await streams.read_frames(self.stream, self.cursor)
                 if not frames:
                     return
                 for frame in frames:
@@ -275,54 +128,54 @@ class Feed:
                     for listener in list(self.listeners):
                         listener.offer(frame)
         except Exception:
-            logger.exception("reading %s failed", self.key)
+            logger.exception("reading %s failed", self.stream)
 
 
 class Hub:
     def __init__(self) -> None:
         self.layer = get_channel_layer()
-        self.feeds: dict[FeedKey, Feed] = {}
+        self.feeds: dict[streams.Stream, Feed] = {}
         self.channel: str | None = None
         self._tasks: list[asyncio.Task] = []
         # Joining and leaving a domain's group must not interleave: a leave landing
         # after a new join would leave that domain deaf until the position check.
         self._membership = asyncio.Lock()
 
-    async def listen(self, key: FeedKey, listener: Listener) -> None:
+    async def listen(self, stream: streams.Stream, listener: Listener) -> None:
         async with self._membership:
-            await self._listen(key, listener)
+            await self._listen(stream, listener)
 
-    async def _listen(self, key: FeedKey, listener: Listener) -> None:
+    async def _listen(self, stream: streams.Stream, listener: Listener) -> None:
         if self.channel is None:
             self.channel = await self.layer.new_channel("botlnek.hub.")
             self._tasks = [
                 asyncio.ensure_future(self._receive()),
                 asyncio.ensure_future(self._check_positions()),
             ]
-        feed = self.feeds.get(key)
+        feed = self.feeds.get(stream)
         if feed is None:
-            domain = key[1]
-            if not self._domains().get(domain):
+            if not self._domains().get(stream.domain):
                 # Join the group before reading where the stream stands: nothing
                 # falls between.
-                await self.layer.group_add(domain_group(domain), self.channel)
-            latest = (await _latest([key]))[key]
-            feed = self.feeds.setdefault(key, Feed(key, latest))
+                await self.layer.group_add(domain_group(stream.domain), self.channel)
+            latest = await db.read(stream.latest)
+            feed = self.feeds.setdefault(stream, Feed(stream, latest))
         feed.listeners.add(listener)
 
-    async def unlisten(self, key: FeedKey, listener: Listener) -> None:
+    async def unlisten(self, stream: streams.Stream, listener: Listener) -> None:
         async with self._membership:
-            feed = self.feeds.get(key)
+            feed = self.feeds.get(stream)
             if feed is None:
                 return
             feed.listeners.discard(listener)
             if not feed.listeners:
-                del self.feeds[key]
-                if not self._domains().get(key[1]):
-                    await self.layer.group_discard(domain_group(key[1]), self.channel)
+                del self.feeds[stream]
+                domain = stream.domain
+                if not self._domains().get(domain):
+                    await self.layer.group_discard(domain_group(domain), self.channel)
 
     def _domains(self) -> Counter[str]:
-        return Counter(domain for _, domain, _ in self.feeds)
+        return Counter(stream.domain for stream in self.feeds)
 
     async def _receive(self) -> None:
         while True:
@@ -336,15 +189,16 @@ class Hub:
                 continue
             domain = message.get("domain", "")
             if message.get("type") == "domain.changed":
-                self._poke(versions_feed(domain), int(message["position"]))
+                self._poke(streams.DomainVersions(domain), int(message["position"]))
             elif message.get("type") == "rule.changed":
-                self._poke(rule_feed(domain, message.get("rule", "")), message["seq"])
-                activity = self.feeds.get(rules_feed(domain))
+                log = streams.RuleLog(domain, message.get("rule", ""))
+                self._poke(log, message["seq"])
+                activity = self.feeds.get(streams.DomainRules(domain))
                 if activity is not None:
                     activity.poke(activity.cursor + 1)
 
-    def _poke(self, key: FeedKey, target: int) -> None:
-        feed = self.feeds.get(key)
+    def _poke(self, stream: streams.Stream, target: int) -> None:
+        feed = self.feeds.get(stream)
         if feed is not None:
             feed.poke(int(target))
 
@@ -356,11 +210,11 @@ class Hub:
             if not self.feeds:
                 continue
             try:
-                latest = await _latest(list(self.feeds))
+                latest = await db.read(streams.latest_of, list(self.feeds))
                 for domain in self._domains():
                     await self.layer.group_add(domain_group(domain), self.channel)
-                for key, target in latest.items():
-                    self._poke(key, target)
+                for stream, target in latest.items():
+                    self._poke(stream, target)
             except Exception as exc:
                 logger.warning("position check failed: %s", exc)
 

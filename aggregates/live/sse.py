@@ -15,8 +15,8 @@ from collections.abc import AsyncIterator, Callable
 
 from aggregates import metrics, serving
 from aggregates.daphne_transport import HttpStream
-from aggregates.live.hub import Frame
 from aggregates.live.subscription import SubscribeIn, Subscription
+from aggregates.streams import Frame, RuleFrame
 
 logger = logging.getLogger("botlnek.live")
 
@@ -41,9 +41,11 @@ class SseSink:
     async def subscribed(self, subscription: Subscription, latest: int) -> None:
         pass  # SSE has no such event; the stream itself says so
 
-    async def version(self, subscription: Subscription, frame: Frame) -> None:
+    async def send_frame(
+        self, subscription: Subscription, frame: Frame | RuleFrame
+    ) -> None:
         data = await frame.text(subscription.mode)
-        kind = subscription.stream.kind
+        kind = subscription.follows.stream.kind
         # Waits while the response cannot send: the subscription's own queue
         # then grows, and past its limit it calls overflow().
         await self.events.put(f"id: {frame.cursor}\nevent: {kind}\ndata: {data}\n\n")

@@ -13,9 +13,8 @@ from typing import Any, Literal, Protocol
 from django.conf import settings
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from aggregates import db, metrics, store
+from aggregates import db, metrics, store, streams
 from aggregates.live import hub
-from aggregates.rules.read import rule_events
 from aggregates.schemas import DomainKey, Key
 
 
@@ -51,6 +50,10 @@ class SubscribeIn(BaseModel):
         return self
 
 
+class Ended(Exception):
+    """Raised by a sink that ended the subscription (and told its client why)."""
+
+
 class Sink(Protocol):
     """Where a subscription's frames go: a websocket, or an SSE response."""
 
@@ -58,7 +61,7 @@ class Sink(Protocol):
 
     async def subscribed(self, subscription: "Subscription", latest: int) -> None: ...
 
-    async def version(self, subscription: "Subscription", frame: Any) -> None: ...
+    async def send_frame(self, subscription: "Subscription", frame: Any) -> None: ...
 
     def is_slow(self) -> bool: ...
 
@@ -68,17 +71,13 @@ class Sink(Protocol):
 class Versions:
     """A domain's versions (of one aggregate, if asked), by position."""
 
-    kind = "version"
-
     def __init__(self, request: SubscribeIn):
         self.request = request
         self.domain = request.domain
-        self.aggregate = request.aggregate
         self.after_version = request.after_version or 0
-        self.feed = hub.versions_feed(request.domain)
-
-    async def latest(self) -> int:
-        return (await db.read(store.latest_positions, [self.domain]))[self.domain]
+        # The feed carries the whole domain; a replay reads only what is wanted.
+        self.feed = streams.DomainVersions(request.domain)
+        self.stream = streams.DomainVersions(request.domain, request.aggregate)
 
     async def start(self, latest: int) -> int:
         request = self.request
@@ -96,19 +95,9 @@ class Versions:
             return 0
         return latest  # live only
 
-    async def read(self, after: int, up_to: int | None) -> tuple[int, list]:
-        latest, rows = await db.read(
-            store.live_frames,
-            self.domain,
-            after_position=after,
-            limit=hub.PAGE,
-            aggregate=self.aggregate,
-            up_to=up_to,
-        )
-        return latest, [hub.Frame(row) for row in rows]
-
-    def wants(self, frame: hub.Frame) -> bool:
-        if self.aggregate is not None and frame.aggregate != self.aggregate:
+    def wants(self, frame: streams.Frame) -> bool:
+        aggregate = self.stream.aggregate
+        if aggregate is not None and frame.aggregate != aggregate:
             return False
         return frame.version > self.after_version
 
@@ -116,35 +105,14 @@ class Versions:
 class RuleEvents:
     """A rule's events, by seq."""
 
-    kind = "rule_event"
-
     def __init__(self, request: SubscribeIn):
-        self.domain = request.domain
-        self.rule = request.rule
         self.after_seq = request.after_seq
-        self.feed = hub.rule_feed(request.domain, request.rule)
-
-    async def latest(self) -> int:
-        latest, _ = await db.read(
-            rule_events, self.domain, self.rule, after_seq=0, limit=0
-        )
-        return latest
+        self.feed = self.stream = streams.RuleLog(request.domain, request.rule)
 
     async def start(self, latest: int) -> int:
         return latest if self.after_seq is None else self.after_seq
 
-    async def read(self, after: int, up_to: int | None) -> tuple[int, list]:
-        latest, events = await db.read(
-            rule_events,
-            self.domain,
-            self.rule,
-            after_seq=after,
-            limit=hub.PAGE,
-            up_to=up_to,
-        )
-        return latest, [hub.RuleFrame(event) for event in events]
-
-    def wants(self, frame: hub.RuleFrame) -> bool:
+    def wants(self, frame: streams.RuleFrame) -> bool:
         return True
 
 
@@ -157,7 +125,7 @@ class Subscription:
         self.sink = sink
         self.id = request.id
         self.mode = request.mode
-        self.stream = RuleEvents(request) if request.rule else Versions(request)
+        self.follows = RuleEvents(request) if request.rule else Versions(request)
         self.cursor = 0  # the stream's cursor up to which everything was handled
         self.queue: asyncio.Queue = asyncio.Queue()
         self.task: asyncio.Task | None = None
@@ -165,7 +133,7 @@ class Subscription:
         # a long replay must not pile them up (the database has them anyway).
         self.replaying = True
         self.seen = 0
-        self.series = metrics.LiveSeries(sink.transport, self.stream.kind)
+        self.series = metrics.LiveSeries(sink.transport, self.follows.stream.kind)
 
     def offer(self, frame) -> None:
         if self.replaying:
@@ -183,10 +151,10 @@ class Subscription:
             self.queue.get_nowait()
 
     async def run(self) -> None:
-        await hub.hub().listen(self.stream.feed, self)
-        latest = await self.stream.latest()
+        await hub.hub().listen(self.follows.feed, self)
+        latest = await db.read(self.follows.stream.latest)
         await self.sink.subscribed(self, latest)
-        self.cursor = await self.stream.start(latest)
+        self.cursor = await self.follows.start(latest)
         await self._fill(up_to=None)
         self.replaying = False
         if self.seen > self.cursor:  # announced during the replay
@@ -204,25 +172,26 @@ class Subscription:
     async def _fill(self, up_to: int | None) -> None:
         """Send everything after the cursor (up to `up_to`) from the database."""
         while True:
-            latest, frames = await self.stream.read(self.cursor, up_to)
+            stream = self.follows.stream
+            latest, frames = await streams.read_frames(stream, self.cursor, up_to)
             for frame in frames:
                 await self._deliver(frame)
                 self.cursor = frame.cursor
-            if len(frames) < hub.PAGE:
+            if len(frames) < streams.PAGE:
                 # Everything up to `latest` had committed before the rows were read.
                 reached = latest if up_to is None else min(latest, up_to)
                 self.cursor = max(self.cursor, reached)
                 return
 
     async def _deliver(self, frame) -> None:
-        if self.stream.wants(frame):
-            await self.sink.version(self, frame)
+        if self.follows.wants(frame):
+            await self.sink.send_frame(self, frame)
             # A replayed version's delay says how far back the client resumed.
-            live = not self.replaying and self.stream.kind == "version"
+            live = not self.replaying and isinstance(frame, streams.Frame)
             self.series.sent(frame.committed_at if live else None)
 
     async def stop(self) -> None:
         self.series.close()
         if self.task is not None:
             self.task.cancel()
-        await hub.hub().unlisten(self.stream.feed, self)
+        await hub.hub().unlisten(self.follows.feed, self)

@@ -15,9 +15,9 @@ from pydantic import ValidationError
 
 from aggregates import daphne_transport, db, limits, metrics, store
 from aggregates.errors import NotFound, field_errors, summary
-from aggregates.live.hub import Frame
-from aggregates.live.subscription import SubscribeIn, Subscription
+from aggregates.live.subscription import Ended, SubscribeIn, Subscription
 from aggregates.rules.read import get_rule
+from aggregates.streams import Frame, RuleFrame
 
 logger = logging.getLogger("botlnek.live")
 
@@ -76,7 +76,9 @@ class SubscribeConsumer(AsyncWebsocketConsumer):
 
     async def subscribed(self, subscription: Subscription, latest: int) -> None:
         # A rule subscription's cursor is its seq, a domain's its position.
-        cursor = "seq" if subscription.stream.kind == "rule_event" else "position"
+        cursor = (
+            "seq" if subscription.follows.stream.kind == "rule_event" else "position"
+        )
         await self.send_json(
             {"type": "subscribed", "id": subscription.id, cursor: latest}
         )
@@ -84,7 +86,9 @@ class SubscribeConsumer(AsyncWebsocketConsumer):
     def is_slow(self) -> bool:
         return self.pressure.paused
 
-    async def version(self, subscription: Subscription, frame: Frame) -> None:
+    async def send_frame(
+        self, subscription: Subscription, frame: Frame | RuleFrame
+    ) -> None:
         # A reader that stopped reading holds this up; frames then pile up in the
         # subscription's queue until overflow() ends the connection.
         await self.pressure.writable()
@@ -101,7 +105,7 @@ class SubscribeConsumer(AsyncWebsocketConsumer):
             await self.error("frame_too_large", detail, subscription.id)
             self.subscriptions.pop(subscription.id, None)
             self._ended = asyncio.ensure_future(subscription.stop())
-            raise asyncio.CancelledError
+            raise Ended
         await self.send(text_data=text)
 
     async def error(self, code: str, detail: str, id: Any = None) -> None:
@@ -168,8 +172,8 @@ class SubscribeConsumer(AsyncWebsocketConsumer):
     async def _run(self, subscription: Subscription) -> None:
         try:
             await subscription.run()
-        except asyncio.CancelledError:
-            raise
+        except Ended:
+            return  # the sink told its client why
         except Exception:
             logger.exception("subscription %s failed", subscription.id)
             # The client resumes from its last position on a new connection.

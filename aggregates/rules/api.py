@@ -30,6 +30,7 @@ from aggregates.schemas import (
     RuleStatusList,
     WhyOut,
 )
+from aggregates.streams import RuleLog
 from aggregates.values import isoformat
 
 router = Router(tags=["rules"])
@@ -125,9 +126,8 @@ async def list_events(
     request: HttpRequest, domain: str, rule: str, query: Query[AfterSeq]
 ):
     require_read(request, domain)
-    latest, events = await db.read(
-        read.rule_events, domain, rule, after_seq=query.after_seq, limit=query.limit
-    )
+    log = RuleLog(domain, rule)
+    latest, events = await db.read(log.read, query.after_seq, query.limit)
     return json_response({"events": events, "latest_seq": latest})
 
 

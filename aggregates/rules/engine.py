@@ -21,14 +21,13 @@ metric) and leaves its status as it was; the step goes on with every other pair
 and moves the cursors on, so one bad key never stalls a domain. The pair is tried
 again at its next version.
 
-Each server process runs Runner: it steps a domain soon after a commit there
-(and coalesces bursts), and every CLOCK_SECONDS looks for domains whose rules are
-behind or have something due, so a transition is recorded within a few seconds
-of its moment, and whatever fell due while no server ran is recorded as soon as
-one does.
+Each server process runs an Engine (on a streams.Runner): it steps a domain soon
+after a commit there (and coalesces bursts), and every CLOCK_SECONDS looks for
+domains whose rules are behind or have something due, so a transition is
+recorded within a few seconds of its moment, and whatever fell due while no
+server ran is recorded as soon as one does.
 """
 
-import asyncio
 import heapq
 import logging
 from collections.abc import Callable, Sequence
@@ -39,11 +38,12 @@ from django.db import DatabaseError, connection, transaction
 from django.db.models import F, Max
 from django.utils import timezone
 
-from aggregates import announcements, db, metrics, serving
-from aggregates.models import Rule, RuleStatus, Source, Version
+from aggregates import announcements, db, metrics
+from aggregates.models import Rule, RuleStatus, Source
 from aggregates.rules import evaluate, sql
 from aggregates.rules.definition import CompiledRule
 from aggregates.rules.evaluate import Happened, State, VersionFacts
+from aggregates.streams import DomainVersions, Runner
 
 logger = logging.getLogger("botlnek.rules")
 
@@ -134,7 +134,7 @@ class _Step:
 
     def run(self) -> bool:
         start = min(rule.position for rule in self.rows.values())
-        versions = _versions(self.domain_id, start)
+        versions = _versions(self.domain, self.domain_id, start)
         caught_up = len(versions) < BATCH
         horizon = self.now - GRACE
         if versions and not caught_up:
@@ -333,21 +333,8 @@ class _Version:
     facts: VersionFacts
 
 
-def _versions(domain_id: int, after: int) -> list[_Version]:
-    rows = (
-        Version.objects.filter(domain_id=domain_id, position__gt=after)
-        .order_by("position")
-        .values_list(
-            "position",
-            "aggregate_id",
-            "aggregate__key",
-            "aggregate__created_at",
-            "number",
-            "at",
-            "source__collection",
-            "counts",
-        )[:BATCH]
-    )
+def _versions(domain_key: str, domain_id: int, after: int) -> list[_Version]:
+    rows = DomainVersions(domain_key).facts(domain_id, after, BATCH)
     found = []
     for position, aggregate_id, key, first_at, number, at, collection, counts in rows:
         facts = VersionFacts(key, number, position, at, collection, counts, first_at)
@@ -378,68 +365,44 @@ def catch_up(domain_key: str, now: datetime | None = None) -> None:
         pass
 
 
-class Runner:
-    """A process's rules engine: steps domains after commits and on the clock."""
+class Engine:
+    """A process's rules engine: steps domains after commits and on the clock
+    (a streams.Runner keyed by domain)."""
 
     def __init__(self) -> None:
-        self.started = False  # the clock runs: this process serves
         self.ruled: set[str] = set()
-        self.running: dict[str, asyncio.Task] = {}
-        self.again: set[str] = set()
+        self.steps: Runner[str] = Runner(
+            "rules",
+            self._step,
+            self._look,
+            every=CLOCK_SECONDS,
+            again=True,
+            delay=STEP_DELAY,
+        )
 
     def versions_committed(self, committed: Sequence[announcements.VersionCommitted]):
         """After a commit (on the writer's thread): step the domains with rules."""
         for domain in {version.domain for version in committed}:
             if domain in self.ruled:
-                self.poke_threadsafe(domain)
+                self.steps.poke_threadsafe(domain)
 
     def rules_changed(self, domains: Sequence[str]) -> None:
         """After a commit of rules (on the writer's thread): step those domains from
         now on, and now."""
         self.ruled.update(domains)
-        if self.started:
+        if self.steps.started:
             for domain in domains:
-                self.poke_threadsafe(domain)
+                self.steps.poke_threadsafe(domain)
 
-    def poke_threadsafe(self, domain: str) -> None:
-        loop = serving.server_loop()
-        if loop is not None:
-            loop.call_soon_threadsafe(self.poke, domain)
+    async def _step(self, domain: str) -> bool:
+        return await db.write(step, domain)
 
-    def poke(self, domain: str) -> None:
-        if domain in self.running:
-            self.again.add(domain)  # once the step running now is done
-            return
-        self.running[domain] = asyncio.ensure_future(self._steps(domain))
-
-    async def _steps(self, domain: str) -> None:
-        try:
-            while True:
-                await asyncio.sleep(STEP_DELAY)
-                self.again.discard(domain)
-                try:
-                    more = await db.write(step, domain)
-                except DatabaseError as exc:
-                    logger.warning("rules of %s: step failed: %s", domain, exc)
-                    return
-                except Exception:
-                    logger.exception("rules of %s: step failed", domain)
-                    return
-                if not more and domain not in self.again:
-                    return
-        finally:
-            del self.running[domain]
+    async def _look(self) -> list[str]:
+        self.ruled = await db.read(domains_with_rules)
+        return await db.read(domains_with_work)
 
     async def clock(self) -> None:
-        self.started = True
-        while True:
-            try:
-                self.ruled = await db.read(domains_with_rules)
-                for domain in await db.read(domains_with_work):
-                    self.poke(domain)
-            except DatabaseError as exc:
-                logger.warning("rules clock: %s", exc)
-            await asyncio.sleep(CLOCK_SECONDS)
+        await self.steps.clock()
 
 
-runner = Runner()
+engine = Engine()

@@ -2,17 +2,15 @@
 the event log, receipts, and the preview (the evaluator run on history, nothing
 saved)."""
 
-import base64
-import json
 from collections import Counter
 from datetime import datetime
 from typing import Any
 
-from django.db.models import Count, Max, Q
+from django.db.models import Count, Max
 from django.utils import timezone
 
 from aggregates.conditions import Facts
-from aggregates.errors import NotFound, StoreError
+from aggregates.errors import NotFound
 from aggregates.models import (
     Aggregate,
     Receipt,
@@ -26,23 +24,18 @@ from aggregates.rules import evaluate
 from aggregates.rules.definition import CompiledRule, RuleIn, definition_json
 from aggregates.rules.evaluate import VersionFacts
 from aggregates.store.read import (
+    encode_cursor,
     get_aggregate,
     get_domain,
+    newest_first,
     receipt_json,
     with_prefix,
 )
+from aggregates.streams import event_json, get_rule
 from aggregates.values import isoformat, utc
 
 STATUS_ORDER = ["late", "waiting", "ready", "fired"]  # what needs a look first
 EVENTS_PER_AGGREGATE = 100
-
-
-def get_rule(domain: str, name: str) -> Rule:
-    try:
-        return Rule.objects.select_related("domain").get(domain__key=domain, name=name)
-    except Rule.DoesNotExist:
-        get_domain(domain)
-        raise NotFound(f"rule {name!r} does not exist in domain {domain!r}") from None
 
 
 def status_counts(rules: list[Rule]) -> dict[int, dict[str, int]]:
@@ -74,45 +67,6 @@ def read_rule(domain: str, name: str) -> dict[str, Any]:
     return rule_json(rule, status_counts([rule])[rule.pk])
 
 
-# The event log
-
-
-def event_json(event: RuleEvent, rule: str, domain: str) -> dict[str, Any]:
-    return {
-        "rule": rule,
-        "seq": event.seq,
-        "domain": domain,
-        "aggregate": event.aggregate,
-        "event": event.event,
-        "reason": event.reason or None,
-        "version": event.version,
-        "position": event.position,
-        "at": isoformat(event.at),
-        "late": event.late,
-    }
-
-
-def rule_events(
-    domain: str, rule: str, *, after_seq: int, limit: int, up_to: int | None = None
-) -> tuple[int, list[dict[str, Any]]]:
-    """The rule's latest seq, then its events after `after_seq` (up to `up_to`),
-    in seq order."""
-    found = get_rule(domain, rule)
-    events = RuleEvent.objects.filter(rule=found, seq__gt=after_seq).order_by("seq")
-    if up_to is not None:
-        events = events.filter(seq__lte=up_to)
-    return found.latest_seq, [
-        event_json(event, rule, domain) for event in events[:limit]
-    ]
-
-
-def latest_seqs(domains: set[str]) -> dict[tuple[str, str], int]:
-    rows = Rule.objects.filter(domain__key__in=domains).values_list(
-        "domain__key", "name", "latest_seq"
-    )
-    return {(domain, name): seq for domain, name, seq in rows}
-
-
 # Statuses
 
 
@@ -134,16 +88,11 @@ def list_statuses(
     rows = RuleStatus.objects.filter(rule=found).select_related("aggregate")
     if status:
         rows = rows.filter(status=status)
-    if cursor:
-        changed_at, last_id = _decode(cursor)
-        rows = rows.filter(
-            Q(changed_at__lt=changed_at) | Q(changed_at=changed_at, id__lt=last_id)
-        )
-    page = list(rows.order_by("-changed_at", "-id")[: limit + 1])
+    page = list(newest_first(rows, "changed_at", cursor)[: limit + 1])
     next_cursor = None
     if len(page) > limit:
         page = page[:limit]
-        next_cursor = _encode(page[-1].changed_at, page[-1].pk)
+        next_cursor = encode_cursor(page[-1].changed_at, page[-1].pk)
     return {
         "aggregates": [status_json(row) for row in page],
         "next_cursor": next_cursor,
@@ -159,22 +108,6 @@ def statuses_of(domain: str, aggregates: list[str]) -> dict[str, dict[str, RuleS
     for row in rows:
         found.setdefault(row.aggregate.key, {})[row.rule.name] = row
     return found
-
-
-def _encode(changed_at: datetime, last_id: int) -> str:
-    raw = json.dumps([changed_at.isoformat(), last_id]).encode()
-    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
-
-
-def _decode(cursor: str) -> tuple[datetime, int]:
-    try:
-        padded = cursor + "=" * (-len(cursor) % 4)
-        moment, last_id = json.loads(base64.urlsafe_b64decode(padded))
-        return datetime.fromisoformat(moment), int(last_id)
-    except (ValueError, TypeError, OverflowError):
-        raise StoreError(
-            "must be a next_cursor value from an earlier page", field="cursor"
-        ) from None
 
 
 # Why

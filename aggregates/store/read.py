@@ -59,14 +59,10 @@ def list_aggregates(
     domain: Domain, *, limit: int, cursor: str | None, prefix: str | None
 ) -> dict[str, Any]:
     """Aggregates of a domain, most recently updated first, keyset-paginated."""
-    rows = Aggregate.objects.filter(domain=domain).order_by("-updated_at", "-id")
+    rows = Aggregate.objects.filter(domain=domain)
     if prefix:
         rows = with_prefix(rows, prefix)
-    if cursor:
-        updated_at, last_id = _decode_cursor(cursor)
-        rows = rows.filter(
-            Q(updated_at__lt=updated_at) | Q(updated_at=updated_at, id__lt=last_id)
-        )
+    rows = newest_first(rows, "updated_at", cursor)
     page = list(
         rows.values_list("id", "key", "version", "created_at", "updated_at", "counts")[
             : limit + 1
@@ -102,8 +98,22 @@ def with_prefix(rows: QuerySet, prefix: str, field: str = "key") -> QuerySet:
     return rows.filter(**{f"{field}__startswith": prefix})
 
 
-def encode_cursor(updated_at: datetime, last_id: int) -> str:
-    raw = json.dumps([updated_at.isoformat(), last_id]).encode()
+# Keyset pages, newest first: a cursor is the (time, id) of a page's last row.
+
+
+def newest_first(rows: QuerySet, field: str, cursor: str | None) -> QuerySet:
+    """`rows` by `field` then id, newest first, after the row `cursor` names."""
+    if cursor:
+        moment, last_id = _decode_cursor(cursor)
+        rows = rows.filter(
+            Q(**{f"{field}__lt": moment}) | Q(**{field: moment, "id__lt": last_id})
+        )
+    return rows.order_by(f"-{field}", "-id")
+
+
+def encode_cursor(moment: datetime, last_id: int) -> str:
+    """The cursor of the page after a row: its time and id."""
+    raw = json.dumps([moment.isoformat(), last_id]).encode()
     return base64.urlsafe_b64encode(raw).decode().rstrip("=")
 
 

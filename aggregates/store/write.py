@@ -18,7 +18,7 @@ thread (aggregates/db.py).
 import hashlib
 from collections.abc import Iterable, Sequence
 from contextlib import nullcontext
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from typing import Any
 
@@ -69,16 +69,8 @@ class Registration:
     at: datetime
 
     def as_json(self) -> dict[str, Any]:
-        return {
-            "created": self.created,
-            "domain": self.domain,
-            "aggregate": self.aggregate,
-            "collection": self.collection,
-            "key": self.key,
-            "version": self.version,
-            "position": self.position,
-            "at": isoformat(self.at),
-        }
+        """As the API answers it (schemas.SourceAnswer)."""
+        return {**asdict(self), "at": isoformat(self.at)}
 
 
 def source_key(keys: dict[str, str]) -> str:

@@ -53,9 +53,9 @@ from django.db.models import Exists, F, Q
 from django.utils import timezone
 from standardwebhooks import Webhook as Signer
 
-from aggregates import db, leases, metrics, store
+from aggregates import db, leases, metrics
 from aggregates.models import Domain, Lease, Webhook, WebhookDelivery
-from aggregates.rules.read import rule_events
+from aggregates.streams import DomainVersions, RuleLog, Runner
 from aggregates.webhooks import targets
 
 logger = logging.getLogger("botlnek.webhooks")
@@ -161,14 +161,13 @@ def pending(webhook_id: int) -> tuple[Webhook, list[Outbound]] | None:
     domain = webhook.domain
     if webhook.rule is None:
         return webhook, _versions.after(domain, webhook.cursor)
-    _, events = rule_events(
-        domain.key, webhook.rule.name, after_seq=webhook.cursor, limit=BATCH
-    )
+    rule = webhook.rule
+    _, events = RuleLog(domain.key, rule.name).read(webhook.cursor, BATCH)
     wanted = set(webhook.events)
     return webhook, [
         Outbound(
-            event["seq"],
-            f"msg_r{webhook.rule.pk}_{event['seq']}",
+            RuleLog.cursor(event),
+            RuleLog.event_id(rule.pk, event),
             json.dumps({"type": f"rule.{event['event']}", **event}, ensure_ascii=False)
             if f"rule.{event['event']}" in wanted
             else None,
@@ -196,11 +195,11 @@ class VersionEvents:
         found = self._cached(domain.pk, cursor)
         if found:
             return found
-        _, frames = store.live_frames(domain.key, after_position=cursor, limit=BATCH)
+        _, frames = DomainVersions(domain.key).read(cursor, BATCH)
         events = [
             Outbound(
-                frame["position"],
-                f"msg_v{domain.pk}_{frame['position']}",
+                DomainVersions.cursor(frame),
+                DomainVersions.event_id(domain.pk, frame),
                 json.dumps({"type": "version", **frame}, ensure_ascii=False),
             )
             for frame in frames
@@ -408,15 +407,24 @@ def _client() -> httpx.AsyncClient:
 
 
 class Deliverer:
-    """The deliverer of the delivery worker process (see worker.py)."""
+    """The deliverer of the delivery worker process (see worker.py): a
+    streams.Runner keyed by webhook, its clock the look for webhooks with work."""
 
     def __init__(self, holder: str) -> None:
         self.holder = holder
-        self.running: dict[int, asyncio.Task] = {}
         self.saver = Saver(holder)
-        self.wake = asyncio.Event()  # look for webhooks with work
+        # At most LOOKS_PER_SECOND looks: busy webhooks hear of new events
+        # directly (`news`), and a look per commit under load was two queries per
+        # commit for nothing.
+        self.webhooks: Runner[int] = Runner(
+            "delivery",
+            self._deliver,
+            self._look,
+            every=TICK_SECONDS,
+            again=False,
+            min_gap=1 / LOOKS_PER_SECOND,
+        )
         self.news = asyncio.Event()  # set (and replaced) when something commits
-        self.stopping = False
         # Attempts made since the last look at this, by (domain, outcome): the
         # server process counts them in its /metrics.
         self.outcomes: Counter[tuple[str, str]] = Counter()
@@ -426,6 +434,14 @@ class Deliverer:
         self.hooked: set[str] | None = None
         self.turns: dict[str, asyncio.Semaphore] = {}  # per domain
 
+    @property
+    def running(self) -> dict[int, asyncio.Task]:
+        return self.webhooks.running
+
+    @property
+    def stopping(self) -> bool:
+        return self.webhooks.stopping
+
     def committed(self, domain: str) -> None:
         """Something committed in `domain`: look for work at once if it has
         webhooks."""
@@ -433,36 +449,25 @@ class Deliverer:
             self._announce()
 
     def watch(self, domain: str) -> None:
-        """A webhook was made in `domain`: look at once."""
+        """A webhook of `domain` was made or changed: look at once."""
         if self.hooked is not None:
             self.hooked.add(domain)
         self._announce()
 
     def _announce(self) -> None:
         """Wake the look for work, and the tasks waiting for new events."""
-        self.wake.set()
+        self.webhooks.look_soon()
         self.news.set()
         self.news = asyncio.Event()
+
+    async def _look(self) -> list[int]:
+        work, self.hooked = await db.read(_look)
+        return work
 
     async def run(self) -> None:
         saving = asyncio.ensure_future(self._save_every_flush())
         try:
-            while not self.stopping:
-                try:
-                    work, self.hooked = await db.read(_look)
-                    for webhook_id in work:
-                        if webhook_id not in self.running and not self.stopping:
-                            task = asyncio.ensure_future(self._deliver(webhook_id))
-                            self.running[webhook_id] = task
-                except Exception as exc:
-                    logger.warning("looking for webhooks with work: %s", exc)
-                # At most LOOKS_PER_SECOND looks: busy webhooks hear of new
-                # events directly (`news`), and a look per commit under load
-                # was two queries per commit for nothing.
-                await asyncio.sleep(1 / LOOKS_PER_SECOND)
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self.wake.wait(), TICK_SECONDS)
-                self.wake.clear()
+            await self.webhooks.clock()
         finally:
             saving.cancel()
 
@@ -475,29 +480,23 @@ class Deliverer:
         """Stop: each webhook's task saves what it sent and gives its lease up
         after the attempt in flight; what is still running after `grace` seconds
         is cancelled (what it sent since its last save is sent again later)."""
-        self.stopping = True
-        self._announce()
-        tasks = list(self.running.values())
-        if tasks:
-            _, late = await asyncio.wait(tasks, timeout=grace)
-            for task in late:
-                task.cancel()
-            await asyncio.gather(*late, return_exceptions=True)
+        self.news.set()
+        await self.webhooks.stop(grace)
 
-    async def _deliver(self, webhook_id: int) -> None:
+    async def _deliver(self, webhook_id: int) -> bool:
         """Deliver the webhook's events while there are any, and for a moment
-        after (LINGER_SECONDS: the next post is likely soon), holding its lease."""
+        after (LINGER_SECONDS: the next post is likely soon), holding its lease.
+        The runner forgets the task only after the lease is released: a task
+        started for the webhook meanwhile would renew what this one gives up."""
         name = lease_name(webhook_id)
         asked_at = time.monotonic()
         try:
             held, _ = await db.write(leases.acquire, name, self.holder, LEASE_SECONDS)
         except Exception as exc:
             logger.warning("taking %s: %s", name, exc)
-            self.running.pop(webhook_id, None)
-            return
+            return False
         if not held:
-            self.running.pop(webhook_id, None)
-            return  # another process delivers it
+            return False  # another process delivers it
         holding = Holding(name, self.holder, asked_at)
         renewing = asyncio.ensure_future(holding.renew())
         try:
@@ -513,9 +512,7 @@ class Deliverer:
                 await db.write(leases.release, name, self.holder)
             except Exception as exc:
                 logger.warning("releasing %s: %s (it expires)", name, exc)
-            # Only now: a task started for it meanwhile would have renewed the
-            # lease this release gives up.
-            self.running.pop(webhook_id, None)
+        return False
 
     async def _deliver_held(
         self, webhook_id: int, holding: Holding, client: httpx.AsyncClient
