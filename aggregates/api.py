@@ -1,35 +1,25 @@
 """The JSON API (docs/api.md), served by Django Ninja with async views.
 
 Views stay thin: check the token's scope, run one store function off the event loop,
-answer JSON. Errors of every kind leave through the handlers at the bottom in the
-one shape {"error", "detail", "fields"?}.
+answer JSON. Errors of every kind leave in the one shape {"error", "detail",
+"fields"?} (api_base.py). The domains, aggregates, sources and receipts are here;
+the live stream, rules and webhooks are routers of their packages.
 """
 
-import json
 import logging
-import math
-import re
-from typing import Any, Literal
+from typing import Any
 
-from django.core.exceptions import RequestDataTooBig
-from django.db import DatabaseError, InterfaceError, OperationalError
 from django.http import (
-    Http404,
     HttpRequest,
     HttpResponse,
-    StreamingHttpResponse,
 )
-from ninja import NinjaAPI, Query
-from ninja.errors import AuthenticationError, HttpError, ValidationError
-from ninja.parser import Parser
-from ninja.security import HttpBearer
+from ninja import Query
 from pydantic import BaseModel, Field
 from pydantic import ValidationError as PydanticValidationError
 
-from aggregates import db, idempotency, limits, store
+from aggregates import db, idempotency, store
 from aggregates.access import (
     ERRORS,
-    SCOPE_KEY,
     WRITE_ERRORS,
     Page,
     json_response,
@@ -40,18 +30,21 @@ from aggregates.access import (
     spend_write,
     token_of,
 )
+from aggregates.api_base import (
+    BearerToken,
+    BotlnekAPI,
+    JsonParser,
+    install_error_handlers,
+    parse_json,
+)
 from aggregates.errors import (
     ApiError,
     StoreError,
-    error_response,
     field_errors,
     summary,
 )
-from aggregates.live import sse
-from aggregates.live.subscription import SubscribeIn
-from aggregates.models import ApiToken
+from aggregates.live.api import router as live_router
 from aggregates.rules.api import router as rules_router
-from aggregates.rules.read import get_rule
 from aggregates.schemas import (
     MAX_BATCH,
     AggregateList,
@@ -59,12 +52,10 @@ from aggregates.schemas import (
     AggregateVersions,
     BatchAnswer,
     DomainIn,
-    DomainKey,
     DomainList,
     DomainOut,
     DomainVersions,
     Error,
-    Key,
     Receipt,
     ReceiptIn,
     ReceiptList,
@@ -75,76 +66,6 @@ from aggregates.store import group_commit
 from aggregates.webhooks.api import router as webhooks_router
 
 logger = logging.getLogger("botlnek.api")
-MAX_BODY = 1024 * 1024
-
-
-def _reject_constant(name: str) -> None:
-    raise ValueError(f"{name} is not valid JSON")
-
-
-def _finite_float(text: str) -> float:
-    # 1e400 is valid JSON but no double: it would come back as Infinity, which is not.
-    value = float(text)
-    if not math.isfinite(value):
-        raise ValueError(f"the number {text} is too large")
-    return value
-
-
-class JsonParser(Parser):
-    """Strict JSON bodies: the right Content-Type, at most 1 MiB, no NaN/Infinity."""
-
-    def parse_body(self, request: HttpRequest) -> Any:
-        return parse_json(request)
-
-
-def parse_json(request: HttpRequest) -> Any:
-    content_type = request.content_type or ""
-    if content_type != "application/json" and not content_type.endswith("+json"):
-        raise ApiError(
-            415,
-            "unsupported_media_type",
-            "send the body as JSON with 'Content-Type: application/json'",
-        )
-    body = request.body
-    if len(body) > MAX_BODY:
-        raise _too_large()
-    try:
-        return json.loads(
-            body, parse_constant=_reject_constant, parse_float=_finite_float
-        )
-    except (ValueError, RecursionError) as exc:
-        raise ApiError(
-            400, "invalid_json", f"the body is not valid JSON: {exc}"
-        ) from None
-
-
-def _too_large() -> ApiError:
-    return ApiError(
-        413, "payload_too_large", f"the body must be at most {MAX_BODY} bytes"
-    )
-
-
-class BearerToken(HttpBearer):
-    """Documents the scheme; ApiGatewayMiddleware already matched the token."""
-
-    async def __call__(self, request: HttpRequest) -> ApiToken | None:
-        # Async, so that Ninja awaits it instead of hopping to a thread.
-        return self.authenticate(request, "")
-
-    def authenticate(self, request: HttpRequest, token: str) -> ApiToken | None:
-        return getattr(request, "api_token", None)
-
-
-class BotlnekAPI(NinjaAPI):
-    def get_openapi_schema(self, *args, **kwargs):
-        """The document, each operation's security requirement naming the token
-        scope it needs as its role (Ninja would add to the list, not replace)."""
-        schema = super().get_openapi_schema(*args, **kwargs)
-        for operations in schema["paths"].values():
-            for operation in operations.values():
-                if SCOPE_KEY in operation:
-                    operation["security"] = [{"BearerToken": [operation[SCOPE_KEY]]}]
-        return schema
 
 
 api = BotlnekAPI(
@@ -409,133 +330,9 @@ async def list_receipts(
     return json_response({"receipts": receipts})
 
 
-# Live: Server-Sent Events
+# Live, rules and webhooks (live/api.py, rules/api.py, webhooks/api.py)
 
-
-class StreamQuery(BaseModel):
-    domain: DomainKey
-    aggregate: Key | None = None
-    mode: Literal["full", "delta"] = "full"
-    after_position: int | None = Field(None, ge=0)
-    rule: Key | None = None
-    after_seq: int | None = Field(None, ge=0)
-
-
-@api.get(
-    "/stream",
-    response={200: None, 429: Error, **ERRORS},
-    summary="New versions (id: the position), or a rule's events (id: the seq), "
-    "as Server-Sent Events",
-    openapi_extra=needs("read"),
-)
-async def stream(request: HttpRequest, query: Query[StreamQuery]):
-    require_read(request, query.domain)
-    if query.rule is not None:
-        await db.read(get_rule, query.domain, query.rule)  # 404 if it is not there
-    elif not await db.read(store.latest_positions, [query.domain]):
-        raise ApiError(404, "not_found", f"domain {query.domain!r} does not exist")
-    after = query.after_seq if query.rule else query.after_position
-    last_event_id = request.headers.get("Last-Event-ID")
-    if last_event_id is not None:
-        if not re.fullmatch(r"[0-9]{1,18}", last_event_id.strip()):
-            detail = "must be the id (position or seq) of the last event received"
-            raise ApiError(400, "invalid", detail, {"Last-Event-ID": detail})
-        after = int(last_event_id)
-    cursor = {"after_seq": after} if query.rule else {"after_position": after}
-    try:
-        subscription = SubscribeIn(
-            type="subscribe",
-            id="sse",
-            domain=query.domain,
-            aggregate=query.aggregate,
-            mode=query.mode,
-            rule=query.rule,
-            **cursor,
-        )
-    except PydanticValidationError as exc:
-        fields = field_errors(exc.errors(), whole="query")
-        raise ApiError(400, "invalid", summary(fields), fields) from None
-    holder = limits.holder_of(token_of(request))
-    if not limits.connections().open(holder):
-        detail = limits.connections().refusal(holder)
-        raise ApiError(429, "too_many_connections", detail, {"token": detail})
-    events = sse.EventStream(
-        subscription,
-        request.http_stream,
-        release=lambda: limits.connections().close(holder),
-    )
-    response = StreamingHttpResponse(events, content_type="text/event-stream")
-    response["Cache-Control"] = "no-cache"
-    response["X-Accel-Buffering"] = "no"  # let proxies pass events on at once
-    return response
-
-
-# Rules and webhooks (aggregates/rules/api.py, aggregates/webhooks/api.py)
-
+api.add_router("", live_router)
 api.add_router("", rules_router)
 api.add_router("", webhooks_router)
-
-
-# Errors in one shape
-
-
-@api.exception_handler(ApiError)
-def _api_error(request, exc: ApiError):
-    return exc.response()
-
-
-@api.exception_handler(StoreError)
-def _store_error(request, exc: StoreError):
-    fields = {exc.field: exc.detail} if exc.field else None
-    return error_response(exc.status, exc.code, exc.detail, fields)
-
-
-@api.exception_handler(ValidationError)
-def _validation_error(request, exc: ValidationError):
-    fields = field_errors(exc.errors)
-    return error_response(400, "invalid", summary(fields), fields)
-
-
-@api.exception_handler(AuthenticationError)
-def _unauthenticated(request, exc: AuthenticationError):
-    return error_response(401, "unauthorized", "send 'Authorization: Bearer <token>'")
-
-
-@api.exception_handler(HttpError)
-def _http_error(request, exc: HttpError):
-    if isinstance(exc.__cause__, ApiError):  # raised by JsonParser
-        return exc.__cause__.response()
-    return error_response(exc.status_code, "error", str(exc))
-
-
-@api.exception_handler(RequestDataTooBig)
-def _too_big(request, exc: RequestDataTooBig):
-    return _too_large().response()
-
-
-@api.exception_handler(Http404)
-def _not_found(request, exc: Http404):
-    return error_response(404, "not_found", str(exc) or "not found")
-
-
-@api.exception_handler(OperationalError)
-@api.exception_handler(InterfaceError)
-def _database_unavailable(request, exc: DatabaseError):
-    # A lost connection (PostgreSQL restarting, say), a lock waited out, a full
-    # disk. A write committed whole or not at all; if the connection broke during
-    # the commit, the client cannot know which, but registering is idempotent.
-    logger.warning("database unavailable: %s %s: %s", request.method, request.path, exc)
-    return error_response(
-        503,
-        "unavailable",
-        "the database failed or is unreachable; retry (registering a source or a "
-        "domain again is safe: it is idempotent)",
-    )
-
-
-@api.exception_handler(Exception)
-def _server_error(request, exc: Exception):
-    logger.exception("unhandled error on %s %s", request.method, request.path)
-    return error_response(
-        500, "internal_error", "the server failed on this request; retrying is safe"
-    )
+install_error_handlers(api)

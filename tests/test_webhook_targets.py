@@ -25,7 +25,7 @@ from django.utils import timezone
 
 from aggregates.models import Domain, Lease, Webhook, WebhookDelivery
 from aggregates.store import create_domain
-from aggregates.webhooks import delivery, targets
+from aggregates.webhooks import delivery, posting, targets
 from aggregates.webhooks.delivery import Deliverer
 from aggregates.webhooks.targets import AllowList, address_class
 from aggregates.webhooks.write import new_secret
@@ -330,7 +330,7 @@ def test_an_attempt_reads_a_bounded_answer_within_its_deadline(
     domain, settings, monkeypatch, drip
 ):
     allow(settings, "loopback")
-    monkeypatch.setattr(delivery, "ATTEMPT_SECONDS", 1)
+    monkeypatch.setattr(posting, "ATTEMPT_SECONDS", 1)
     handler = type("Handler", (Endless,), {"drip": drip})
     server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
     server.daemon_threads = True
@@ -360,7 +360,7 @@ def test_a_receiver_that_never_answers_holds_up_no_other_domain(
     healthy webhook gets every event of its own within seconds."""
     allow(settings, "loopback")
     # The hanging attempts outlast the test: no tenant's turn frees up meanwhile.
-    monkeypatch.setattr(delivery, "ATTEMPT_SECONDS", 60)
+    monkeypatch.setattr(posting, "ATTEMPT_SECONDS", 60)
     monkeypatch.setattr(delivery, "LEASE_SECONDS", 120)
     hanging = Listener()
     healthy = Receiver()
@@ -414,7 +414,7 @@ def short_leases(monkeypatch):
     monkeypatch.setattr(delivery, "LEASE_SECONDS", 4)
     monkeypatch.setattr(delivery, "RENEW_SECONDS", 0.5)
     monkeypatch.setattr(targets, "RESOLVE_SECONDS", 0.5)
-    monkeypatch.setattr(delivery, "ATTEMPT_SECONDS", 1)
+    monkeypatch.setattr(posting, "ATTEMPT_SECONDS", 1)
 
 
 def test_a_batch_longer_than_the_lease_keeps_it(domain, settings, short_leases):

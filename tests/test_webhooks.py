@@ -16,7 +16,8 @@ import httpx
 import pytest
 
 from aggregates.models import Lease, RuleEvent, Version, Webhook
-from aggregates.webhooks.delivery import VersionEvents, backoff
+from aggregates.webhooks.delivery import VersionEvents
+from aggregates.webhooks.progress import backoff
 from aggregates.webhooks.targets import AllowList
 from tests.toolkit import (
     ApiClient,

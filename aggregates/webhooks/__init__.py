@@ -15,5 +15,7 @@ kept in the database instead.
                  the cursor, the attempts and the health as it goes; a failure
                  backs off and retries the same event, a 410 or 24 h of failures
                  pauses the webhook
+    posting.py   one attempt: signed, pinned to the checked address, bounded
+    progress.py  what delivering did, saved: cursors, attempts, health, backoff
     api.py       the HTTP endpoints
 """

@@ -12,7 +12,8 @@ whose renewal failed stops before its next attempt, so a lease never expires und
 an attempt and two processes never send a webhook's events at once. A dead
 holder's lease expires after LEASE_SECONDS and whoever looks next takes it over.
 
-Progress (cursor, attempts, health) is saved for all webhooks together (Saver):
+Progress (cursor, attempts, health) is saved for all webhooks together
+(progress.py, Saver):
 every FLUSH_SECONDS, after a failure and at the end of each batch of events.
 Saving compares the cursor it started from and names the lease's holder: a
 replay, or another holder, in between makes it stop instead of overwriting.
@@ -22,10 +23,10 @@ longer allowed) is logged and the same event retried after a backoff doubling fr
 1 s (+ up to 20% jitter, at most 10 min); a 410, or a day of failing, pauses the
 webhook with the reason.
 
-No receiver holds up another: each webhook has its own task and its own client,
-with one connection at most, connected to the address its host was checked at
-(targets.py: resolved once per attempt, off the event loop, never again before
-connecting); an attempt ends ATTEMPT_SECONDS after it started, whatever the
+No receiver holds up another: each webhook has its own task and its own client
+(posting.py), with one connection at most, connected to the address its host was
+checked at (targets.py: resolved once per attempt, off the event loop, never again
+before connecting); an attempt ends ATTEMPT_SECONDS after it started, whatever the
 receiver does, and reads at most BODY_LIMIT bytes of the answer; and the webhooks
 of one domain make at most DOMAIN_CONNECTIONS attempts at once (waiting for a turn
 is not a failure). The webhooks of a domain share its versions' events, read and
@@ -34,29 +35,24 @@ encoded once (VersionEvents).
 
 import asyncio
 import contextlib
-import functools
 import json
 import logging
-import random
-import ssl
 import threading
 import time
 from collections import Counter
-from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import datetime
 from itertools import islice
 
 import httpx
-from django.conf import settings
-from django.db import transaction
-from django.db.models import Exists, F, Q
+from django.db.models import F, Q
 from django.utils import timezone
-from standardwebhooks import Webhook as Signer
 
 from aggregates import db, leases, metrics
-from aggregates.models import Domain, Lease, Webhook, WebhookDelivery
+from aggregates.models import Domain, Webhook, WebhookDelivery
 from aggregates.streams import DomainVersions, RuleLog, Runner
-from aggregates.webhooks import targets
+from aggregates.webhooks import posting, targets
+from aggregates.webhooks.posting import Outbound
+from aggregates.webhooks.progress import Progress, Run, Saver, lease_name
 
 logger = logging.getLogger("botlnek.webhooks")
 
@@ -67,87 +63,7 @@ RENEW_SECONDS = 5
 BATCH = 100  # events read at a time
 FLUSH_SECONDS = 0.25
 LINGER_SECONDS = 5  # a caught-up webhook keeps its lease and task this long
-ATTEMPT_SECONDS = 10  # from connecting to the end of the answer
-BODY_LIMIT = 64 * 1024  # of an answer, read and dropped
 DOMAIN_CONNECTIONS = 16  # attempts at once, per domain
-BACKOFF_CAP_SECONDS = 600
-PAUSE_AFTER = timedelta(hours=24)
-KEEP_DELIVERIES = 1000  # per webhook, the newest
-
-
-@dataclass(frozen=True)
-class Outbound:
-    """An event of the webhook's stream: where it is, and what to send (if any)."""
-
-    cursor: int
-    event_id: str
-    body: str | None  # None: not one this webhook wants (another rule event)
-
-
-@dataclass
-class Progress:
-    """What a delivery run has done since it last saved."""
-
-    cursor: int
-    attempts: list[WebhookDelivery] = field(default_factory=list)
-    succeeded_at: datetime | None = None
-    failed: WebhookDelivery | None = None
-
-
-@dataclass(eq=False)
-class Run:
-    """A webhook delivering a batch of events: the cursor saved in the database
-    as far as it knows, and what it has done since."""
-
-    webhook: Webhook
-    saved: int
-    progress: Progress
-    stale: bool = False  # somebody else moved the cursor: stop
-
-
-class Saver:
-    """The progress of every webhook delivering in this worker, saved together:
-    one transaction for all of them every FLUSH_SECONDS, and at once when a run
-    asks (after a failure, at the end of its events). Each webhook used to save on
-    its own: ten times the transactions for ten webhooks, and on SQLite each takes
-    the database's one write lock, which a niced process may hold while it waits
-    for a CPU, with the server's posts waiting behind it."""
-
-    def __init__(self, holder: str) -> None:
-        self.holder = holder  # of the webhooks' leases
-        self.runs: dict[int, Run] = {}  # by webhook
-        self.lock = asyncio.Lock()  # one save at a time
-
-    async def save_now(self, run: Run) -> bool:
-        """Save everything done so far; False if `run` must stop."""
-        await self.flush()
-        return not run.stale
-
-    async def flush(self) -> None:
-        async with self.lock:
-            batch = []
-            for run in self.runs.values():
-                progress = run.progress
-                if progress.cursor != run.saved or progress.attempts:
-                    batch.append((run, run.saved, progress))
-                    run.saved, run.progress = progress.cursor, Progress(progress.cursor)
-            if not batch:
-                return
-            try:
-                saved = await db.write(
-                    save_all,
-                    [(run.webhook, at, done) for run, at, done in batch],
-                    self.holder,
-                )
-            except Exception as exc:  # what it sent is sent again, later
-                logger.warning("saving webhooks' progress: %s", exc)
-                saved = [None] * len(batch)
-            for (run, _, _), changes in zip(batch, saved, strict=True):
-                if changes is None:
-                    run.stale = True
-                else:
-                    run.webhook.attempts = changes["attempts"]
-                    run.webhook.failing_since = changes["failing_since"]
 
 
 def pending(webhook_id: int) -> tuple[Webhook, list[Outbound]] | None:
@@ -229,96 +145,6 @@ class VersionEvents:
 _versions = VersionEvents()
 
 
-def save_all(
-    runs: list[tuple[Webhook, int, Progress]], holder: str
-) -> list[dict | None]:
-    """Save the progress of these webhooks in one transaction: for each, the
-    changes made to it, or None if somebody moved its cursor since the one given
-    (a replay, another holder) or `holder` no longer holds its lease: that one
-    stops."""
-    now = timezone.now()
-    saved: list[dict | None] = []
-    attempts: list[WebhookDelivery] = []
-    with transaction.atomic():
-        for webhook, started_at, progress in runs:
-            changes = _changes(webhook, progress, now)
-            # What was sent was sent, paused meanwhile or not; a moved cursor (a
-            # replay, another holder) or a lost lease says stop.
-            held = Lease.objects.filter(
-                name=lease_name(webhook.pk), holder=holder, expires_at__gt=now
-            )
-            moved = (
-                Webhook.objects.filter(pk=webhook.pk, cursor=started_at)
-                .filter(Exists(held))
-                .update(**changes)
-            )
-            saved.append(changes if moved else None)
-            if moved:
-                for attempt in progress.attempts:
-                    attempt.webhook_id = webhook.pk
-                attempts += progress.attempts
-        WebhookDelivery.objects.bulk_create(attempts)
-        for (webhook, _, _), changes in zip(runs, saved, strict=True):
-            if changes is not None:
-                _keep_newest(webhook.pk)
-    return saved
-
-
-def _changes(webhook: Webhook, progress: Progress, now: datetime) -> dict:
-    """The webhook's fields after `progress`: cursor, health, backoff, pause."""
-    changes: dict = {"cursor": progress.cursor}
-    if progress.attempts:
-        last = progress.attempts[-1]
-        changes["last_attempt_at"] = last.at
-        changes["last_status"] = last.status_code
-        changes["last_error"] = last.error
-    if progress.succeeded_at:
-        changes["last_success_at"] = progress.succeeded_at
-    failed = progress.failed
-    if failed is None:
-        return changes | {"attempts": 0, "failing_since": None, "next_attempt_at": None}
-    since = webhook.failing_since or failed.at
-    changes |= {
-        "attempts": failed.attempt,
-        "failing_since": since,
-        "next_attempt_at": now + timedelta(seconds=backoff(failed.attempt)),
-    }
-    reason = None
-    if failed.status_code == 410:
-        reason = "the receiver answered 410 Gone"
-    elif now - since >= PAUSE_AFTER:
-        reason = f"failing for 24 hours; the last attempt: {_outcome(failed)}"
-    if reason:
-        changes |= {"paused": True, "paused_reason": reason}
-    return changes
-
-
-def _keep_newest(webhook_id: int) -> None:
-    """The delivery log keeps the newest KEEP_DELIVERIES attempts per webhook."""
-    if random.random() > 0.05:  # now and then is enough
-        return
-    cutoff = (
-        WebhookDelivery.objects.filter(webhook_id=webhook_id)
-        .order_by("-id")
-        .values_list("id", flat=True)[KEEP_DELIVERIES : KEEP_DELIVERIES + 1]
-    )
-    if cutoff:
-        WebhookDelivery.objects.filter(
-            webhook_id=webhook_id, id__lte=cutoff[0]
-        ).delete()
-
-
-def backoff(attempts: int) -> float:
-    """Seconds before attempt `attempts` + 1: doubling from 1 s, capped at 10 min,
-    plus up to 20% jitter."""
-    base = min(BACKOFF_CAP_SECONDS, 2 ** min(attempts - 1, 20))
-    return base * (1 + random.uniform(0, 0.2))
-
-
-def _outcome(attempt: WebhookDelivery) -> str:
-    return f"HTTP {attempt.status_code}" if attempt.status_code else attempt.error
-
-
 def with_work(now: datetime | None = None) -> list[int]:
     """Webhooks with events after their cursor, neither paused nor backing off."""
     now = now or timezone.now()
@@ -338,72 +164,6 @@ def domains_with_webhooks() -> set[str]:
 
 def _look() -> tuple[list[int], set[str]]:
     return with_work(), domains_with_webhooks()
-
-
-def lease_name(webhook_id: int) -> str:
-    return f"webhook:{webhook_id}"
-
-
-class Holding:
-    """A webhook's lease as its delivering task holds it: until when it is sure to
-    be held (by the monotonic clock), renewed every RENEW_SECONDS meanwhile."""
-
-    def __init__(self, name: str, holder: str, acquired_at: float) -> None:
-        self.name = name
-        self.holder = holder
-        self.until = acquired_at + LEASE_SECONDS
-        self.lost = False
-        self.renewal: asyncio.Future | None = None  # a renewal being written
-
-    def lasts(self, seconds: float) -> bool:
-        """Still held `seconds` from now, for sure."""
-        return not self.lost and time.monotonic() + seconds < self.until
-
-    async def renew(self) -> None:
-        """Renew until cancelled; lost for good once somebody else holds it."""
-        while not self.lost:
-            await asyncio.sleep(RENEW_SECONDS)
-            asked_at = time.monotonic()
-            # Shielded: cancelling the renewals must not leave a write running
-            # unseen, which could take the lease again after it was given up.
-            self.renewal = asyncio.ensure_future(
-                db.write(leases.acquire, self.name, self.holder, LEASE_SECONDS)
-            )
-            try:
-                held, _ = await asyncio.shield(self.renewal)
-            except Exception as exc:  # it may still be held: `until` says how long
-                logger.warning("renewing %s: %s", self.name, exc)
-                continue
-            if held:
-                self.until = asked_at + LEASE_SECONDS
-            else:
-                self.lost = True
-
-    async def stop_renewing(self, renewing: asyncio.Task) -> None:
-        """Cancel the renewals, and wait for one being written."""
-        renewing.cancel()
-        if self.renewal is not None:
-            await asyncio.wait([self.renewal])
-
-
-@functools.cache
-def _tls() -> ssl.SSLContext:
-    """One TLS context for every webhook's client (building one reads the
-    certificate store: tens of milliseconds)."""
-    return httpx.create_ssl_context()
-
-
-def _client() -> httpx.AsyncClient:
-    """A webhook's own HTTP client: one connection at most, kept between its
-    events; no proxy from the environment (a proxy would resolve the host again);
-    redirects are not followed."""
-    return httpx.AsyncClient(
-        verify=_tls(),
-        trust_env=False,
-        follow_redirects=False,
-        timeout=ATTEMPT_SECONDS,
-        limits=httpx.Limits(max_connections=1, max_keepalive_connections=1),
-    )
 
 
 class Deliverer:
@@ -497,10 +257,12 @@ class Deliverer:
             return False
         if not held:
             return False  # another process delivers it
-        holding = Holding(name, self.holder, asked_at)
+        holding = leases.Holding(
+            name, self.holder, asked_at, LEASE_SECONDS, RENEW_SECONDS
+        )
         renewing = asyncio.ensure_future(holding.renew())
         try:
-            async with _client() as client:
+            async with posting.client() as client:
                 await self._deliver_held(webhook_id, holding, client)
         except Webhook.DoesNotExist:
             pass  # removed meanwhile
@@ -515,7 +277,7 @@ class Deliverer:
         return False
 
     async def _deliver_held(
-        self, webhook_id: int, holding: Holding, client: httpx.AsyncClient
+        self, webhook_id: int, holding: leases.Holding, client: httpx.AsyncClient
     ) -> None:
         worked = time.monotonic()
         while not self.stopping and not holding.lost:
@@ -539,7 +301,7 @@ class Deliverer:
         self,
         webhook: Webhook,
         outbound: list[Outbound],
-        holding: Holding,
+        holding: leases.Holding,
         client: httpx.AsyncClient,
     ) -> bool:
         """POST these events in order (saved by the saver as it goes); True to go
@@ -572,7 +334,7 @@ class Deliverer:
         self,
         webhook: Webhook,
         event: Outbound,
-        holding: Holding,
+        holding: leases.Holding,
         client: httpx.AsyncClient,
     ) -> WebhookDelivery | None:
         """One attempt, when the domain's turn comes; None if the lease might
@@ -580,87 +342,9 @@ class Deliverer:
         domain = webhook.domain.key
         turns = self.turns.setdefault(domain, asyncio.Semaphore(DOMAIN_CONNECTIONS))
         async with turns:
-            if not holding.lasts(targets.RESOLVE_SECONDS + ATTEMPT_SECONDS + 1):
+            if not holding.lasts(targets.RESOLVE_SECONDS + posting.ATTEMPT_SECONDS + 1):
                 return None
-            attempt, failure = await _post(webhook, event, client)
+            attempt, failure = await posting.post(webhook, event, client)
         outcome = metrics.delivery_outcome(attempt.status_code, failure)
         self.outcomes[domain, outcome] += 1
         return attempt
-
-
-async def _post(
-    webhook: Webhook, event: Outbound, client: httpx.AsyncClient
-) -> tuple[WebhookDelivery, Exception | None]:
-    """One attempt to deliver `event`, and why it failed if it did."""
-    attempt = WebhookDelivery(
-        event_id=event.event_id, attempt=webhook.attempts + 1, at=timezone.now()
-    )
-    started = time.perf_counter()
-    failure = None
-    try:
-        allowed = settings.BOTLNEK_WEBHOOK_ALLOWED_HOSTS
-        addresses = await targets.check_async(webhook.url, allowed)
-        timestamp = datetime.now(UTC)
-        signature = Signer(webhook.secret).sign(event.event_id, timestamp, event.body)
-        headers = {
-            "content-type": "application/json",
-            "webhook-id": event.event_id,
-            "webhook-timestamp": str(int(timestamp.timestamp())),
-            "webhook-signature": signature,
-            "user-agent": "Botlnek",
-        }
-        attempt.status_code = await _call(
-            client, webhook.url, addresses, headers, event.body.encode()
-        )
-    except targets.Refused as exc:
-        attempt.error, failure = str(exc)[:500], exc
-    except TimeoutError as exc:
-        seconds = time.perf_counter() - started
-        attempt.error = f"TimeoutError: no whole answer within {seconds:.1f} s"
-        failure = exc
-    except Exception as exc:  # a failed attempt, whatever failed: retried
-        attempt.error = f"{type(exc).__name__}: {exc}".rstrip(": ")[:500]
-        failure = exc
-    attempt.ms = (time.perf_counter() - started) * 1000
-    return attempt, failure
-
-
-async def _call(
-    client: httpx.AsyncClient,
-    url: str,
-    addresses: list[targets.Address],
-    headers: dict[str, str],
-    body: bytes,
-) -> int:
-    """POST `body` to `url` at the first of `addresses` that takes a connection
-    (the Host header and TLS's server name stay the URL's); the answer's status.
-    The attempt ends ATTEMPT_SECONDS after it started, and at most BODY_LIMIT
-    bytes of the answer are read."""
-    target = httpx.URL(url)
-    headers = {**headers, "host": target.netloc.decode("ascii")}
-    server_name = target.raw_host.decode("ascii")
-    # Each address gets its share of the time to connect: one that drops the
-    # connection attempt (a blackholed IPv6 route) leaves time for the next.
-    timeout = httpx.Timeout(ATTEMPT_SECONDS, connect=ATTEMPT_SECONDS / len(addresses))
-    async with asyncio.timeout(ATTEMPT_SECONDS):
-        for index, address in enumerate(addresses):
-            pinned = target.copy_with(host=str(address))
-            try:
-                async with client.stream(
-                    "POST",
-                    pinned,
-                    content=body,
-                    headers=headers,
-                    timeout=timeout,
-                    extensions={"sni_hostname": server_name},
-                ) as response:
-                    read = 0
-                    async for chunk in response.aiter_raw():
-                        read += len(chunk)
-                        if read >= BODY_LIMIT:
-                            break
-                    return response.status_code
-            except (httpx.ConnectError, httpx.ConnectTimeout):
-                if index == len(addresses) - 1:
-                    raise
-    raise AssertionError("unreachable: there is always an address")
