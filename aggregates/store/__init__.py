@@ -1,7 +1,9 @@
 """The store: the one write path and the reads built on the same tables.
 
 - write.py — register_sources() and register_each(), the only code that appends
-  versions and sources (and the other writes: domains, receipts, pruning);
+  versions and sources (write_sqlite.py: its way on SQLite; registration.py: what
+  it takes, answers and refuses);
+- records.py — the other writes: domains, receipts, pruning;
 - group_commit.py — single posts arriving together share one transaction;
 - read.py — domains, listings, version frames, receipts;
 - state.py — the aggregate state, the one serializer of that shape;
@@ -26,21 +28,18 @@ from aggregates.store.read import (
     position_of_version,
     receipt_json,
 )
+from aggregates.store.records import (
+    create_domain,
+    prune_aggregates,
+    record_receipt,
+)
+from aggregates.store.registration import NewSource, Registration, source_key
 from aggregates.store.state import (
     aggregate_state,
     aggregate_state_json,
     state_json_as_of,
 )
-from aggregates.store.write import (
-    NewSource,
-    Registration,
-    create_domain,
-    prune_aggregates,
-    record_receipt,
-    register_each,
-    register_sources,
-    source_key,
-)
+from aggregates.store.write import register_each, register_sources
 
 __all__ = [
     "NewSource",

@@ -19,7 +19,8 @@ from dataclasses import dataclass
 from django.db import connection
 
 from aggregates import db
-from aggregates.store.write import NewSource, Registration, register_each
+from aggregates.store.registration import NewSource, Registration
+from aggregates.store.write import register_each
 
 MOST = 500  # sources in one commit: bounds the time one group holds the lock
 

@@ -8,7 +8,7 @@ from django.utils import timezone
 from aggregates import store
 from aggregates.management.progress import done, progress
 from aggregates.models import Aggregate
-from aggregates.store.write import PENDING
+from aggregates.store.records import PENDING
 
 UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}
 

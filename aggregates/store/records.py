@@ -1,0 +1,144 @@
+"""The store's other writes: domains, receipts, and retention (deleting whole
+aggregates, the only deletion there is). Versions and sources are written by
+write.py alone."""
+
+from datetime import datetime
+from typing import Any
+
+from django.db import connection, transaction
+
+from aggregates.errors import Conflict, NotFound, StoreError
+from aggregates.models import Aggregate, Domain, Receipt, RuleEvent, RuleStatus
+from aggregates.store.read import get_aggregate, receipt_json
+from aggregates.store.sql import (
+    AGGREGATE,
+    DOMAIN,
+    RECEIPT,
+    RULE_STATUS,
+    SOURCE,
+    VERSION,
+    placeholders,
+)
+from aggregates.values import json_equal
+
+
+def create_domain(key: str, attrs: dict[str, Any]) -> tuple[Domain, bool]:
+    """Create a domain; an identical one already there is answered, not duplicated."""
+    with transaction.atomic():
+        domain, created = Domain.objects.get_or_create(
+            key=key, defaults={"attrs": attrs}
+        )
+    if not created and not json_equal(domain.attrs, attrs):
+        raise Conflict(
+            f"domain {key!r} already exists with different attrs", field="attrs"
+        )
+    return domain, created
+
+
+def record_receipt(
+    *,
+    watcher: str,
+    domain: str,
+    aggregate: str,
+    version: int,
+    outcome: str,
+    exit_code: int | None = None,
+    duration_s: float | None = None,
+    detail: str = "",
+    rule: str | None = None,
+    seq: int | None = None,
+) -> dict[str, Any]:
+    target = get_aggregate(domain, aggregate)
+    if version > target.version:
+        raise NotFound(
+            f"aggregate {aggregate!r} has versions 1-{target.version}, not {version}",
+            field="version",
+        )
+    if rule is not None:
+        _check_rule_event(target, rule, seq, version)
+    receipt = Receipt.objects.create(
+        rule=rule or "",
+        seq=seq,
+        aggregate=target,
+        watcher=watcher,
+        version=version,
+        outcome=outcome,
+        exit_code=exit_code,
+        duration_s=duration_s,
+        detail=detail,
+    )
+    return receipt_json(receipt, domain, aggregate)
+
+
+def _check_rule_event(aggregate: Aggregate, rule: str, seq: int, version: int):
+    """A receipt of a rule's event must name that event as the log has it."""
+    event = (
+        RuleEvent.objects.filter(
+            rule__domain_id=aggregate.domain_id, rule__name=rule, seq=seq
+        )
+        .values_list("aggregate", "version")
+        .first()
+    )
+    if event is None:
+        raise NotFound(
+            f"rule {rule!r} of domain {aggregate.domain.key!r} has no event {seq}",
+            field="seq",
+        )
+    if event != (aggregate.key, version):
+        raise StoreError(
+            f"event {seq} of rule {rule!r} is about version {event[1]} of "
+            f"aggregate {event[0]!r}",
+            field="seq",
+        )
+
+
+# Retention: deleting whole aggregates is the only deletion there is.
+
+# Statuses of a rule still waiting for an aggregate: pruning keeps such aggregates.
+PENDING = [RuleStatus.Status.WAITING, RuleStatus.Status.LATE]
+
+
+def prune_aggregates(
+    aggregate_ids: list[int], older_than: datetime, *, include_pending: bool = False
+) -> int:
+    """Delete these aggregates, with their history, if still untouched since
+    `older_than` and (unless `include_pending`) no rule waits for them or has
+    them late; answer how many went. Short: it holds their domains' locks."""
+    with transaction.atomic(), connection.cursor() as cursor:
+        domain_ids = sorted(
+            set(
+                Aggregate.objects.filter(id__in=aggregate_ids).values_list(
+                    "domain_id", flat=True
+                )
+            )
+        )
+        # The writers' lock, in the writers' order: no source lands in an
+        # aggregate while it is being deleted.
+        list(
+            Domain.objects.select_for_update()
+            .filter(id__in=domain_ids)
+            .order_by("key")
+            .values_list("id")
+        )
+        victims = Aggregate.objects.filter(
+            id__in=aggregate_ids, updated_at__lt=older_than
+        )
+        if not include_pending:
+            victims = victims.exclude(rule_statuses__status__in=PENDING)
+        victims = list(victims.values_list("id", "domain_id"))
+        if not victims:
+            return 0
+        ids = [aggregate_id for aggregate_id, _ in victims]
+        marks = placeholders(len(ids))
+        for table in (RULE_STATUS, SOURCE, RECEIPT, VERSION, AGGREGATE):
+            column = "id" if table == AGGREGATE else "aggregate_id"
+            cursor.execute(f'DELETE FROM "{table}" WHERE "{column}" IN ({marks})', ids)
+        gone: dict[int, int] = {}
+        for _, domain_id in victims:
+            gone[domain_id] = gone.get(domain_id, 0) + 1
+        cursor.executemany(
+            f'UPDATE "{DOMAIN}" SET "aggregate_count" = "aggregate_count" - %s'
+            ' WHERE "id" = %s',
+            [(count, domain_id) for domain_id, count in gone.items()],
+        )
+    return len(victims)
