@@ -46,6 +46,22 @@ import sys
 from collections.abc import Awaitable, Callable
 
 
+def command(host: str, port: int, *options: str) -> list[str]:
+    """The command line that serves Botlnek with daphne on `host`:`port` (the
+    `serve` command runs it; so do the tests and the benchmarks)."""
+    return [
+        sys.executable,
+        "-m",
+        "daphne",
+        *options,
+        "-b",
+        host,
+        "-p",
+        str(port),
+        "botlnek_site.asgi:application",
+    ]
+
+
 class SeamError(RuntimeError):
     """daphne, autobahn or Twisted no longer offer what this module relies on."""
 

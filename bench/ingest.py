@@ -30,6 +30,8 @@ from urllib.parse import urlsplit
 
 import httpx
 
+from aggregates import daphne_transport
+
 ROOT = Path(__file__).resolve().parent.parent
 PORT = 8765
 URL = f"http://127.0.0.1:{PORT}"
@@ -64,16 +66,7 @@ def daphne(env: dict, port: int, data_dir: str):
     """A daphne process serving the site on `port`, and its log."""
     log = open(Path(data_dir) / f"daphne-{port}.log", "wb")  # noqa: SIM115
     process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "daphne",
-            "-b",
-            "127.0.0.1",
-            "-p",
-            str(port),
-            "botlnek_site.asgi:application",
-        ],
+        daphne_transport.command("127.0.0.1", port),
         cwd=ROOT,
         env=env,
         stdout=log,

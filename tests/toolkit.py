@@ -22,6 +22,7 @@ import httpx
 import websockets
 from django.db import connection
 
+from aggregates import daphne_transport
 from aggregates.store import NewSource, Registration, register_sources
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -186,16 +187,7 @@ class ServerProcess:
         }
         with open(self.log_path, "wb") as log:
             self.process = subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "daphne",
-                    "-b",
-                    "127.0.0.1",
-                    "-p",
-                    str(self.port),
-                    "botlnek_site.asgi:application",
-                ],
+                daphne_transport.command("127.0.0.1", self.port),
                 cwd=ROOT,
                 env=server_env,
                 stdout=log,

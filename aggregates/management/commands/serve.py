@@ -7,6 +7,7 @@ from django.contrib.auth import get_user_model
 from django.core.management import call_command
 from django.core.management.base import BaseCommand
 
+from aggregates import daphne_transport
 from aggregates.models import ApiToken
 from aggregates.tokens import create_token
 
@@ -30,23 +31,9 @@ class Command(BaseCommand):
         # working directory unless BOTLNEK_DATA_DIR is set), even a relative one.
         os.environ["BOTLNEK_DATA_DIR"] = str(settings.DATA_DIR)
         # Replace this process with daphne so signals reach the server directly.
-        os.execvp(
-            sys.executable,
-            [
-                sys.executable,
-                "-m",
-                "daphne",
-                # Botlnek logs one JSON line per request; daphne's own access log
-                # (verbosity 1) would repeat each one in another format.
-                "-v",
-                "0",
-                "-b",
-                host,
-                "-p",
-                str(port),
-                "botlnek_site.asgi:application",
-            ],
-        )
+        # Botlnek logs one JSON line per request; daphne's own access log
+        # (verbosity 1) would repeat each one in another format.
+        os.execvp(sys.executable, daphne_transport.command(host, port, "-v", "0"))
 
     def _first_run(self) -> None:
         User = get_user_model()
