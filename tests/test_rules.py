@@ -6,9 +6,9 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from django.utils import timezone
 
+from aggregates.keydates import key_moment
 from aggregates.models import Rule, RuleEvent, RuleStatus
 from aggregates.rules import engine
-from aggregates.rules.definition import key_date
 from aggregates.store import NewSource, register_sources
 from aggregates.tokens import create_token
 from tests.toolkit import ApiClient, post_source
@@ -162,7 +162,7 @@ def test_key_date_deadlines(api, domain):
     ],
 )
 def test_key_date(key, expected):
-    assert key_date(key) == expected
+    assert key_moment(key) == expected
 
 
 def test_age_fires_by_time_alone(api, domain):

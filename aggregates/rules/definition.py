@@ -1,9 +1,8 @@
 """A rule's definition: the shape users send, its checks, and the compiled form the
 evaluator runs (its condition parsed, its deadline worked out per aggregate)."""
 
-import re
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
@@ -14,6 +13,7 @@ from aggregates.conditions import (
     parse,
     parse_duration,
 )
+from aggregates.keydates import key_moment
 from aggregates.models import Rule
 from aggregates.schemas import Key
 from aggregates.values import KEY_CHARS, KEY_PATTERN, isoformat
@@ -108,26 +108,6 @@ def _duration_text(seconds: int) -> str:
     return f"{seconds}s"
 
 
-# A date in a key: YYYY-MM-DD, optionally THH:MM[:SS] and Z; never part of a longer
-# number.
-_KEY_DATE = re.compile(
-    r"(?<![0-9])(\d{4})-(\d{2})-(\d{2})(?:T(\d{2}):(\d{2})(?::(\d{2}))?)?Z?(?![0-9])"
-)
-
-
-def key_date(key: str) -> datetime | None:
-    """The first valid ISO date in an aggregate key, as UTC; None if there is none
-    (an invalid one such as 2026-13-40 is skipped)."""
-    start = 0
-    while (match := _KEY_DATE.search(key, start)) is not None:
-        numbers = [int(part) if part else 0 for part in match.groups()]
-        try:
-            return datetime(*numbers, tzinfo=UTC)
-        except ValueError:
-            start = match.start() + 1
-    return None
-
-
 @dataclass(frozen=True)
 class CompiledRule:
     """What the evaluator needs of a rule, parsed once."""
@@ -166,7 +146,7 @@ class CompiledRule:
             return None
         base = first_at
         if self.deadline_from == Rule.DeadlineFrom.KEY_DATE:
-            base = key_date(aggregate)
+            base = key_moment(aggregate)
             if base is None:
                 return None
         try:
