@@ -7,12 +7,17 @@ this module: one grammar, one error format with columns.
     and       := not ("and" not)*
     not       := "not" not | compare
     compare   := operand (("<" | "<=" | ">" | ">=" | "==" | "!=") operand)?
-    operand   := INTEGER | DURATION | NAME | count(NAME | "name") | age(NAME | "name")
-               | "(" condition ")"
+    operand   := INTEGER | DURATION | ref | count(ref) | age(ref) | "(" condition ")"
+    ref       := (NAME | "name") ("@" OFFSET (".." OFFSET)?)?
+    OFFSET    := ("+" | "-")? DURATION
 
 A collection NAME stands for its number of sources; age() is the age in seconds of a
 collection's newest source; durations are 90s, 15m, 6h, 2d. A missing collection
-counts 0 and its age is infinite. A bare count means "at least one". Ages are
+counts 0 and its age is infinite. `X@-1d` is collection X in the neighbour whose key
+date is a day earlier, `X@-2d..0d` in every neighbour of a window (both bounds
+included; aggregates/keydates.py does the key arithmetic): only rules, which see
+every aggregate, can answer those; Facts are keyed by the reference as written
+(Ref.key), so a plain X is its collection. A bare count means "at least one". Ages are
 compared with at most MAX_AGE_SECONDS (ten years: a bound past that could not be
 added to a time), and conditions nest at most MAX_DEPTH deep (parentheses and
 `not`): each level costs the parser a few frames of Python's stack.
@@ -33,6 +38,7 @@ _TOKEN = re.compile(
         (?P<duration>\d+(?:s|m|h|d)\b)
       | (?P<int>\d+)
       | (?P<string>"[^"]*"|'[^']*')
+      | (?P<at>@[^\s()<>=!,"']*)
       | (?P<op><=|>=|==|!=|<|>|\(|\)|,)
       | (?P<name>[A-Za-z_][A-Za-z0-9_]*)
     )""",
@@ -42,6 +48,9 @@ UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 DURATION = re.compile(r"(\d+)([smhd])")
 MAX_AGE_SECONDS = 3650 * 86400
 MAX_DEPTH = 50
+MAX_WINDOW_SECONDS = 366 * 86400
+_OFFSET = r"[+-]?\d+[smhd]"
+_REFERENCE = re.compile(rf"@(?P<lower>{_OFFSET})(?:\.\.(?P<upper>{_OFFSET}))?")
 _COMPARE = {
     "<": lambda a, b: a < b,
     "<=": lambda a, b: a <= b,
@@ -82,18 +91,40 @@ def format_duration(seconds: float) -> str:
 
 
 @dataclass(frozen=True)
+class Ref:
+    """A reference to a collection: in this aggregate (no offsets), in one
+    neighbour (lower == upper) or in a window of them; offsets in seconds."""
+
+    collection: str
+    lower: int | None = None
+    upper: int | None = None
+    written: str = ""  # the offsets as written: "@-1d", "@-2d..0d"
+
+    @property
+    def key(self) -> str:
+        """The reference as written, without quotes or spaces: what Facts and a
+        rule's `inputs` are keyed by."""
+        return self.collection + self.written
+
+    @property
+    def neighbours(self) -> bool:
+        return self.lower is not None
+
+
+@dataclass(frozen=True)
 class Facts:
-    """What a condition can ask about one aggregate."""
+    """What a condition can ask about one aggregate, by reference (Ref.key): for a
+    plain reference, its own collection."""
 
     counts: dict[str, int]
-    newest: dict[str, datetime]  # collection → time of its newest source
+    newest: dict[str, datetime]  # reference → time of its newest source
     now: datetime
 
-    def count(self, collection: str) -> int:
-        return self.counts.get(collection, 0)
+    def count(self, ref: str) -> int:
+        return self.counts.get(ref, 0)
 
-    def age(self, collection: str) -> float:
-        newest = self.newest.get(collection)
+    def age(self, ref: str) -> float:
+        newest = self.newest.get(ref)
         return math.inf if newest is None else (self.now - newest).total_seconds()
 
     @classmethod
@@ -138,26 +169,26 @@ class Number(Node):
 
 @dataclass(frozen=True, eq=False)
 class Count(Node):
-    collection: str
-    text: str  # as written: A, count("src-a")
+    ref: Ref
+    text: str  # as written: A, count("src-a"), B@-1d
 
     def __call__(self, facts: Facts) -> int:
-        return facts.count(self.collection)
+        return facts.count(self.ref.key)
 
     def detail(self, facts: Facts) -> str:
-        return f"{self.text} = {facts.count(self.collection)}"
+        return f"{self.text} = {facts.count(self.ref.key)}"
 
 
 @dataclass(frozen=True, eq=False)
 class Age(Node):
-    collection: str
-    text: str  # as written: age(B)
+    ref: Ref
+    text: str  # as written: age(B), age(A@-2d..0d)
 
     def __call__(self, facts: Facts) -> float:
-        return facts.age(self.collection)
+        return facts.age(self.ref.key)
 
     def detail(self, facts: Facts) -> str:
-        return f"{self.text} = {format_duration(facts.age(self.collection))}"
+        return f"{self.text} = {format_duration(facts.age(self.ref.key))}"
 
 
 @dataclass(frozen=True, eq=False)
@@ -231,13 +262,21 @@ class Condition:
         self.text = text
         self.root = root
         self.comparisons = [node for node in root.walk() if isinstance(node, Compare)]
+        # Every reference, once, in the order first written.
+        refs = (node.ref for node in root.walk() if isinstance(node, Count | Age))
+        self.references: list[Ref] = list(dict.fromkeys(refs))
         self.ages = sorted(
             {
-                (age.collection, number.value)
+                (age.ref.key, number.value)
                 for compare in self.comparisons
                 for age, number in _age_bounds(compare)
             }
         )
+
+    @property
+    def neighbours(self) -> list[Ref]:
+        """The references to other aggregates (`X@-1d`, `X@-2d..0d`)."""
+        return [ref for ref in self.references if ref.neighbours]
 
     def __call__(self, facts: Facts) -> bool:
         return bool(self.root(facts))
@@ -253,9 +292,9 @@ class Condition:
         """The moments at which time alone may change the answer: each bound of an
         `age()` comparison crossed, just after (1 µs) the exact moment."""
         return sorted(
-            newest[collection] + timedelta(seconds=seconds, microseconds=1)
-            for collection, seconds in self.ages
-            if collection in newest
+            newest[ref] + timedelta(seconds=seconds, microseconds=1)
+            for ref, seconds in self.ages
+            if ref in newest
         )
 
 
@@ -397,17 +436,45 @@ class _Parser:
             name = self.take("name") or self.take("string")
             if name is None:
                 raise ConditionError("expected a collection", self.token.column)
-            collection = name.text.strip("\"'") if name.kind == "string" else name.text
+            ref = self.reference(name)
             self.expect("op", ")", "')'")
             if token.text == "age":
-                return Age(collection, self.source(token)), "age"
-            return Count(collection, self.source(token)), "count"
+                return Age(ref, self.source(token)), "age"
+            return Count(ref, self.source(token)), "count"
         if token.kind == "name" and token.text not in ("and", "or", "not"):
             self.index += 1
-            return Count(token.text, token.text), "count"
+            return Count(self.reference(token), self.source(token)), "count"
         if token.kind == "end":
             raise ConditionError("expected a value, found the end", token.column)
         raise ConditionError(f"unexpected {token.text!r}", token.column)
+
+    def reference(self, name: _Token) -> Ref:
+        """The collection `name` names, and the offsets written right after it."""
+        collection = name.text[1:-1] if name.kind == "string" else name.text
+        at = self.token
+        if at.kind != "at" or at.column != name.column + len(name.text):
+            return Ref(collection)
+        self.index += 1
+        match = _REFERENCE.fullmatch(at.text)
+        if match is None:
+            raise ConditionError(
+                "expected offsets like @-1d or @-2d..0d (a sign, a number and one "
+                "of s, m, h, d)",
+                at.column,
+            )
+        lower = parse_offset(match["lower"])
+        upper = lower if match["upper"] is None else parse_offset(match["upper"])
+        if upper < lower:
+            raise ConditionError("a window's lower bound comes first", at.column)
+        if upper - lower > MAX_WINDOW_SECONDS:
+            raise ConditionError("a window spans at most 366d", at.column)
+        return Ref(collection, lower, upper, at.text)
+
+
+def parse_offset(text: str) -> int:
+    """Seconds in a signed offset like -1d, +6h or 0d."""
+    sign = -1 if text.startswith("-") else 1
+    return sign * parse_duration(text.lstrip("+-"))
 
 
 def parse(text: str, *, bounded: bool = True) -> Condition:

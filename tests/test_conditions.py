@@ -77,3 +77,65 @@ def test_bad_conditions_name_the_column(condition, column):
         parse(condition)
     assert error.value.column == column
     assert f"at column {column}" in str(error.value)
+
+
+# References to neighbours: X@-1d, X@-2d..0d (evaluated by rules, keyed by the
+# reference as written).
+
+
+@pytest.mark.parametrize(
+    ("text", "keys", "windows"),
+    [
+        ("B@-1d >= 1", ["B@-1d"], [(-86400, -86400)]),
+        ("A@-2d..0d", ["A@-2d..0d"], [(-172800, 0)]),
+        ("count(A@+6h) == 0", ["A@+6h"], [(21600, 21600)]),
+        ('age("src-a"@-1d) < 2h', ["src-a@-1d"], [(-86400, -86400)]),
+        ('count("a@b"@-1d)', ["a@b@-1d"], [(-86400, -86400)]),  # quoted: the name
+        ("A and A@0d", ["A", "A@0d"], [None, (0, 0)]),
+    ],
+)
+def test_references_to_neighbours(text, keys, windows):
+    condition = parse(text)
+    assert [ref.key for ref in condition.references] == keys
+    assert [
+        (ref.lower, ref.upper) if ref.neighbours else None
+        for ref in condition.references
+    ] == windows
+
+
+def test_facts_answer_by_reference_as_written():
+    condition = parse("A@-2d..0d >= 2 and B@-1d")
+    now = datetime(2026, 11, 26, 12, tzinfo=UTC)
+    facts = Facts({"A@-2d..0d": 2, "B@-1d": 1, "B": 0}, {}, now)
+    assert condition(facts)
+    assert not condition(Facts({"A@-2d..0d": 2, "B": 1}, {}, now))
+    assert [term.detail for term in condition.terms(facts)] == [
+        "A@-2d..0d = 2",
+        "B@-1d = 1",
+    ]
+
+
+def test_an_age_of_neighbours_changes_with_time():
+    condition = parse("age(A@-1d) < 1h")
+    newest = datetime(2026, 11, 26, 12, tzinfo=UTC)
+    assert condition.changes({"A@-1d": newest}) == [
+        newest + timedelta(hours=1, microseconds=1)
+    ]
+
+
+@pytest.mark.parametrize(
+    ("text", "column", "says"),
+    [
+        ("A@ >= 1", 2, "offsets like"),
+        ("A@-1x", 2, "offsets like"),
+        ("A@-1d..", 2, "offsets like"),
+        ("B and A@0d..-1d", 8, "lower bound comes first"),
+        ("count(A@1d..400d)", 8, "at most 366d"),
+        ("A @-1d", 3, "unexpected '@-1d'"),  # detached: not an offset of A
+    ],
+)
+def test_bad_references_name_the_column(text, column, says):
+    with pytest.raises(ConditionError) as error:
+        parse(text)
+    assert error.value.column == column
+    assert says in str(error.value)

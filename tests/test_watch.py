@@ -205,6 +205,7 @@ def test_hung_command_is_killed_at_the_timeout(start_server, token, tmp_path):
     ("flags", "code", "message"),
     [
         (["--when", "A >= and B"], 2, "bad --when: unexpected 'and' at column 6"),
+        (["--when", "A and B@-1d"], 2, "B@-1d refers to other aggregates"),
         (["--when", "A >= 1", "--url", "http://127.0.0.1:1"], 1, "cannot reach"),
         (["--when", "A >= 1", "--token", "bk_bogus"], 1, "HTTP 401"),
     ],

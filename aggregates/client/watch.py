@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from aggregates.client.http import BotlnekError, Client
-from aggregates.conditions import Facts, parse
+from aggregates.conditions import ConditionError, Facts, parse
 
 
 @dataclass
@@ -76,6 +76,14 @@ class Watcher:
         self.client = client
         self.domain = domain
         self.condition = parse(when)  # raises ConditionError before anything runs
+        if self.condition.neighbours:
+            ref = self.condition.neighbours[0]
+            raise ConditionError(
+                f"{ref.key} refers to other aggregates, and watch sees one "
+                "aggregate's frames at a time: define a rule (POST "
+                f"/api/domains/{domain}/rules) and run watch --rule",
+                when.index("@") + 1,
+            )
         self.command = command
         self.every = every
         self.state_file = state_file

@@ -60,9 +60,16 @@ class RuleIn(BaseModel):
     @classmethod
     def _condition(cls, value: str) -> str:
         try:
-            parse(value)
+            condition = parse(value)
         except ConditionError as exc:
             raise ValueError(str(exc)) from None
+        if condition.neighbours:
+            # Parsed, but not evaluated yet: refused rather than read as 0.
+            ref = condition.neighbours[0]
+            raise ValueError(
+                f"{ref.key}: references to neighbouring keys are not evaluated by "
+                f"rules yet at column {value.index('@') + 1}"
+            )
         return value
 
     def fields(self) -> dict[str, Any]:
