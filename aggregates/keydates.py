@@ -24,7 +24,7 @@ import re
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-TEMPLATE_MARK = "\x00"  # cannot occur in a key (keys are printable)
+TEMPLATE_MARK = "*"  # not a key character (aggregates/values.py)
 
 _DATE = re.compile(
     r"(?<![0-9])(\d{4})-(\d{2})-(\d{2})(?:T(\d{2}):(\d{2})(?::(\d{2}))?)?(Z?)(?![0-9])"

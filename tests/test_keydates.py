@@ -1,6 +1,7 @@
 """The arithmetic of keys' dates (aggregates/keydates.py): reading a key's date,
 its neighbours at an offset, and the windows references cover."""
 
+import importlib
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -15,6 +16,7 @@ from aggregates.keydates import (
     neighbour,
     window,
 )
+from tests.toolkit import fill
 
 DAYS = timedelta(days=1)
 HOURS = timedelta(hours=1)
@@ -150,3 +152,66 @@ def test_a_window_at_the_end_of_time_is_clipped_not_refused():
     assert covers is not None
     assert covers.covers(key_date("9999-12-31"))
     assert not covers.covers(key_date("9999-12-28"))
+
+
+# Stored with each aggregate, by both write paths and by the migration.
+
+
+@pytest.fixture
+def keyed(db):
+    from aggregates import store
+
+    store.create_domain("c-inputs", {})
+    for key in ("run-2026-11-26", "2026-11-26T05:00Z", "no-date", "2026-13-40"):
+        fill(key, 1)
+
+
+def stored() -> dict:
+    from aggregates.models import Aggregate
+
+    return {
+        key: (template, shape, at)
+        for key, template, shape, at in Aggregate.objects.values_list(
+            "key", "key_template", "key_shape", "key_at"
+        )
+    }
+
+
+EXPECTED = {
+    "run-2026-11-26": ("run-*", "day", datetime(2026, 11, 26, tzinfo=UTC)),
+    "2026-11-26T05:00Z": ("*", "minuteZ", datetime(2026, 11, 26, 5, tzinfo=UTC)),
+    "no-date": ("", "", None),
+    "2026-13-40": ("", "", None),
+}
+
+
+def test_the_write_path_stores_each_aggregates_key_date(keyed):
+    assert stored() == EXPECTED
+
+
+def test_the_migration_fills_the_aggregates_made_before_it(keyed):
+    from django.apps import apps
+
+    from aggregates.models import Aggregate
+
+    migration = importlib.import_module(
+        "aggregates.migrations.0009_aggregate_key_dates"
+    )
+    Aggregate.objects.update(key_template="", key_shape="", key_at=None)
+    migration.fill(apps, None)
+    assert stored() == EXPECTED
+
+
+def test_a_window_is_found_on_the_index(keyed):
+    """What rules will ask: the aggregates of a template and shape in a range."""
+    from aggregates.models import Aggregate
+
+    fill("run-2026-11-25", 1)
+    fill("run-2026-11-23", 1)
+    covers = window("run-2026-11-26", -2 * DAYS, 0 * DAYS)
+    found = Aggregate.objects.filter(
+        key_template=covers.template,
+        key_shape=covers.shape,
+        key_at__range=(covers.first, covers.last),
+    ).values_list("key", flat=True)
+    assert sorted(found) == ["run-2026-11-25", "run-2026-11-26"]

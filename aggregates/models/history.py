@@ -45,6 +45,13 @@ class Aggregate(models.Model):
     counts = models.JSONField(default=dict)
     created_at = models.DateTimeField()
     updated_at = models.DateTimeField()
+    # The key's date (aggregates/keydates.py), written when the aggregate is made:
+    # the key with its date replaced by a mark, the date's shape, the date; "",
+    # "" and null when the key holds no date. Rules find neighbours by them (an
+    # exact key for an offset, a date range for a window).
+    key_template = models.CharField(max_length=200, default="", editable=False)
+    key_shape = models.CharField(max_length=8, default="", editable=False)
+    key_at = models.DateTimeField(null=True, editable=False)
 
     class Meta:
         constraints = [
@@ -55,6 +62,10 @@ class Aggregate(models.Model):
         indexes = [
             models.Index(
                 fields=["domain", "-updated_at", "-id"], name="aggregate_recent_idx"
+            ),
+            models.Index(
+                fields=["domain", "key_template", "key_shape", "key_at"],
+                name="aggregate_key_date_idx",
             ),
         ]
 

@@ -22,6 +22,7 @@ from django.db import DatabaseError, connection, transaction
 
 from aggregates import announcements
 from aggregates.errors import StoreError
+from aggregates.keydates import key_date
 from aggregates.store import write_sqlite
 from aggregates.store.registration import (
     NewSource,
@@ -72,7 +73,7 @@ def _register(
 
 _REGISTER = (
     "SELECT * FROM botlnek_register(%s::text[], %s::text[], %s::text[], %s::text[],"
-    " %s::jsonb[], %s::jsonb[], %s)"
+    " %s::jsonb[], %s::jsonb[], %s::text[], %s::text[], %s::timestamptz[], %s)"
 )
 
 
@@ -81,6 +82,8 @@ def _register_postgres(
 ) -> list[Registration | StoreError]:
     keys = [item.key for item in items]
     to_json = connection.ops.adapt_json_value
+    # Each aggregate's key date, for the one it makes (migration 0009).
+    dates = [key_date(item.aggregate) for item in items]
     params = [
         [item.domain for item in items],
         [item.aggregate for item in items],
@@ -88,6 +91,9 @@ def _register_postgres(
         keys,
         [to_json(item.keys, None) for item in items],
         [to_json(item.attrs, None) for item in items],
+        [date.template if date else "" for date in dates],
+        [date.shape if date else "" for date in dates],
+        [date.at if date else None for date in dates],
         all_or_nothing,
     ]
     # Inside a caller's transaction a savepoint keeps a refusal from poisoning it.

@@ -11,6 +11,7 @@ from django.db import connection, transaction
 from django.utils import timezone
 
 from aggregates.errors import StoreError
+from aggregates.keydates import key_date
 from aggregates.store.registration import (
     NewSource,
     Registration,
@@ -191,19 +192,34 @@ class _WriteSql:
                 )
         return result
 
+    def _key_date(self, key: str) -> tuple:
+        """An aggregate's key_template, key_shape and key_at (migration 0009)."""
+        found = key_date(key)
+        if found is None:
+            return ("", "", None)
+        return (found.template, found.shape, self._time(found.at))
+
     def create_aggregates(self, rows: list[_AggregateRow], now: datetime) -> None:
         if not rows:
             return
         at = self._time(now)
         self.cursor.execute(
             f'INSERT INTO "{AGGREGATE}" ("domain_id", "key", "version", "counts",'
-            ' "created_at", "updated_at") VALUES '
-            + ", ".join(["(%s, %s, 0, %s, %s, %s)"] * len(rows))
+            ' "created_at", "updated_at", "key_template", "key_shape", "key_at")'
+            " VALUES "
+            + ", ".join(["(%s, %s, 0, %s, %s, %s, %s, %s, %s)"] * len(rows))
             + ' RETURNING "id"',
             [
                 value
                 for row in rows
-                for value in (row.domain.id, row.key, self._json({}), at, at)
+                for value in (
+                    row.domain.id,
+                    row.key,
+                    self._json({}),
+                    at,
+                    at,
+                    *self._key_date(row.key),
+                )
             ],
         )
         # Rows come back in VALUES order, as Django's bulk_create also relies on.
