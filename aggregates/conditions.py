@@ -29,7 +29,7 @@ Besides answering for given facts, a condition lists its comparisons (`terms`, f
 import math
 import re
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -113,19 +113,31 @@ class Ref:
 
 @dataclass(frozen=True)
 class Facts:
-    """What a condition can ask about one aggregate, by reference (Ref.key): for a
-    plain reference, its own collection."""
+    """What a condition can ask about one aggregate: its own collections' counts
+    and newest source times, and for each reference to neighbours (by Ref.key)
+    the same summed over the aggregates it covers."""
 
     counts: dict[str, int]
-    newest: dict[str, datetime]  # reference → time of its newest source
+    newest: dict[str, datetime]  # collection → time of its newest source
     now: datetime
+    near_counts: dict[str, int] = field(default_factory=dict)
+    near_newest: dict[str, datetime] = field(default_factory=dict)
 
-    def count(self, ref: str) -> int:
-        return self.counts.get(ref, 0)
+    def count(self, ref: "Ref | str") -> int:
+        """Sources of a reference (a plain string: a collection of its own)."""
+        ref = Ref(ref) if isinstance(ref, str) else ref
+        if ref.neighbours:
+            return self.near_counts.get(ref.key, 0)
+        return self.counts.get(ref.collection, 0)
 
-    def age(self, ref: str) -> float:
-        newest = self.newest.get(ref)
+    def age(self, ref: "Ref | str") -> float:
+        newest = self.newest_of(Ref(ref) if isinstance(ref, str) else ref)
         return math.inf if newest is None else (self.now - newest).total_seconds()
+
+    def newest_of(self, ref: Ref) -> datetime | None:
+        if ref.neighbours:
+            return self.near_newest.get(ref.key)
+        return self.newest.get(ref.collection)
 
     @classmethod
     def from_state(cls, state: dict[str, Any], now: datetime | None = None) -> "Facts":
@@ -173,10 +185,10 @@ class Count(Node):
     text: str  # as written: A, count("src-a"), B@-1d
 
     def __call__(self, facts: Facts) -> int:
-        return facts.count(self.ref.key)
+        return facts.count(self.ref)
 
     def detail(self, facts: Facts) -> str:
-        return f"{self.text} = {facts.count(self.ref.key)}"
+        return f"{self.text} = {facts.count(self.ref)}"
 
 
 @dataclass(frozen=True, eq=False)
@@ -185,10 +197,10 @@ class Age(Node):
     text: str  # as written: age(B), age(A@-2d..0d)
 
     def __call__(self, facts: Facts) -> float:
-        return facts.age(self.ref.key)
+        return facts.age(self.ref)
 
     def detail(self, facts: Facts) -> str:
-        return f"{self.text} = {format_duration(facts.age(self.ref.key))}"
+        return f"{self.text} = {format_duration(facts.age(self.ref))}"
 
 
 @dataclass(frozen=True, eq=False)
@@ -267,10 +279,11 @@ class Condition:
         self.references: list[Ref] = list(dict.fromkeys(refs))
         self.ages = sorted(
             {
-                (age.ref.key, number.value)
+                (age.ref, number.value)
                 for compare in self.comparisons
                 for age, number in _age_bounds(compare)
-            }
+            },
+            key=lambda pair: (pair[0].key, pair[1]),
         )
 
     @property
@@ -288,14 +301,15 @@ class Condition:
             for compare in self.comparisons
         ]
 
-    def changes(self, newest: dict[str, datetime]) -> list[datetime]:
+    def changes(self, facts: Facts) -> list[datetime]:
         """The moments at which time alone may change the answer: each bound of an
         `age()` comparison crossed, just after (1 µs) the exact moment."""
-        return sorted(
-            newest[ref] + timedelta(seconds=seconds, microseconds=1)
-            for ref, seconds in self.ages
-            if ref in newest
-        )
+        moments = []
+        for ref, seconds in self.ages:
+            newest = facts.newest_of(ref)
+            if newest is not None:
+                moments.append(newest + timedelta(seconds=seconds, microseconds=1))
+        return sorted(moments)
 
 
 def _age_bounds(compare: Compare) -> list[tuple[Age, Number]]:

@@ -106,9 +106,11 @@ def test_references_to_neighbours(text, keys, windows):
 def test_facts_answer_by_reference_as_written():
     condition = parse("A@-2d..0d >= 2 and B@-1d")
     now = datetime(2026, 11, 26, 12, tzinfo=UTC)
-    facts = Facts({"A@-2d..0d": 2, "B@-1d": 1, "B": 0}, {}, now)
+    near = {"A@-2d..0d": 2, "B@-1d": 1}
+    facts = Facts({"B": 0}, {}, now, near_counts=near)
     assert condition(facts)
-    assert not condition(Facts({"A@-2d..0d": 2, "B": 1}, {}, now))
+    # A collection of its own is not its neighbour's.
+    assert not condition(Facts({"B": 1}, {}, now, near_counts={"A@-2d..0d": 2}))
     assert [term.detail for term in condition.terms(facts)] == [
         "A@-2d..0d = 2",
         "B@-1d = 1",
@@ -118,7 +120,8 @@ def test_facts_answer_by_reference_as_written():
 def test_an_age_of_neighbours_changes_with_time():
     condition = parse("age(A@-1d) < 1h")
     newest = datetime(2026, 11, 26, 12, tzinfo=UTC)
-    assert condition.changes({"A@-1d": newest}) == [
+    facts = Facts({"A": 1}, {"A": newest}, newest, near_newest={"A@-1d": newest})
+    assert condition.changes(facts) == [
         newest + timedelta(hours=1, microseconds=1)
     ]
 

@@ -148,7 +148,7 @@ def next_due(rule: CompiledRule, state: State) -> datetime | None:
     outcome; None when nothing ever will."""
     if not rule.every and state.status == Status.FIRED:
         return None
-    moments = rule.condition.changes(state.newest)
+    moments = rule.condition.changes(facts(state, state.evaluated_at))
     if state.deadline is not None and not state.late and state.fired_version is None:
         moments.append(state.deadline)
     return min((m for m in moments if m > state.evaluated_at), default=None)
