@@ -258,6 +258,12 @@ class RuleList(Schema):
     rules: list[RuleOut]
 
 
+class InputOut(Schema):
+    aggregate: str
+    version: int
+    count: int
+
+
 class RuleEventOut(Schema):
     rule: str
     seq: int
@@ -269,6 +275,9 @@ class RuleEventOut(Schema):
     position: int
     at: str
     late: bool
+    # For each reference of the rule's conditions, as written: the aggregates it
+    # covered holding its collection, newest key first, as of `position`.
+    inputs: dict[str, list[InputOut]]
 
 
 class RuleEventList(Schema):
@@ -307,6 +316,9 @@ class WhyOut(Schema):
     )
     events: list[RuleEventOut]
     terms: list[TermOut]
+    inputs: dict[str, list[InputOut]] = Field(
+        description="what each reference covers, as of what the rule last evaluated"
+    )
 
 
 class WouldFire(Schema):

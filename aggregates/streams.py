@@ -206,6 +206,7 @@ def event_json(event: RuleEvent, rule: str, domain: str) -> dict[str, Any]:
         "position": event.position,
         "at": isoformat(event.at),
         "late": event.late,
+        "inputs": event.inputs,
     }
 
 

@@ -121,9 +121,7 @@ def test_an_age_of_neighbours_changes_with_time():
     condition = parse("age(A@-1d) < 1h")
     newest = datetime(2026, 11, 26, 12, tzinfo=UTC)
     facts = Facts({"A": 1}, {"A": newest}, newest, near_newest={"A@-1d": newest})
-    assert condition.changes(facts) == [
-        newest + timedelta(hours=1, microseconds=1)
-    ]
+    assert condition.changes(facts) == [newest + timedelta(hours=1, microseconds=1)]
 
 
 @pytest.mark.parametrize(

@@ -286,7 +286,7 @@ def test_put_keeps_the_log_and_applies_to_what_comes_next(api, domain):
         ({"when": ""}, "when", "at least 1"),
         ({"name": "bad name"}, "name", "characters from"),
         ({"name": "preview"}, "name", "reserved"),
-        ({"when": "A and B@-1d"}, "when", "column 8"),
+        ({"when": "A and B@0d..-1d"}, "when", "column 8"),
         ({"deadline": {"after": "30x", "from": "key_date"}}, "deadline.after", "90s"),
         ({"deadline": {"after": "1h", "from": "tomorrow"}}, "deadline.from", ""),
         ({"trigger": "twice"}, "trigger", ""),

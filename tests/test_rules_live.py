@@ -186,7 +186,9 @@ def test_two_processes_many_writers_deadlines_passing_every_event_once(
 
 RECORDER = """
 import json, os, sys
-names = ["DOMAIN", "AGGREGATE", "VERSION", "RULE", "RULE_SEQ", "REASON", "LATE"]
+names = [
+    "DOMAIN", "AGGREGATE", "VERSION", "RULE", "RULE_SEQ", "REASON", "LATE", "INPUTS"
+]
 with open(sys.argv[1], "a") as out:
     out.write(json.dumps({n: os.environ["BOTLNEK_" + n] for n in names}) + "\\n")
 """
@@ -262,6 +264,11 @@ def test_watch_rule_restarted_elsewhere_runs_every_firing_once(
         ("d4", "4"),
     ]
     assert {r["RULE"] for r in done} == {"run-c"} and done[0]["LATE"] == "0"
+    # What the rule used, per reference: each day's own A and B, at version 2.
+    assert json.loads(done[0]["INPUTS"]) == {
+        "A": [{"aggregate": "d1", "version": 2, "count": 1}],
+        "B": [{"aggregate": "d1", "version": 2, "count": 1}],
+    }
     receipts = httpx.get(
         f"{server.url}{RULES}/run-c/receipts",
         params={"watcher": "nightly"},

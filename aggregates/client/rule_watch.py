@@ -14,6 +14,7 @@ stops renewing — it died, or lost the server for longer than the lease.
 
 import asyncio
 import contextlib
+import json
 import os
 import signal
 import socket
@@ -180,6 +181,8 @@ class RuleWatcher:
             "BOTLNEK_RULE_SEQ": str(event["seq"]),
             "BOTLNEK_REASON": event["reason"] or "",
             "BOTLNEK_LATE": "1" if event["late"] else "0",
+            # What the rule used: per reference, the aggregates and versions.
+            "BOTLNEK_INPUTS": json.dumps(event.get("inputs") or {}),
         }
         attempt = 0
         while True:

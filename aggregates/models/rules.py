@@ -86,6 +86,11 @@ class RuleStatus(models.Model):
     position = models.BigIntegerField()
     counts = models.JSONField(default=dict)
     newest = models.JSONField(default=dict)  # collection: ISO time of its newest
+    # The same for each reference to neighbours (`B@-1d`: the sum over the
+    # aggregates it covers), by the reference as written; kept up to date as
+    # their versions arrive.
+    near_counts = models.JSONField(default=dict)
+    near_newest = models.JSONField(default=dict)
     deadline = models.DateTimeField(null=True, blank=True)
     evaluated_at = models.DateTimeField()  # time is applied up to here
     was_ready = models.BooleanField(default=False)
@@ -149,6 +154,10 @@ class RuleEvent(models.Model):
     position = models.BigIntegerField()
     late = models.BooleanField()
     at = models.DateTimeField()
+    # For each reference of the rule's conditions, the aggregates it covered that
+    # hold its collection, newest key first, as of `position`:
+    # {"B@-1d": [{"aggregate": "2026-11-25", "version": 2, "count": 1}], "A": []}.
+    inputs = models.JSONField(default=dict)
 
     class Meta:
         constraints = [

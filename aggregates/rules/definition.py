@@ -10,6 +10,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validat
 from aggregates.conditions import (
     Condition,
     ConditionError,
+    Ref,
     parse,
     parse_duration,
 )
@@ -60,16 +61,9 @@ class RuleIn(BaseModel):
     @classmethod
     def _condition(cls, value: str) -> str:
         try:
-            condition = parse(value)
+            parse(value)
         except ConditionError as exc:
             raise ValueError(str(exc)) from None
-        if condition.neighbours:
-            # Parsed, but not evaluated yet: refused rather than read as 0.
-            ref = condition.neighbours[0]
-            raise ValueError(
-                f"{ref.key}: references to neighbouring keys are not evaluated by "
-                f"rules yet at column {value.index('@') + 1}"
-            )
         return value
 
     def fields(self) -> dict[str, Any]:
@@ -145,6 +139,16 @@ class CompiledRule:
 
     def matches(self, aggregate: str) -> bool:
         return aggregate.startswith(self.prefix)
+
+    @property
+    def references(self) -> list[Ref]:
+        """Every reference of the rule's condition, as first written."""
+        return self.condition.references
+
+    @property
+    def neighbours(self) -> list[Ref]:
+        """The references to other aggregates (`B@-1d`, `A@-2d..0d`)."""
+        return self.condition.neighbours
 
     def deadline(self, aggregate: str, first_at: datetime) -> datetime | None:
         """The aggregate's deadline; None without one, or when it would fall

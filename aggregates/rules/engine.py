@@ -39,8 +39,8 @@ from django.db.models import F, Max
 from django.utils import timezone
 
 from aggregates import announcements, db, metrics
-from aggregates.models import Rule, RuleStatus, Source
-from aggregates.rules import evaluate, sql
+from aggregates.models import Rule, RuleStatus, Source, Version
+from aggregates.rules import evaluate, neighbours, sql
 from aggregates.rules.definition import CompiledRule
 from aggregates.rules.evaluate import Happened, State, VersionFacts
 from aggregates.streams import DomainVersions, Runner
@@ -198,35 +198,121 @@ class _Step:
         return False
 
     def _apply(self, row: "_Version") -> None:
+        """A version, for every rule that has not evaluated it: its own aggregate,
+        and the aggregates whose references to neighbours cover it, in ascending
+        key order."""
         aggregate_id, version = row.aggregate_id, row.facts
         for rule in self.rules.values():
             if self.rows[rule.id].position >= version.position:
                 continue  # this rule has evaluated it already
-            if not rule.matches(version.aggregate):
-                continue
-            tracked = self.tracked.get((rule.id, aggregate_id))
-            if tracked is not None:
-                self._evaluate(
-                    tracked,
-                    lambda state, rule=rule: evaluate.apply(rule, state, version),
-                    version,
+            covering = self._covering(rule, version)
+            order = [
+                (key, other)
+                for other, (key, _, _) in covering.items()
+                if other != aggregate_id and rule.matches(key)
+            ]
+            if rule.matches(version.aggregate):
+                order.append((version.aggregate, aggregate_id))
+            for key, other in sorted(order):
+                near = [ref.key for ref in covering.get(other, ("", None, []))[2]]
+                if other == aggregate_id:
+                    self._apply_own(rule, aggregate_id, version, near)
+                else:
+                    _, first_at, _ = covering[other]
+                    self._apply_near(rule, other, key, first_at, version, near)
+
+    def _covering(
+        self, rule: CompiledRule, version: VersionFacts
+    ) -> dict[int, tuple[str, datetime, list]]:
+        """The aggregates whose references of `rule` to the version's collection
+        cover its aggregate; their statuses loaded."""
+        refs = [ref for ref in rule.neighbours if ref.collection == version.collection]
+        if not refs:
+            return {}
+        found = neighbours.covering(self.domain_id, version.aggregate, refs)
+        missing = [other for other in found if (rule.id, other) not in self.tracked]
+        if missing:
+            for row_id, rule_id, other, key, first_at, state in sql.load_statuses(
+                [rule.id], missing
+            ):
+                self.tracked[rule_id, other] = _Tracked(
+                    self.rules[rule_id], other, key, first_at, state, row_id
                 )
-                continue
-            newest = self._newest_as_of(aggregate_id, version)
-            tracked = _Tracked(
-                rule,
-                aggregate_id,
-                version.aggregate,
-                version.first_at,
-                evaluate.unevaluated(version, newest),
-            )
-            self.tracked[rule.id, aggregate_id] = tracked
+        return found
+
+    def _apply_own(
+        self, rule: CompiledRule, aggregate_id: int, version: VersionFacts, near
+    ) -> None:
+        """The aggregate's own version (which its own references `near` cover)."""
+        tracked = self.tracked.get((rule.id, aggregate_id))
+        if tracked is not None:
             self._evaluate(
                 tracked,
-                lambda _, rule=rule, newest=newest: evaluate.begin(
-                    rule, version, newest
+                lambda state: evaluate.apply(rule, state, version, near),
+                version,
+            )
+            return
+        newest = self._newest_as_of(aggregate_id, version)
+        tracked = _Tracked(
+            rule,
+            aggregate_id,
+            version.aggregate,
+            version.first_at,
+            evaluate.unevaluated(version, newest),
+        )
+        self.tracked[rule.id, aggregate_id] = tracked
+        self._evaluate(tracked, lambda _: self._begin(rule, version, newest))
+
+    def _apply_near(
+        self,
+        rule: CompiledRule,
+        aggregate_id: int,
+        key: str,
+        first_at: datetime,
+        version: VersionFacts,
+        near: list[str],
+    ) -> None:
+        """A neighbour's version, which this aggregate's references `near` cover."""
+        tracked = self.tracked.get((rule.id, aggregate_id))
+        if tracked is not None:
+            self._evaluate(
+                tracked,
+                lambda state: evaluate.touch(
+                    rule, state, near, version.at, version.position
                 ),
             )
+            return
+        # Not evaluated yet (it existed before the rule): from this version on,
+        # as its own would, if it had a version of its own by then.
+        own = (
+            Version.objects.filter(
+                aggregate_id=aggregate_id, position__lte=version.position
+            )
+            .order_by("-number")
+            .values_list("number", "counts")
+            .first()
+        )
+        if own is None:
+            return  # made after this version: its own first version evaluates it
+        as_of = VersionFacts(
+            key, own[0], version.position, version.at, "", own[1], first_at
+        )
+        newest = self._newest_as_of(aggregate_id, as_of)
+        tracked = _Tracked(
+            rule, aggregate_id, key, first_at, evaluate.unevaluated(as_of, newest)
+        )
+        self.tracked[rule.id, aggregate_id] = tracked
+        self._evaluate(tracked, lambda _: self._begin(rule, as_of, newest))
+
+    def _begin(
+        self, rule: CompiledRule, version: VersionFacts, newest: dict[str, datetime]
+    ) -> tuple[State, list[Happened]]:
+        near = ({}, {})
+        if rule.neighbours:
+            near = neighbours.near_facts(
+                self.domain_id, version.aggregate, rule.neighbours, version.position
+            )
+        return evaluate.begin(rule, version, newest, near)
 
     def _evaluate(
         self,
@@ -277,7 +363,7 @@ class _Step:
     ) -> dict[str, datetime]:
         """An aggregate's newest source per collection as of a version, for a rule
         that meets the aggregate after its first version."""
-        if version.version == 1:
+        if version.version == 1 and version.collection:
             return {version.collection: version.at}
         key = (aggregate_id, version.version)
         if key not in self.history:
@@ -317,6 +403,13 @@ class _Step:
                     happened.position,
                     happened.late,
                     self.now,
+                    # What the event used, as of its position.
+                    neighbours.inputs(
+                        self.domain_id,
+                        tracked.aggregate,
+                        tracked.rule.references,
+                        happened.position,
+                    ),
                 )
             )
         sql.save_events(recorded)

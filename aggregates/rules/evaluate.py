@@ -12,6 +12,7 @@ deadline) up to a given time; a version is applied at its own time, after them.
            becomes true by time alone; its status is ready while it holds.
 """
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 
@@ -39,6 +40,9 @@ class State:
     fired_version: int | None = None
     next_due_at: datetime | None = None
     error: str = ""  # why its last evaluation failed, if it did
+    # Facts of references to neighbours, by the reference as written.
+    near_counts: dict[str, int] = field(default_factory=dict)
+    near_newest: dict[str, datetime] = field(default_factory=dict)
 
 
 def unevaluated(version: "VersionFacts", newest: dict[str, datetime]) -> State:
@@ -66,7 +70,13 @@ def note(state: State, version: "VersionFacts") -> None:
 
 def copied(state: State) -> State:
     """A copy to evaluate on: the original stays as it was if evaluating fails."""
-    return replace(state, counts=dict(state.counts), newest=dict(state.newest))
+    return replace(
+        state,
+        counts=dict(state.counts),
+        newest=dict(state.newest),
+        near_counts=dict(state.near_counts),
+        near_newest=dict(state.near_newest),
+    )
 
 
 @dataclass(frozen=True)
@@ -95,10 +105,14 @@ class Happened:
 
 
 def begin(
-    rule: CompiledRule, version: VersionFacts, newest: dict[str, datetime]
+    rule: CompiledRule,
+    version: VersionFacts,
+    newest: dict[str, datetime],
+    near: tuple[dict[str, int], dict[str, datetime]] = ({}, {}),
 ) -> tuple[State, list[Happened]]:
     """The first version of an aggregate this rule evaluates; `newest` holds the
-    aggregate's newest source time per collection as of this version."""
+    aggregate's newest source time per collection as of this version, `near` the
+    facts of the rule's references to neighbours as of its position."""
     state = State(
         status=Status.WAITING,
         version=version.version,
@@ -108,24 +122,54 @@ def begin(
         deadline=rule.deadline(version.aggregate, version.first_at),
         evaluated_at=version.at,
         changed_at=version.at,
+        near_counts=dict(near[0]),
+        near_newest=dict(near[1]),
     )
     happened = _evaluate(rule, state, version.at, by_version=True)
     state.next_due_at = next_due(rule, state)
     return state, happened
 
 
-def apply(rule: CompiledRule, state: State, version: VersionFacts) -> list[Happened]:
-    """A later version of the aggregate: time up to it first, then the version."""
+def apply(
+    rule: CompiledRule, state: State, version: VersionFacts, near: Iterable[str] = ()
+) -> list[Happened]:
+    """A later version of the aggregate: time up to it first, then the version
+    (which the references `near` of this aggregate cover too)."""
     happened = advance(rule, state, version.at)
     moment = max(version.at, state.evaluated_at)  # time never runs back
     state.version, state.position = version.version, version.position
     state.counts = dict(version.counts)
     state.newest[version.collection] = version.at
+    _add_near(state, near, version.at)
     state.deadline = rule.deadline(version.aggregate, version.first_at)
     state.evaluated_at = state.changed_at = moment
     happened += _evaluate(rule, state, moment, by_version=True)
     state.next_due_at = next_due(rule, state)
     return happened
+
+
+def touch(
+    rule: CompiledRule, state: State, near: Iterable[str], at: datetime, position: int
+) -> list[Happened]:
+    """A neighbour's version, at `position`, adds a source to the references
+    `near` of this aggregate: time up to it first, then evaluated as time is (an
+    `every` rule fires only if the condition turns true); events carry `position`
+    and the aggregate's own newest version."""
+    happened = advance(rule, state, at)
+    moment = max(at, state.evaluated_at)
+    _add_near(state, near, at)
+    state.position = position
+    state.evaluated_at = moment
+    happened += _evaluate(rule, state, moment, by_version=False)
+    state.next_due_at = next_due(rule, state)
+    return happened
+
+
+def _add_near(state: State, near: Iterable[str], at: datetime) -> None:
+    for ref in near:
+        state.near_counts[ref] = state.near_counts.get(ref, 0) + 1
+        newest = state.near_newest.get(ref)
+        state.near_newest[ref] = at if newest is None else max(newest, at)
 
 
 def advance(rule: CompiledRule, state: State, until: datetime) -> list[Happened]:
@@ -159,7 +203,7 @@ def ready(rule: CompiledRule, state: State, now: datetime) -> bool:
 
 
 def facts(state: State, now: datetime) -> Facts:
-    return Facts(state.counts, state.newest, now)
+    return Facts(state.counts, state.newest, now, state.near_counts, state.near_newest)
 
 
 def _evaluate(

@@ -20,7 +20,7 @@ from aggregates.models import (
     Source,
     Version,
 )
-from aggregates.rules import evaluate
+from aggregates.rules import evaluate, neighbours
 from aggregates.rules.definition import CompiledRule, RuleIn, definition_json
 from aggregates.rules.evaluate import VersionFacts
 from aggregates.store.read import (
@@ -128,14 +128,21 @@ def why(domain: str, rule: str, aggregate: str) -> dict[str, Any]:
     if row is not None:
         counts = row.counts
         newest = {name: utc(at) for name, at in row.newest.items()}
+        near = (row.near_counts, {ref: utc(at) for ref, at in row.near_newest.items()})
         status, version, deadline = row.status, row.version, row.deadline
+        position = row.position
     else:  # not evaluated yet: a rule that started after its last version
         counts = dict(target.counts)
         newest = newest_by_collection(target.pk, target.version)
+        position = target.domain.latest_position
+        near = neighbours.near_facts(
+            target.domain_id, aggregate, compiled.neighbours, position
+        )
         status, version = None, target.version
         deadline = compiled.deadline(aggregate, target.created_at)
     error = row.error if row is not None else ""
-    terms = compiled.condition.terms(Facts(counts, newest, now))
+    facts = Facts(counts, newest, now, *near)
+    terms = compiled.condition.terms(facts)
     events = RuleEvent.objects.filter(rule=found, aggregate=aggregate).order_by("-seq")
     return {
         "rule": found.name,
@@ -143,7 +150,7 @@ def why(domain: str, rule: str, aggregate: str) -> dict[str, Any]:
         "status": status,
         "version": version,
         "deadline": isoformat(deadline) if deadline else None,
-        "ready": compiled.condition(Facts(counts, newest, now)),
+        "ready": compiled.condition(facts),
         "error": error or None,
         "events": [
             event_json(event, rule, domain)
@@ -153,6 +160,10 @@ def why(domain: str, rule: str, aggregate: str) -> dict[str, Any]:
             {"expr": term.expr, "value": term.value, "detail": term.detail}
             for term in terms
         ],
+        # What each reference covers, as of what the rule last evaluated.
+        "inputs": neighbours.inputs(
+            target.domain_id, aggregate, compiled.references, position
+        ),
     }
 
 

@@ -37,6 +37,8 @@ _COLUMNS = (
     "next_due_at",
     "changed_at",
     "error",
+    "near_counts",
+    "near_newest",
 )
 
 
@@ -47,8 +49,8 @@ def _time(value: Any) -> datetime | None:
 def load_statuses(
     rule_ids: Iterable[int],
     aggregate_ids: Iterable[int],
-    due_by: datetime,
-    due_limit: int,
+    due_by: datetime | None = None,
+    due_limit: int = 0,
 ) -> list[tuple[int, int, int, str, datetime, State]]:
     """(row id, rule, aggregate, aggregate key, its first time, state) of the
     statuses of these aggregates, and of those due by `due_by` (at most
@@ -70,12 +72,13 @@ def load_statuses(
                 [*rules, *aggregates],
             )
             rows += cursor.fetchall()
-        cursor.execute(
-            f'SELECT {select} AND s."next_due_at" <= %s ORDER BY s."next_due_at"'
-            " LIMIT %s",
-            [*rules, _adapt_time(due_by), due_limit],
-        )
-        rows += cursor.fetchall()
+        if due_by is not None:
+            cursor.execute(
+                f'SELECT {select} AND s."next_due_at" <= %s ORDER BY s."next_due_at"'
+                " LIMIT %s",
+                [*rules, _adapt_time(due_by), due_limit],
+            )
+            rows += cursor.fetchall()
     found, seen = [], set()
     for row in rows:
         if row[0] in seen:
@@ -103,6 +106,8 @@ def _state(row: tuple) -> State:
         next_due_at,
         changed_at,
         error,
+        near_counts,
+        near_newest,
     ) = row
     return State(
         status=status,
@@ -118,6 +123,8 @@ def _state(row: tuple) -> State:
         fired_version=fired_version,
         next_due_at=_time(next_due_at),
         error=error,
+        near_counts=json_value(near_counts),
+        near_newest={ref: utc(at) for ref, at in json_value(near_newest).items()},
     )
 
 
@@ -128,6 +135,7 @@ def _adapt_time(value: datetime | None) -> Any:
 def _values(state: State, ops) -> list[Any]:
     time = ops.adapt_datetimefield_value
     newest = {name: isoformat(at) for name, at in state.newest.items()}
+    near_newest = {ref: isoformat(at) for ref, at in state.near_newest.items()}
     return [
         state.status,
         state.version,
@@ -142,6 +150,8 @@ def _values(state: State, ops) -> list[Any]:
         time(state.next_due_at),
         time(state.changed_at),
         state.error,
+        ops.adapt_json_value(state.near_counts, None),
+        ops.adapt_json_value(near_newest, None),
     ]
 
 
@@ -173,15 +183,20 @@ def save_statuses(
 
 
 def save_events(events: list[tuple]) -> None:
-    """(rule, seq, aggregate, event, reason, version, position, late, at) rows."""
+    """(rule, seq, aggregate, event, reason, version, position, late, at, inputs)
+    rows."""
     if not events:
         return
+    to_json = connection.ops.adapt_json_value
     with connection.cursor() as cursor:
         cursor.executemany(
             f'INSERT INTO "{EVENT}" ("rule_id", "seq", "aggregate", "event",'
-            ' "reason", "version", "position", "late", "at")'
-            f" VALUES ({placeholders(9)})",
-            [(*event[:8], _adapt_time(event[8])) for event in events],
+            ' "reason", "version", "position", "late", "at", "inputs")'
+            f" VALUES ({placeholders(10)})",
+            [
+                (*event[:8], _adapt_time(event[8]), to_json(event[9], None))
+                for event in events
+            ],
         )
 
 

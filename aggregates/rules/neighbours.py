@@ -1,0 +1,136 @@
+"""Rules across keys, in the database: what a reference covers, the facts of
+references to neighbours as of a position, which aggregates a version
+re-evaluates, and the inputs an event names.
+
+A reference `X@-1d` from key K covers the aggregate whose key is K's neighbour a
+day earlier (one exact key); `X@-2d..0d` every aggregate of K's key template and
+shape dated from two days before K to K (a date range on the aggregates' key-date
+index). A version of collection X in aggregate J re-evaluates each K whose
+references to X cover J: for a window, K's date lies in [J - upper, J - lower]
+— the same index. aggregates/keydates.py does the key arithmetic.
+"""
+
+from collections.abc import Iterable
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from django.db.models import Count, Max
+
+from aggregates import keydates
+from aggregates.conditions import Ref
+from aggregates.models import Aggregate, Source, Version
+
+
+def _offset(seconds: int) -> timedelta:
+    return timedelta(seconds=seconds)
+
+
+def _aggregates(domain_id: int, key: str, lower: int, upper: int):
+    """The aggregates of the domain whose key dates lie in [key + lower, key +
+    upper], of key's template and shape (for lower == upper: the one neighbour)."""
+    rows = Aggregate.objects.filter(domain_id=domain_id)
+    if lower == upper:
+        target = keydates.neighbour(key, _offset(lower))
+        return rows.filter(key=target) if target is not None else rows.none()
+    window = keydates.window(key, _offset(lower), _offset(upper))
+    if window is None:
+        return rows.none()
+    return rows.filter(
+        key_template=window.template,
+        key_shape=window.shape,
+        key_at__range=(window.first, window.last),
+    )
+
+
+def covered(domain_id: int, key: str, ref: Ref) -> list[int]:
+    """The ids of the aggregates `ref` covers from `key` (for a plain reference,
+    the aggregate itself)."""
+    if not ref.neighbours:
+        return list(
+            Aggregate.objects.filter(domain_id=domain_id, key=key).values_list(
+                "id", flat=True
+            )
+        )
+    found = _aggregates(domain_id, key, ref.lower, ref.upper)
+    return list(found.values_list("id", flat=True))
+
+
+def covering(
+    domain_id: int, key: str, refs: Iterable[Ref]
+) -> dict[int, tuple[str, datetime, list[Ref]]]:
+    """The aggregates whose references among `refs` cover the aggregate `key`:
+    id → (key, first version's time, the references that cover it)."""
+    found: dict[int, tuple[str, datetime, list[Ref]]] = {}
+    for ref in refs:
+        # K covers J when J's date lies in [K + lower, K + upper].
+        rows = _aggregates(domain_id, key, -ref.upper, -ref.lower).values_list(
+            "id", "key", "created_at"
+        )
+        for aggregate_id, other, created_at in rows:
+            entry = found.setdefault(aggregate_id, (other, created_at, []))
+            entry[2].append(ref)
+    return found
+
+
+def near_facts(
+    domain_id: int, key: str, refs: Iterable[Ref], position: int
+) -> tuple[dict[str, int], dict[str, datetime]]:
+    """For each reference to neighbours, the sources of its collection in the
+    aggregates it covers from `key`, and the newest one's time, as of
+    `position`."""
+    counts: dict[str, int] = {}
+    newest: dict[str, datetime] = {}
+    for ref in refs:
+        ids = covered(domain_id, key, ref)
+        if not ids:
+            counts[ref.key] = 0
+            continue
+        summary = Source.objects.filter(
+            aggregate_id__in=ids,
+            collection=ref.collection,
+            version__position__lte=position,
+        ).aggregate(n=Count("id"), newest=Max("version__at"))
+        counts[ref.key] = summary["n"]
+        if summary["newest"] is not None:
+            newest[ref.key] = summary["newest"]
+    return counts, newest
+
+
+def inputs(
+    domain_id: int, key: str, refs: Iterable[Ref], position: int
+) -> dict[str, list[dict[str, Any]]]:
+    """For each reference, the aggregates it covers from `key` that hold its
+    collection as of `position`: key, version and count, newest key first."""
+    answer: dict[str, list[dict[str, Any]]] = {}
+    for ref in refs:
+        ids = covered(domain_id, key, ref)
+        rows = (
+            Source.objects.filter(
+                aggregate_id__in=ids,
+                collection=ref.collection,
+                version__position__lte=position,
+            )
+            .values("aggregate_id", "aggregate__key")
+            .annotate(count=Count("id"))
+        )
+        counts = {
+            row["aggregate_id"]: (row["aggregate__key"], row["count"]) for row in rows
+        }
+        versions = dict(
+            Version.objects.filter(aggregate_id__in=counts, position__lte=position)
+            .values("aggregate_id")
+            .annotate(number=Max("number"))
+            .values_list("aggregate_id", "number")
+        )
+        found = [
+            {"aggregate": other, "version": versions[aggregate_id], "count": count}
+            for aggregate_id, (other, count) in counts.items()
+        ]
+        found.sort(key=lambda item: _newest_first(item["aggregate"]), reverse=True)
+        answer[ref.key] = found
+    return answer
+
+
+def _newest_first(key: str) -> tuple:
+    moment = keydates.key_moment(key)
+    return (moment is not None, moment or datetime.min.replace(tzinfo=UTC), key)
