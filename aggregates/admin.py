@@ -149,6 +149,7 @@ class RuleForm(forms.ModelForm):
             "domain",
             "name",
             "when",
+            "fallback",
             "trigger",
             "aggregate_prefix",
             "deadline_seconds",
@@ -172,6 +173,7 @@ class RuleForm(forms.ModelForm):
                 {
                     "name": cleaned.get("name") or instance.name or "",
                     "when": cleaned.get("when") or "",
+                    "fallback": cleaned.get("fallback") or None,
                     "trigger": cleaned.get("trigger"),
                     "aggregate_prefix": cleaned.get("aggregate_prefix") or "",
                     "deadline": deadline,

@@ -244,6 +244,7 @@ class DeadlineOut(Schema):
 class RuleOut(Schema):
     name: str
     when: str
+    fallback: str | None
     trigger: str
     aggregate_prefix: str
     deadline: DeadlineOut | None
@@ -270,7 +271,7 @@ class RuleEventOut(Schema):
     domain: str
     aggregate: str
     event: Literal["fired", "late"]
-    reason: Literal["ready", "deadline"] | None
+    reason: Literal["ready", "deadline", "fallback"] | None
     version: int
     position: int
     at: str

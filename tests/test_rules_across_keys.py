@@ -2,7 +2,10 @@
 re-evaluation a neighbour's version causes, and the inputs an event names (the
 engine step by step, in process)."""
 
+from datetime import datetime, timedelta
+
 import pytest
+from django.utils import timezone
 
 from aggregates.models import RuleStatus
 from aggregates.rules import engine
@@ -137,3 +140,100 @@ def test_why_explains_neighbour_terms_and_names_the_inputs(api, domain, text, de
     assert why["terms"][1]["detail"] != f"{detail}∞"
     ref = text.split(" and ")[1].split("(")[-1].split(")")[0].split(" ")[0]
     assert [(i["aggregate"], i["count"]) for i in why["inputs"][ref]] == [(D1, 1)]
+
+
+# The fallback: what the rule settles for at its deadline, and after it. Versions
+# are stamped when they commit, so these days lie ahead: every source arrives
+# before their deadlines, and the engine is stepped at given moments.
+
+SEED = {
+    "when": "A@-2d..0d >= 1 and B >= 1",
+    "fallback": "A@-2d..0d >= 1 and B@-1d >= 1",
+    "deadline": {"after": "20h", "from": "key_date"},
+}
+
+
+def ahead(days: int) -> str:
+    return (timezone.now() + timedelta(days=days)).strftime("%Y-%m-%d")
+
+
+F, F1, F3 = ahead(3), ahead(2), ahead(0)
+DEADLINE = datetime.fromisoformat(F + "T20:00:00+00:00")
+
+
+def of_day(found: list[dict], *days: str) -> list[dict]:
+    return [event for event in found if event["aggregate"] in days]
+
+
+def step_at(moment: datetime) -> None:
+    engine.catch_up("c-inputs", now=moment)
+
+
+def test_the_fallback_fires_at_the_deadline_never_before(api, domain):
+    define(api, **SEED)
+    register(F1, "B")
+    register(F, "A")
+    step_at(DEADLINE - timedelta(hours=1))
+    assert of_day(events(api), F) == []  # yesterday's B: only from the deadline
+    step_at(DEADLINE + timedelta(seconds=2))
+    (fired,) = of_day(events(api), F)
+    assert brief([fired]) == [(F, "fired", "fallback", 1, True)]
+    assert inputs(fired)["B@-1d"] == [(F1, 1, 1)]
+
+
+def test_neither_holds_late_then_either_fires_late(api, domain):
+    define(api, **SEED)
+    register(F, "A")
+    step_at(DEADLINE + timedelta(seconds=2))
+    assert brief(of_day(events(api), F)) == [(F, "late", None, 1, True)]
+    register(F, "B")  # today's B, after the deadline: when holds
+    step_at(DEADLINE + timedelta(hours=1))
+    assert brief(of_day(events(api), F)) == [
+        (F, "late", None, 1, True),
+        (F, "fired", "ready", 2, True),
+    ]
+
+
+def test_late_then_the_fallback_fires_with_its_reason(api, domain):
+    define(api, name="fb", **SEED)
+    register(F, "A")
+    step_at(DEADLINE + timedelta(seconds=2))
+    register(F1, "B")  # yesterday's B arrives after the deadline
+    step_at(DEADLINE + timedelta(hours=1))
+    assert brief(of_day(events(api, "fb"), F)) == [
+        (F, "late", None, 1, True),
+        (F, "fired", "fallback", 1, True),
+    ]
+
+
+def test_on_deadline_fire_says_fallback_when_it_holds(api, domain):
+    define(api, name="anyway", on_deadline="fire", **SEED)
+    register(F1, "B")
+    register(F, "A")
+    register(F3, "A")  # three days earlier: no B near it, nothing holds
+    step_at(DEADLINE + timedelta(seconds=2))
+    assert sorted(brief(of_day(events(api, "anyway"), F3, F))) == [
+        (F3, "fired", "deadline", 1, True),
+        (F, "fired", "fallback", 1, True),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("definition", "field", "says"),
+    [
+        ({"fallback": "A and B@-1d"}, "fallback", "give a deadline too"),
+        (
+            {**SEED, "fallback": "A and B@-1d.."},
+            "fallback",
+            "at column 8",
+        ),
+        ({"when": "A@ >= 1"}, "when", "at column 2"),
+    ],
+)
+def test_bad_references_and_fallbacks_are_400_naming_the_field(
+    api, domain, definition, field, says
+):
+    response = api.post(RULES, {"name": "bad", "when": "A", **definition})
+    assert response.status_code == 400, response.text
+    assert says in response.json()["fields"][field]
+    assert api.get(RULES).json()["rules"] == []

@@ -34,6 +34,8 @@ class Rule(models.Model):
     )
     name = models.CharField(max_length=200)
     when = models.TextField()
+    # What the rule settles for at its deadline (and after it); "" for nothing.
+    fallback = models.TextField(blank=True, default="")
     trigger = models.CharField(
         max_length=5, choices=Trigger.choices, default=Trigger.ONCE
     )
@@ -139,6 +141,7 @@ class RuleEvent(models.Model):
     class Reason(models.TextChoices):
         READY = "ready"
         DEADLINE = "deadline"
+        FALLBACK = "fallback"
 
     rule = models.ForeignKey(
         Rule, on_delete=models.CASCADE, related_name="events", db_index=False

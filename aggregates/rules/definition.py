@@ -5,7 +5,14 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationInfo,
+    field_validator,
+)
 
 from aggregates.conditions import (
     Condition,
@@ -54,16 +61,34 @@ class RuleIn(BaseModel):
         "", max_length=200
     )
     deadline: DeadlineIn | None = None
+    # After `deadline`: its check reads the deadline.
+    fallback: str | None = Field(
+        None,
+        min_length=1,
+        max_length=1000,
+        description="what the rule settles for at its deadline, and after it",
+    )
     on_deadline: Literal["late", "fire"] = "late"
     start: Literal["now", "history"] = "now"
 
-    @field_validator("when")
+    @field_validator("when", "fallback")
     @classmethod
-    def _condition(cls, value: str) -> str:
+    def _condition(cls, value: str | None) -> str | None:
         try:
-            parse(value)
+            if value is not None:
+                parse(value)
         except ConditionError as exc:
             raise ValueError(str(exc)) from None
+        return value
+
+    @field_validator("fallback")
+    @classmethod
+    def _fallback_needs_a_deadline(cls, value: str | None, info: ValidationInfo):
+        if value is not None and info.data.get("deadline") is None:
+            raise ValueError(
+                "a fallback is what the rule settles for at its deadline: give a "
+                "deadline too"
+            )
         return value
 
     def fields(self) -> dict[str, Any]:
@@ -72,6 +97,7 @@ class RuleIn(BaseModel):
         return {
             "name": self.name,
             "when": self.when,
+            "fallback": self.fallback or "",
             "trigger": self.trigger,
             "aggregate_prefix": self.aggregate_prefix,
             "deadline_seconds": parse_duration(deadline.after) if deadline else None,
@@ -92,6 +118,7 @@ def definition_json(rule: Rule) -> dict[str, Any]:
     return {
         "name": rule.name,
         "when": rule.when,
+        "fallback": rule.fallback or None,
         "trigger": rule.trigger,
         "aggregate_prefix": rule.aggregate_prefix,
         "deadline": deadline,
@@ -116,6 +143,7 @@ class CompiledRule:
     id: int
     name: str
     condition: Condition
+    fallback: Condition | None
     every: bool
     prefix: str
     deadline_after: timedelta | None
@@ -130,6 +158,7 @@ class CompiledRule:
             name=rule.name,
             # A stored rule compiles as it was accepted, bounds or not.
             condition=parse(rule.when, bounded=False),
+            fallback=parse(rule.fallback, bounded=False) if rule.fallback else None,
             every=rule.trigger == Rule.Trigger.EVERY,
             prefix=rule.aggregate_prefix,
             deadline_after=timedelta(seconds=after) if after is not None else None,
@@ -141,14 +170,20 @@ class CompiledRule:
         return aggregate.startswith(self.prefix)
 
     @property
+    def conditions(self) -> list[Condition]:
+        """`when`, then the fallback if there is one."""
+        return [self.condition] + ([self.fallback] if self.fallback else [])
+
+    @property
     def references(self) -> list[Ref]:
-        """Every reference of the rule's condition, as first written."""
-        return self.condition.references
+        """Every distinct reference of `when` and the fallback, as first written."""
+        refs = (ref for condition in self.conditions for ref in condition.references)
+        return list(dict.fromkeys(refs))
 
     @property
     def neighbours(self) -> list[Ref]:
         """The references to other aggregates (`B@-1d`, `A@-2d..0d`)."""
-        return self.condition.neighbours
+        return [ref for ref in self.references if ref.neighbours]
 
     def deadline(self, aggregate: str, first_at: datetime) -> datetime | None:
         """The aggregate's deadline; None without one, or when it would fall

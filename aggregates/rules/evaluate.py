@@ -192,7 +192,8 @@ def next_due(rule: CompiledRule, state: State) -> datetime | None:
     outcome; None when nothing ever will."""
     if not rule.every and state.status == Status.FIRED:
         return None
-    moments = rule.condition.changes(facts(state, state.evaluated_at))
+    known = facts(state, state.evaluated_at)
+    moments = [m for condition in rule.conditions for m in condition.changes(known)]
     if state.deadline is not None and not state.late and state.fired_version is None:
         moments.append(state.deadline)
     return min((m for m in moments if m > state.evaluated_at), default=None)
@@ -209,16 +210,24 @@ def facts(state: State, now: datetime) -> Facts:
 def _evaluate(
     rule: CompiledRule, state: State, moment: datetime, *, by_version: bool
 ) -> list[Happened]:
+    """The outcome at `moment`: `when` holds, or from the deadline on the
+    fallback does; else, the deadline passing before either held is late."""
     if not rule.every and state.status == Status.FIRED:
         return []
-    is_ready = ready(rule, state, moment)
+    known = facts(state, moment)
     overdue = state.deadline is not None and moment >= state.deadline
+    is_ready = rule.condition(known)
+    settles = (
+        not is_ready and overdue and rule.fallback is not None and rule.fallback(known)
+    )
+    holds = is_ready or settles
     happened = []
-    if is_ready and (by_version or not state.was_ready or not rule.every):
-        happened.append(_event(state, RuleEvent.Kind.FIRED, "ready", overdue, moment))
+    if holds and (by_version or not state.was_ready or not rule.every):
+        reason = RuleEvent.Reason.READY if is_ready else RuleEvent.Reason.FALLBACK
+        happened.append(_event(state, RuleEvent.Kind.FIRED, reason, overdue, moment))
         state.fired_version = state.version
         _set(state, Status.READY if rule.every else Status.FIRED, moment)
-    elif not is_ready and overdue and not state.late and state.fired_version is None:
+    elif not holds and overdue and not state.late and state.fired_version is None:
         state.late = True  # the deadline passed before it was ever ready
         if rule.fire_at_deadline:
             happened.append(
@@ -229,9 +238,9 @@ def _evaluate(
         else:
             happened.append(_event(state, RuleEvent.Kind.LATE, None, True, moment))
             _set(state, Status.LATE, moment)
-    elif not is_ready and rule.every:
+    elif not holds and rule.every:
         _set(state, Status.LATE if state.late else Status.WAITING, moment)
-    state.was_ready = is_ready
+    state.was_ready = holds
     return happened
 
 
