@@ -203,6 +203,30 @@ def test_a_domains_version_events_are_read_once_for_all_its_webhooks(
         assert events.after(domain, 1) == first[1:]
 
 
+def test_a_replay_back_to_where_a_run_began_is_not_overwritten(
+    api, domain, loopback_allowed
+):
+    """A run that started at cursor 2 and sent 3-5 saves over cursor 2 only if
+    nobody rewound the webhook meanwhile — a replay to 2 included."""
+    from aggregates import leases
+    from aggregates.webhooks.progress import Progress, lease_name, save_all
+    from tests.toolkit import fill
+
+    created = api.post(HOOKS, {"url": "http://127.0.0.1:9/", "events": ["version"]})
+    webhook = Webhook.objects.get(pk=created.json()["id"])
+    fill("d1", 5)
+    Webhook.objects.filter(pk=webhook.pk).update(cursor=2)
+    webhook.refresh_from_db()  # as the run loaded it
+    leases.acquire(lease_name(webhook.pk), "holder", 30)
+    replayed = api.post(f"{HOOKS}/{webhook.pk}/replay", {"after_position": 2})
+    assert replayed.status_code == 200
+    assert save_all([(webhook, 2, Progress(5))], "holder") == [None]  # stop
+    assert Webhook.objects.get(pk=webhook.pk).cursor == 2  # the replay stands
+    webhook.refresh_from_db()  # a run that began after the replay saves
+    assert save_all([(webhook, 2, Progress(5))], "holder") != [None]
+    assert Webhook.objects.get(pk=webhook.pk).cursor == 5
+
+
 def test_tokens_are_checked(domain, read_token):
     reader = ApiClient(read_token)
     refused = reader.post(HOOKS, {"url": "http://x/y", "events": ["version"]})

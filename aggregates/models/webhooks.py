@@ -26,6 +26,10 @@ class Webhook(models.Model):
     paused = models.BooleanField(default=False)
     paused_reason = models.CharField(max_length=500, blank=True, default="")
     cursor = models.BigIntegerField(default=0)
+    # Moved on each replay or change of stream: the deliverer saves its progress
+    # only over the cursor it started from *and* this, so a replay back to that
+    # very cursor is not overwritten by a run that began before it.
+    rewinds = models.PositiveIntegerField(default=0, editable=False)
     attempts = models.PositiveIntegerField(default=0)  # failed, of the next event
     failing_since = models.DateTimeField(null=True, blank=True)
     next_attempt_at = models.DateTimeField(null=True, blank=True)

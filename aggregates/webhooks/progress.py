@@ -112,7 +112,9 @@ def save_all(
                 name=lease_name(webhook.pk), holder=holder, expires_at__gt=now
             )
             moved = (
-                Webhook.objects.filter(pk=webhook.pk, cursor=started_at)
+                Webhook.objects.filter(
+                    pk=webhook.pk, cursor=started_at, rewinds=webhook.rewinds
+                )
                 .filter(Exists(held))
                 .update(**changes)
             )

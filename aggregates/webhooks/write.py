@@ -10,6 +10,7 @@ from typing import Annotated, Literal
 
 from django.conf import settings
 from django.db import transaction
+from django.db.models import F
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
 from aggregates import announcements
@@ -144,7 +145,8 @@ def change_webhook(
             rule = get_rule(domain, rule_name) if rule_name else None
             if rule != webhook.rule:  # another stream: from what comes next on
                 webhook.cursor = start_cursor(webhook.domain, rule)
-                changed.add("cursor")
+                webhook.rewinds = F("rewinds") + 1
+                changed |= {"cursor", "rewinds"}
             webhook.events, webhook.rule = events, rule
             changed |= {"events", "rule"}
         if fields.get("paused") is False and webhook.paused:
@@ -211,7 +213,11 @@ def replay(domain: str, webhook_id: int, replay: ReplayIn) -> dict:
         raise StoreError(f"must be at most {latest}, the stream's latest", field=field)
     with transaction.atomic():
         Webhook.objects.filter(pk=webhook.pk).update(
-            cursor=point, attempts=0, failing_since=None, next_attempt_at=None
+            cursor=point,
+            rewinds=F("rewinds") + 1,
+            attempts=0,
+            failing_since=None,
+            next_attempt_at=None,
         )
         announcements.on_commit(announcements.webhooks_changed, [domain])
     return webhook_json(get_webhook(domain, webhook_id))
