@@ -380,6 +380,35 @@ class _Step:
     def _record(self, tracked: _Tracked, happened: list[Happened]) -> None:
         self.happened.extend((tracked, event) for event in happened)
 
+    def _inputs(self, tracked: _Tracked, happened: Happened) -> dict[str, list]:
+        """What the event used, as of its position: the aggregate's own
+        collections from the event itself, neighbours' from the database."""
+        inputs: dict[str, list] = {}
+        near = []
+        for ref in tracked.rule.references:
+            if ref.neighbours:
+                near.append(ref)
+                continue
+            count = happened.counts.get(ref.collection, 0)
+            inputs[ref.key] = (
+                [
+                    {
+                        "aggregate": tracked.aggregate,
+                        "version": happened.version,
+                        "count": count,
+                    }
+                ]
+                if count
+                else []
+            )
+        if near:
+            found = neighbours.inputs(
+                self.domain_id, tracked.aggregate, near, happened.position
+            )
+            inputs.update(found)
+        # In the order the references were written.
+        return {ref.key: inputs[ref.key] for ref in tracked.rule.references}
+
     def save(self) -> list[announcements.RuleEventsCommitted]:
         """Write statuses, events and cursors; what to announce after commit."""
         sql.save_statuses(
@@ -403,13 +432,7 @@ class _Step:
                     happened.position,
                     happened.late,
                     self.now,
-                    # What the event used, as of its position.
-                    neighbours.inputs(
-                        self.domain_id,
-                        tracked.aggregate,
-                        tracked.rule.references,
-                        happened.position,
-                    ),
+                    self._inputs(tracked, happened),
                 )
             )
         sql.save_events(recorded)

@@ -102,6 +102,8 @@ class Happened:
     position: int
     late: bool
     moment: datetime = field(compare=False)
+    # The aggregate's own counts when it happened (its inputs, without a query).
+    counts: dict[str, int] = field(default_factory=dict, compare=False)
 
 
 def begin(
@@ -253,4 +255,6 @@ def _set(state: State, status: str, moment: datetime) -> None:
 def _event(
     state: State, event: str, reason: str | None, late: bool, moment: datetime
 ) -> Happened:
-    return Happened(event, reason, state.version, state.position, late, moment)
+    return Happened(
+        event, reason, state.version, state.position, late, moment, dict(state.counts)
+    )
