@@ -237,3 +237,42 @@ def test_bad_references_and_fallbacks_are_400_naming_the_field(
     assert response.status_code == 400, response.text
     assert says in response.json()["fields"][field]
     assert api.get(RULES).json()["rules"] == []
+
+
+def test_preview_of_neighbours_equals_what_start_history_records(api, domain):
+    days = [ahead(n) for n in range(-4, 3)]
+    for n, day in enumerate(days):
+        if n % 3 != 1:
+            register(day, "A")
+        if n % 2:
+            register(day, "B")
+    definition = {
+        "name": "replay",
+        "when": "A@-2d..0d >= 1 and B >= 1",
+        "fallback": "A@-2d..0d >= 1 and B@-1d >= 1",
+        "deadline": {"after": "20h", "from": "key_date"},
+        "start": "history",
+    }
+    preview = api.post(f"{RULES}/preview", definition).json()["aggregates"]
+    define(api, **definition)
+    step()
+    statuses = {
+        row["aggregate"]: row["status"]
+        for row in api.get(f"{RULES}/replay/aggregates").json()["aggregates"]
+    }
+    fired = {}
+    for event in events(api, "replay"):
+        if event["event"] == "fired":
+            fired.setdefault(event["aggregate"], event)
+    assert {row["aggregate"]: row["status"] for row in preview} == statuses
+    assert {
+        row["aggregate"]: row["would_fire"] for row in preview if row["would_fire"]
+    } == {
+        key: {"version": event["version"], "reason": event["reason"]}
+        for key, event in fired.items()
+    }
+    # Neighbours made the difference: day 1 has no A of its own (day 0's is in
+    # its window), day 2 no B (it settles for day 1's at its deadline).
+    assert fired[days[1]]["reason"] == "ready"
+    assert inputs(fired[days[1]])["A@-2d..0d"] == [(days[0], 1, 1)]
+    assert fired[days[2]]["reason"] == "fallback"

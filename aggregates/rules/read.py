@@ -231,7 +231,8 @@ def preview(domain: str, definition: RuleIn, *, limit: int) -> dict[str, Any]:
         if not versions:
             continue
         try:
-            status, happened = _replay(rule, versions, now)
+            near = _near_timeline(found.pk, key, rule)
+            status, happened = _replay(rule, versions, near, now)
         except Exception as exc:  # as the engine records it against the pair
             answers.append(
                 {
@@ -260,14 +261,49 @@ def preview(domain: str, definition: RuleIn, *, limit: int) -> dict[str, Any]:
     }
 
 
+def _near_timeline(
+    domain_id: int, key: str, rule: CompiledRule
+) -> dict[int, tuple[datetime, list[str]]]:
+    """The versions the rule's references to neighbours see from `key`: position →
+    (its time, the references it adds a source to)."""
+    timeline: dict[int, tuple[datetime, list[str]]] = {}
+    for ref in rule.neighbours:
+        ids = neighbours.covered(domain_id, key, ref)
+        rows = Version.objects.filter(
+            aggregate_id__in=ids, source__collection=ref.collection
+        ).values_list("position", "at")
+        for position, at in rows:
+            timeline.setdefault(position, (at, []))[1].append(ref.key)
+    return timeline
+
+
 def _replay(
-    rule: CompiledRule, versions: list[VersionFacts], now: datetime
+    rule: CompiledRule,
+    versions: list[VersionFacts],
+    near: dict[int, tuple[datetime, list[str]]],
+    now: datetime,
 ) -> tuple[str, list[evaluate.Happened]]:
-    """An aggregate's history under the rule, up to now: its status, and what
-    would have been recorded."""
+    """An aggregate's history under the rule, up to now — its own versions and
+    its neighbours', in position order, as the engine applies them: its status,
+    and what would have been recorded."""
     first = versions[0]
-    state, happened = evaluate.begin(rule, first, {first.collection: first.at})
-    for facts in versions[1:]:
-        happened += evaluate.apply(rule, state, facts)
+    counts: dict[str, int] = {}
+    newest: dict[str, datetime] = {}
+    for position, (at, refs) in near.items():
+        if position <= first.position:  # before it existed: its first facts
+            for ref in refs:
+                counts[ref] = counts.get(ref, 0) + 1
+                newest[ref] = max(at, newest.get(ref, at))
+    state, happened = evaluate.begin(
+        rule, first, {first.collection: first.at}, (counts, newest)
+    )
+    own = {facts.position: facts for facts in versions[1:]}
+    later = sorted({*own, *(p for p in near if p > first.position)})
+    for position in later:
+        at, refs = near.get(position, (None, []))
+        if position in own:
+            happened += evaluate.apply(rule, state, own[position], refs)
+        else:
+            happened += evaluate.touch(rule, state, refs, at, position)
     happened += evaluate.advance(rule, state, now)
     return state.status, happened
