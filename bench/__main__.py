@@ -284,15 +284,16 @@ def targets(plan: Plan, results: dict[str, list]) -> list[tuple[str, str, bool]]
             )
         )
     for r in results.get("rules_ingest", []):
-        ratio = r["ruled"] / r["plain"]
-        rows.append(
-            (
-                f"single posts on {r['db']} into a domain with 20 rules ≥ 0.8× one "
-                "with none",
-                f"{ratio:.2f}× ({r['ruled']:,.0f} against {r['plain']:,.0f} req/s)",
-                ratio >= 0.8,
+        for key, what in (("ruled", "20 rules"), ("windowed", "20 rules across keys")):
+            ratio = r[key] / r["plain"]
+            rows.append(
+                (
+                    f"single posts on {r['db']} into a domain with {what} ≥ 0.8× "
+                    "one with none",
+                    f"{ratio:.2f}× ({r[key]:,.0f} against {r['plain']:,.0f} req/s)",
+                    ratio >= 0.8,
+                )
             )
-        )
     for r in results.get("rules_waiting", []):
         rows.append(
             (
@@ -435,8 +436,10 @@ def report(
             "## Rules",
             "",
             "One daphne process per database. Ingest: wrk -t2 -c16 single posts into "
-            "a domain without rules and one with 20 (both triggers, prefixes, "
-            "deadlines, `age()`), the runs interleaved, each figure the median of "
+            "a domain without rules, one with 20 (both triggers, prefixes, "
+            "deadlines, `age()`), and one with 20 across keys (windows "
+            "`A@-2d..0d`, `B@-1d..0d`, a fallback; posts into one day whose "
+            "neighbours hold sources), the runs interleaved, each figure the median of "
             f"{plan.runs} runs of {plan.duration} s; then how long the engine took "
             "after the run to have evaluated every version. Clock: aggregates "
             "posted in batches of 1,000, each waiting for a B under a rule with a "

@@ -1,4 +1,5 @@
-"""Rules benchmark: what 20 rules cost single-post ingest, how soon the clock
+"""Rules benchmark: what 20 rules (and 20 rules across keys) cost single-post
+ingest, how soon the clock
 records a deadline with 100,000 aggregates waiting, and the why endpoint and the
 preview at that size. Servers are started as a user would (bench/ingest.py)."""
 
@@ -35,6 +36,35 @@ RULES = [
 ]
 
 
+# 20 rules across keys (SPEC's pipeline C and its kin), and the probe. Posts go
+# into DAY, whose neighbours hold sources already: each post re-evaluates the days
+# whose windows cover DAY.
+DAY = "2026-11-26"
+NEIGHBOURS = [f"2026-11-{day}" for day in range(23, 30)]
+WINDOW_RULES = [
+    *(
+        {
+            "name": f"c-{n}",
+            "when": "A@-2d..0d >= 1 and B >= 1",
+            "fallback": "A@-2d..0d >= 1 and B@-1d >= 1",
+            "deadline": {"after": "20h", "from": "key_date"},
+        }
+        for n in range(8)
+    ),
+    # Never true: evaluated at every version, its window counts kept up to date.
+    *(
+        {"name": f"never-{n}", "when": "count(A@-2d..0d) >= 1000000 and B@-1d..0d"}
+        for n in range(6)
+    ),
+    # Fires at each version of DAY: an event, with its inputs, each time.
+    *(
+        {"name": f"each-{n}", "when": "B and A@-1d..0d", "trigger": "every"}
+        for n in range(5)
+    ),
+    {"name": "probe", "when": "A >= 0", "trigger": "every"},
+]
+
+
 def _create(server: Server, domain: str, rules: list[dict]) -> None:
     response = server.http.post("/api/domains", json={"key": domain})
     assert response.status_code in (200, 201), response.text
@@ -62,9 +92,16 @@ def ingest(db: str, runs: int, duration: int) -> dict:
         server = Server(db, data_dir)
         try:
             _create(server, "ruled", RULES)
-            for domain in ("bench", "ruled"):
+            _create(server, "windows", WINDOW_RULES)
+            neighbours = [
+                {"domain": "windows", "aggregate": day, "collection": collection}
+                for day in NEIGHBOURS
+                for collection in "AB"
+            ]
+            assert server.http.post("/api/sources", json=neighbours).is_success
+            for domain in ("bench", "ruled", "windows"):
                 wrk(server, "/api/sources", min(2, duration), "warm", "w", domain)
-            plain, ruled, lag = [], [], []
+            plain, ruled, windowed, lag, window_lag = [], [], [], [], []
             for r in range(runs):
                 plain.append(
                     wrk(server, "/api/sources", duration, f"p{r}", "p", "bench")
@@ -73,6 +110,10 @@ def ingest(db: str, runs: int, duration: int) -> dict:
                     wrk(server, "/api/sources", duration, f"r{r}", "r", "ruled")
                 )
                 lag.append(_caught_up(server, "ruled"))
+                windowed.append(
+                    wrk(server, "/api/sources", duration, DAY, f"w{r}", "windows")
+                )
+                window_lag.append(_caught_up(server, "windows"))
             median = statistics.median
             return {
                 "db": db,
@@ -80,6 +121,9 @@ def ingest(db: str, runs: int, duration: int) -> dict:
                 "ruled": median(rate for rate, _, _ in ruled),
                 "ruled_p99": median(p99 for _, _, p99 in ruled),
                 "lag": median(lag),
+                "windowed": median(rate for rate, _, _ in windowed),
+                "windowed_p99": median(p99 for _, _, p99 in windowed),
+                "window_lag": median(window_lag),
             }
         finally:
             server.stop()
@@ -169,16 +213,22 @@ def _times(server: Server, method: str, path: str, count: int, **kwargs) -> floa
 
 def table(ingests: list[dict], waits: list[dict]) -> list[str]:
     lines = [
-        "| database | single posts, no rules | with 20 rules | ratio"
+        "| database | rules | single posts, no rules | with the rules | ratio"
         " | p99 ms with rules | engine done after the run |",
-        "|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|",
     ]
     for r in ingests:
         lines.append(
-            f"| {r['db']} | {r['plain']:,.0f} req/s | {r['ruled']:,.0f} req/s | "
+            f"| {r['db']} | 20 | {r['plain']:,.0f} req/s | {r['ruled']:,.0f} req/s | "
             f"{r['ruled'] / r['plain']:.2f}× | {r['ruled_p99']:.0f} | "
             f"{r['lag']:.1f} s |"
         )
+        if "windowed" in r:
+            lines.append(
+                f"| {r['db']} | 20 across keys | {r['plain']:,.0f} req/s | "
+                f"{r['windowed']:,.0f} req/s | {r['windowed'] / r['plain']:.2f}× | "
+                f"{r['windowed_p99']:.0f} | {r['window_lag']:.1f} s |"
+            )
     lines += [
         "",
         "| database | aggregates waiting | evaluated in | deadline → recorded | why ms"

@@ -276,3 +276,16 @@ def test_preview_of_neighbours_equals_what_start_history_records(api, domain):
     assert fired[days[1]]["reason"] == "ready"
     assert inputs(fired[days[1]])["A@-2d..0d"] == [(days[0], 1, 1)]
     assert fired[days[2]]["reason"] == "fallback"
+
+
+def test_an_aggregate_made_mid_step_is_covered_from_then_on(api, domain):
+    """One step, three versions: D-1's A, D made (its window covers D-1), D-1's
+    second A — which D must count."""
+    define(api, when="A@-1d..0d >= 2")
+    register(D1, "A", n="1")
+    register(D, "B")
+    register(D1, "A", n="2")
+    step()  # all three in one step
+    fired = [e for e in events(api) if e["aggregate"] == D]
+    assert brief(fired) == [(D, "fired", "ready", 1, False)]
+    assert inputs(fired[0])["A@-1d..0d"] == [(D1, 2, 2)]

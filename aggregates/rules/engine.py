@@ -131,6 +131,12 @@ class _Step:
         self.happened: list[tuple[_Tracked, Happened]] = []
         self.history: dict[tuple[int, int], dict[str, datetime]] = {}
         self.failures = 0  # evaluations that failed
+        # Within a step, what references cover, by (aggregate key, references):
+        # a burst into one aggregate asks the same. Valid for the whole step: its
+        # versions were read first, so every aggregate they make exists already
+        # (one made after a given version is skipped there by _apply_near).
+        self.covers: dict[tuple, dict] = {}
+        self.covered: dict[tuple, list[int]] = {}  # the same, for events' inputs
 
     def run(self) -> bool:
         start = min(rule.position for rule in self.rows.values())
@@ -229,7 +235,12 @@ class _Step:
         refs = [ref for ref in rule.neighbours if ref.collection == version.collection]
         if not refs:
             return {}
-        found = neighbours.covering(self.domain_id, version.aggregate, refs)
+        cache = (version.aggregate, tuple(refs))
+        if cache not in self.covers:
+            self.covers[cache] = neighbours.covering(
+                self.domain_id, version.aggregate, refs
+            )
+        found = self.covers[cache]
         missing = [other for other in found if (rule.id, other) not in self.tracked]
         if missing:
             for row_id, rule_id, other, key, first_at, state in sql.load_statuses(
@@ -403,7 +414,11 @@ class _Step:
             )
         if near:
             found = neighbours.inputs(
-                self.domain_id, tracked.aggregate, near, happened.position
+                self.domain_id,
+                tracked.aggregate,
+                near,
+                happened.position,
+                self.covered,
             )
             inputs.update(found)
         # In the order the references were written.

@@ -97,13 +97,21 @@ def near_facts(
 
 
 def inputs(
-    domain_id: int, key: str, refs: Iterable[Ref], position: int
+    domain_id: int,
+    key: str,
+    refs: Iterable[Ref],
+    position: int,
+    known: dict[tuple[str, Ref], list[int]] | None = None,
 ) -> dict[str, list[dict[str, Any]]]:
     """For each reference, the aggregates it covers from `key` that hold its
-    collection as of `position`: key, version and count, newest key first."""
+    collection as of `position`: key, version and count, newest key first.
+    `known` keeps what references cover between calls (the engine's step)."""
     answer: dict[str, list[dict[str, Any]]] = {}
+    known = {} if known is None else known
     for ref in refs:
-        ids = covered(domain_id, key, ref)
+        if (key, ref) not in known:
+            known[key, ref] = covered(domain_id, key, ref)
+        ids = known[key, ref]
         rows = (
             Source.objects.filter(
                 aggregate_id__in=ids,
