@@ -207,6 +207,23 @@ def test_aggregate_page_says_why_for_each_rule(admin_client, seed):
     assert '✗</span> <code>B &gt;= 1</code> <span class="muted">B = 0</span>' in why
 
 
+def test_the_why_links_the_inputs_a_rule_used(admin_client, seed):
+    from aggregates.rules import write
+    from aggregates.rules.definition import RuleIn
+
+    write.create_rule(
+        "c-inputs", RuleIn(name="uses-yesterday", when="A and A@-1d", start="history")
+    )
+    fill("2026-11-25", 1)
+    fill("2026-11-26", 1)
+    engine.catch_up("c-inputs")
+    html = admin_client.get("/d/c-inputs/2026-11-26/").content.decode()
+    why = html[html.index('class="whys"') : html.index("Sources by collection")]
+    inputs = why[why.index('class="inputs"') :]
+    assert "<code>A@-1d</code>" in inputs
+    assert 'href="/d/c-inputs/2026-11-25/?version=' in inputs
+
+
 def test_rule_page_counts_late_first_and_logs_events(admin_client, seed):
     html = admin_client.get("/d/c-inputs/rules/run-c/").content.decode()
     tiles = html[html.index('class="tiles"') : html.index("Events")]
