@@ -1,3 +1,4 @@
+import contextlib
 import signal
 import threading
 from datetime import date, timedelta
@@ -6,11 +7,22 @@ from django.core.management.base import BaseCommand, CommandError
 from django.utils import timezone
 
 from aggregates import store
-from aggregates.models import Rule
+from aggregates.errors import Conflict
 from aggregates.rules import engine
+from aggregates.rules import write as rule_write
+from aggregates.rules.definition import RuleIn
 from aggregates.store import NewSource, Registration, register_sources
 
 WATCHER = "run-c"
+# The seed's consumer: C can use a recent A (within two days) and today's B; at
+# 20:00 UTC on the day it settles for yesterday's B; else the day is late.
+RULE = RuleIn(
+    name="run-c",
+    when="A@-2d..0d >= 1 and B >= 1",
+    fallback="A@-2d..0d >= 1 and B@-1d >= 1",
+    deadline={"after": "20h", "from": "key_date"},
+    start="history",
+)
 
 
 def day_sources(domain: str, day: str) -> list[NewSource]:
@@ -40,9 +52,10 @@ def ran_c(domain: str, day: str, version: int, *, failed: bool = False) -> None:
 class Command(BaseCommand):
     help = (
         "Fill a demo domain with the A/B/C story: A publishes twice a day, B once, "
-        "and C ran once both were there; a rule says when C may run, and that "
-        "one day is late (B never came). With --live, keep posting a simulated "
-        "day every few seconds until Ctrl-C."
+        "and C ran once both were there; a rule says when C may run (a recent A, "
+        "and today's B, or yesterday's at 20:00): two days B never came, so the "
+        "first settles for the day before's B and the second is late. With --live, "
+        "keep posting a simulated day every few seconds until Ctrl-C."
     )
 
     def add_arguments(self, parser):
@@ -72,31 +85,23 @@ class Command(BaseCommand):
     def fill(self, domain: str, days: int) -> None:
         store.create_domain(domain, {"about": "the A/B/C story: C needs A and B"})
         today = timezone.now().date()
-        # The day B never came: late under the rule below.
-        missing_b = (today - timedelta(days=2)).isoformat()
+        # The days B never came: the first settles for the B of the day before
+        # (the rule's fallback), the second has none the day before either: late.
+        missing_b = {(today - timedelta(days=n)).isoformat() for n in (5, 4)}
         for offset in range(days, 0, -1):
             day = (today - timedelta(days=offset)).isoformat()
             sources = day_sources(domain, day)
-            if day == missing_b:
+            if day in missing_b:
                 sources.pop(1)
             results = [register_sources([source])[0] for source in sources]
-            if day != missing_b and results[1].created:  # C ran when B came
+            if day not in missing_b and results[1].created:  # C ran when B came
                 if offset == days and days > 2:  # the first time, after a retry
                     ran_c(domain, day, results[1].version, failed=True)
                 ran_c(domain, day, results[1].version)
         # Today: A has arrived, B not yet, so C is still waiting.
         register_sources(day_sources(domain, today.isoformat())[:1])
-        # When C may run: A twice and B once, due 30 hours after the day began.
-        Rule.objects.get_or_create(
-            domain=store.get_domain(domain),
-            name="run-c",
-            defaults={
-                "when": "A >= 2 and B >= 1",
-                "deadline_seconds": 30 * 3600,
-                "deadline_from": Rule.DeadlineFrom.KEY_DATE,
-                "start": Rule.Start.HISTORY,
-            },
-        )
+        with contextlib.suppress(Conflict):  # run before: the rule is there
+            rule_write.create_rule(domain, RULE)
         engine.catch_up(domain)
 
     def live(self, domain: str, interval: float) -> None:
