@@ -176,13 +176,18 @@ DROP FUNCTION IF EXISTS botlnek_register(
 
 
 def install(apps, schema_editor):
-    if schema_editor.connection.vendor != "postgresql":
-        return
+    if schema_editor.connection.vendor == "postgresql":
+        install_function(apps, schema_editor, FUNCTION)
+
+
+def install_function(apps, schema_editor, function: str) -> None:
+    """Create `function` with the app's table names in it (a later migration
+    that replaces the function installs its own text with this too)."""
     tables = {
         name: apps.get_model("aggregates", name)._meta.db_table
         for name in ("domain", "aggregate", "version", "source")
     }
-    sql = FUNCTION
+    sql = function
     for name, table in tables.items():
         sql = sql.replace("{" + name + "}", table)
     schema_editor.execute(sql, params=None)  # None: its % signs are not parameters

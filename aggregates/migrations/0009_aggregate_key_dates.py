@@ -73,14 +73,7 @@ def install(apps, schema_editor):
     if schema_editor.connection.vendor != "postgresql":
         return
     _0005.uninstall(apps, schema_editor)
-    tables = {
-        name: apps.get_model("aggregates", name)._meta.db_table
-        for name in ("domain", "aggregate", "version", "source")
-    }
-    sql = FUNCTION
-    for name, table in tables.items():
-        sql = sql.replace("{" + name + "}", table)
-    schema_editor.execute(sql, params=None)  # None: its % signs are not parameters
+    _0005.install_function(apps, schema_editor, FUNCTION)
 
 
 def uninstall(apps, schema_editor):
