@@ -10,6 +10,7 @@ from prometheus_client import REGISTRY
 
 from aggregates.models import Rule, RuleEvent, RuleStatus
 from aggregates.rules import definition, engine
+from aggregates.rules.step import Step
 from tests.test_rules import RULES, brief, define, events, register
 
 FAR = "9999-12-31T23:59:59Z"
@@ -156,7 +157,7 @@ def test_a_rule_created_during_a_step_skips_nothing(api, domain, monkeypatch):
     for n in range(3):
         register(f"d{n}", "A")
     inside, go_on = threading.Event(), threading.Event()
-    run = engine._Step.run
+    run = Step.run
 
     def held(self):
         more = run(self)
@@ -170,7 +171,7 @@ def test_a_rule_created_during_a_step_skips_nothing(api, domain, monkeypatch):
         finally:
             connections.close_all()
 
-    monkeypatch.setattr(engine._Step, "run", held)
+    monkeypatch.setattr(Step, "run", held)
     stepping = threading.Thread(target=step)
     stepping.start()
     try:
@@ -179,7 +180,7 @@ def test_a_rule_created_during_a_step_skips_nothing(api, domain, monkeypatch):
     finally:
         go_on.set()
         stepping.join(10)
-    monkeypatch.setattr(engine._Step, "run", run)
+    monkeypatch.setattr(Step, "run", run)
     engine.catch_up("c-inputs")
     expected = [(f"d{n}", "fired", "ready", 1, False) for n in range(3)]
     assert brief(events(api, "first")) == expected

@@ -4,6 +4,10 @@
     evaluate.py    the state machine per (rule, aggregate): pure, no database
     engine.py      the durable consumer of each domain's positions, and the clock:
                    one transaction per step, events numbered by `seq`
+    step.py        what one step does: versions and due moments, in order,
+                   applied to the statuses they touch
+    neighbours.py  rules across keys: what references cover, their facts as of a
+                   position, the inputs an event names
     read.py        listings, why, the event log, receipts, preview
     write.py       create, replace, remove
     api.py         the HTTP endpoints
