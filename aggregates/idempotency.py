@@ -110,7 +110,12 @@ def _first_or_write(
             return found.status, found.body, True
         if random.random() < 0.01:  # now and then, the expired ones go
             IdempotentRequest.objects.filter(created_at__lt=fresh).delete()
-        IdempotentRequest.objects.filter(token_id=token, key=key).delete()  # expired
+        # This key's expired row, if any. Only an expired one: on PostgreSQL this
+        # DELETE waits for a concurrent request's uncommitted claim, and would
+        # then delete it, and write a second time beside it.
+        IdempotentRequest.objects.filter(
+            token_id=token, key=key, created_at__lt=fresh
+        ).delete()
         # The key's row first: a request with the same key that arrives
         # meanwhile waits on its unique index (PostgreSQL) until this commits,
         # then answers this answer, instead of writing beside it (a rule name
