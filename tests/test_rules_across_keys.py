@@ -2,6 +2,7 @@
 re-evaluation a neighbour's version causes, and the inputs an event names (the
 engine step by step, in process)."""
 
+import json
 from datetime import datetime, timedelta
 
 import pytest
@@ -289,3 +290,48 @@ def test_an_aggregate_made_mid_step_is_covered_from_then_on(api, domain):
     fired = [e for e in events(api) if e["aggregate"] == D]
     assert brief(fired) == [(D, "fired", "ready", 1, False)]
     assert inputs(fired[0])["A@-1d..0d"] == [(D1, 2, 2)]
+
+
+def test_a_put_that_adds_a_reference_counts_what_it_covers(api, domain):
+    """Statuses the rule had already: the new reference's facts are counted, not
+    read as 0 (a second read of the engine found this)."""
+    define(api, when="B")
+    register(D, "C")
+    register(D1, "A", n="1")
+    register(D1, "A", n="2")
+    step()
+    definition = {"name": "run-c", "when": "C and A@-1d >= 3"}
+    replaced = api.request(
+        "PUT",
+        f"{RULES}/run-c",
+        body=json.dumps(definition),
+        content_type="application/json",
+    )
+    assert replaced.status_code == 200, replaced.text
+    step()
+    assert events(api) == []
+    register(D1, "A", n="3")  # the third: D fires
+    step()
+    (fired,) = of_day(events(api), D)
+    assert inputs(fired)["A@-1d"] == [(D1, 3, 3)]
+
+
+def test_an_evaluation_that_failed_loses_no_neighbour(api, domain, monkeypatch):
+    from aggregates.rules import evaluate
+
+    define(api, when="B and A@-1d >= 2")
+    register(D, "B")
+    step()
+    touch = evaluate.touch
+
+    def fails_once(*args, **kwargs):
+        monkeypatch.setattr(evaluate, "touch", touch)
+        raise ValueError("once")
+
+    monkeypatch.setattr(evaluate, "touch", fails_once)
+    register(D1, "A", n="1")  # its evaluation of D fails
+    step()
+    register(D1, "A", n="2")  # counted again: D has two
+    step()
+    (fired,) = events(api)
+    assert inputs(fired)["A@-1d"] == [(D1, 2, 2)]

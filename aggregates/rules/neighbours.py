@@ -14,7 +14,7 @@ from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from django.db.models import Count, Max
+from django.db.models import Count, Max, QuerySet
 
 from aggregates import keydates
 from aggregates.conditions import Ref
@@ -42,17 +42,15 @@ def _aggregates(domain_id: int, key: str, lower: int, upper: int):
     )
 
 
-def covered(domain_id: int, key: str, ref: Ref) -> list[int]:
+def covered(domain_id: int, key: str, ref: Ref) -> QuerySet:
     """The ids of the aggregates `ref` covers from `key` (for a plain reference,
-    the aggregate itself)."""
+    the aggregate itself), as a query: used as a subquery, however many a window
+    covers, never as a list of parameters."""
     if not ref.neighbours:
-        return list(
-            Aggregate.objects.filter(domain_id=domain_id, key=key).values_list(
-                "id", flat=True
-            )
-        )
-    found = _aggregates(domain_id, key, ref.lower, ref.upper)
-    return list(found.values_list("id", flat=True))
+        found = Aggregate.objects.filter(domain_id=domain_id, key=key)
+    else:
+        found = _aggregates(domain_id, key, ref.lower, ref.upper)
+    return found.values_list("id", flat=True)
 
 
 def covering(
@@ -82,9 +80,6 @@ def near_facts(
     newest: dict[str, datetime] = {}
     for ref in refs:
         ids = covered(domain_id, key, ref)
-        if not ids:
-            counts[ref.key] = 0
-            continue
         summary = Source.objects.filter(
             aggregate_id__in=ids,
             collection=ref.collection,
@@ -101,7 +96,7 @@ def inputs(
     key: str,
     refs: Iterable[Ref],
     position: int,
-    known: dict[tuple[str, Ref], list[int]] | None = None,
+    known: dict[tuple[str, Ref], QuerySet] | None = None,
 ) -> dict[str, list[dict[str, Any]]]:
     """For each reference, the aggregates it covers from `key` that hold its
     collection as of `position`: key, version and count, newest key first.

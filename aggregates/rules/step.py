@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from django.db import DatabaseError
-from django.db.models import Max
+from django.db.models import Max, QuerySet
 
 from aggregates import announcements
 from aggregates.models import Rule, Source, Version
@@ -23,6 +23,7 @@ logger = logging.getLogger("botlnek.rules")
 
 BATCH = 500  # versions per step
 DUE_BATCH = 2000  # clock-due statuses per step
+LOAD_CHUNK = 500  # statuses loaded at a time (a window may cover many)
 # The clock acts on moments at least this far in the past: a version stamped
 # before a moment but not yet committed then still counts as before it.
 GRACE = timedelta(seconds=1)
@@ -59,7 +60,8 @@ class Step:
         # versions were read first, so every aggregate they make exists already
         # (one made after a given version is skipped there by _apply_near).
         self.covers: dict[tuple, dict] = {}
-        self.covered: dict[tuple, list[int]] = {}  # the same, for events' inputs
+        self.covered: dict[tuple, QuerySet] = {}  # the same, for events' inputs
+        self.looked_up: set[tuple[int, int]] = set()  # statuses asked for
 
     def run(self) -> bool:
         start = min(rule.position for rule in self.rows.values())
@@ -69,9 +71,14 @@ class Step:
         if versions and not caught_up:
             horizon = min(horizon, versions[-1].facts.at)
         self._load(versions, horizon)
+        # Where the domain's stream stands for what is evaluated now: time is
+        # applied before each version, as of the position before it.
+        self.up_to = max(rule.position for rule in self.rows.values())
         for version in versions:
+            self.up_to = version.facts.position - 1
             self._run_due(until=version.facts.at)
             self._apply(version)
+            self.up_to = version.facts.position
         due_left = False
         if caught_up:
             due_left = self._run_due(until=horizon, limit=DUE_BATCH)
@@ -164,10 +171,18 @@ class Step:
                 self.domain_id, version.aggregate, refs
             )
         found = self.covers[cache]
-        missing = [other for other in found if (rule.id, other) not in self.tracked]
-        if missing:
+        missing = [
+            other
+            for other, (key, _, _) in found.items()
+            if (rule.id, other) not in self.tracked
+            and (rule.id, other) not in self.looked_up
+            and rule.matches(key)
+        ]
+        for start in range(0, len(missing), LOAD_CHUNK):
+            chunk = missing[start : start + LOAD_CHUNK]
+            self.looked_up.update((rule.id, other) for other in chunk)
             for row_id, rule_id, other, key, first_at, state in sql.load_statuses(
-                [rule.id], missing
+                [rule.id], chunk
             ):
                 self.tracked[rule_id, other] = Tracked(
                     self.rules[rule_id], other, key, first_at, state, row_id
@@ -184,6 +199,7 @@ class Step:
                 tracked,
                 lambda state: evaluate.apply(rule, state, version, near),
                 version,
+                before=version.position - 1,
             )
             return
         newest = self._newest_as_of(aggregate_id, version)
@@ -195,7 +211,9 @@ class Step:
             evaluate.unevaluated(version, newest),
         )
         self.tracked[rule.id, aggregate_id] = tracked
-        self._evaluate(tracked, lambda _: self._begin(rule, version, newest))
+        self._evaluate(
+            tracked, lambda _: self._begin(rule, version, newest), rebuild=False
+        )
 
     def _apply_near(
         self,
@@ -214,6 +232,7 @@ class Step:
                 lambda state: evaluate.touch(
                     rule, state, near, version.at, version.position
                 ),
+                before=version.position - 1,
             )
             return
         # Not evaluated yet (it existed before the rule): from this version on,
@@ -236,7 +255,9 @@ class Step:
             rule, aggregate_id, key, first_at, evaluate.unevaluated(as_of, newest)
         )
         self.tracked[rule.id, aggregate_id] = tracked
-        self._evaluate(tracked, lambda _: self._begin(rule, as_of, newest))
+        self._evaluate(
+            tracked, lambda _: self._begin(rule, as_of, newest), rebuild=False
+        )
 
     def _begin(
         self, rule: CompiledRule, version: VersionFacts, newest: dict[str, datetime]
@@ -253,13 +274,28 @@ class Step:
         tracked: Tracked,
         evaluation: Callable[[State], list[Happened] | tuple[State, list[Happened]]],
         version: VersionFacts | None = None,
+        before: int | None = None,
+        rebuild: bool = True,
     ) -> None:
         """Run `evaluation` on a copy of the pair's state and keep the outcome
         (an evaluation may also answer a new state); if it fails, record why
         against the pair and keep its status as it was (with `version`'s facts:
-        the next evaluation sees the aggregate as it is)."""
+        the next evaluation sees the aggregate as it is). Facts of references
+        to neighbours that do not match the rule's (a PUT changed them, or an
+        evaluation failed) are counted again first, as of `before` (the position
+        before the version evaluated) or of where the step stands (`rebuild`:
+        False for a first evaluation, which counts them itself)."""
         tracked.touched = True
         state = evaluate.copied(tracked.state)
+        rule = tracked.rule
+        stale = set(state.near_counts) != {ref.key for ref in rule.neighbours}
+        if stale and rebuild:
+            state.near_counts, state.near_newest = neighbours.near_facts(
+                self.domain_id,
+                tracked.aggregate,
+                rule.neighbours,
+                self.up_to if before is None else before,
+            )
         try:
             outcome = evaluation(state)
         except DatabaseError:
@@ -284,6 +320,8 @@ class Step:
             "rule %s, aggregate %s: %s", tracked.rule.name, tracked.aggregate, error
         )
         tracked.state.error = error[:500]
+        # What neighbours added meanwhile is counted again at the next evaluation.
+        tracked.state.near_counts, tracked.state.near_newest = {}, {}
         if version is not None:
             evaluate.note(tracked.state, version)
         else:
