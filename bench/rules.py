@@ -113,7 +113,8 @@ def ingest(db: str, runs: int, duration: int) -> dict:
                 windowed.append(
                     wrk(server, "/api/sources", duration, DAY, f"w{r}", "windows")
                 )
-                window_lag.append(_caught_up(server, "windows"))
+                # Reported, not a failure: how far behind rules across keys fall.
+                window_lag.append(_caught_up(server, "windows", timeout=900))
             median = statistics.median
             return {
                 "db": db,
