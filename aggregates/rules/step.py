@@ -62,6 +62,7 @@ class Step:
         self.covers: dict[tuple, dict] = {}
         self.covered: dict[tuple, QuerySet] = {}  # the same, for events' inputs
         self.looked_up: set[tuple[int, int]] = set()  # statuses asked for
+        self.inputs: dict[tuple, list] = {}  # events' inputs, by key, ref, position
 
     def run(self) -> bool:
         start = min(rule.position for rule in self.rows.values())
@@ -373,15 +374,18 @@ class Step:
                 if count
                 else []
             )
-        if near:
-            found = neighbours.inputs(
-                self.domain_id,
-                tracked.aggregate,
-                near,
-                happened.position,
-                self.covered,
-            )
-            inputs.update(found)
+        for ref in near:
+            # Rules that share a reference share what one version gave them.
+            cache = (tracked.aggregate, ref, happened.position)
+            if cache not in self.inputs:
+                self.inputs[cache] = neighbours.inputs(
+                    self.domain_id,
+                    tracked.aggregate,
+                    [ref],
+                    happened.position,
+                    self.covered,
+                )[ref.key]
+            inputs[ref.key] = self.inputs[cache]
         # In the order the references were written.
         return {ref.key: inputs[ref.key] for ref in tracked.rule.references}
 
