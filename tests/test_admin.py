@@ -140,13 +140,7 @@ def test_webhooks_are_changed_in_the_admin_as_in_the_api(
 
     domain = Domain.objects.get(key="c-inputs")
     rule = Rule.objects.create(domain=domain, name="run-c", when="A >= 1", latest_seq=3)
-    form = {
-        "domain": domain.pk,
-        "url": "https://hooks.example.com/botlnek",
-        "events": '["version"]',
-        "rule": "",
-        "description": "",
-    }
+    form = webhook_form(domain)
     added = admin_client.post("/admin/aggregates/webhook/add/", form)
     assert added.status_code == 302
     webhook = Webhook.objects.get()
@@ -219,6 +213,16 @@ def test_rules_written_in_the_admin_are_announced(
     assert not Rule.objects.exists()
 
 
+def webhook_form(domain) -> dict:
+    return {
+        "domain": domain.pk,
+        "url": "https://hooks.example.com/botlnek",
+        "events": '["version"]',
+        "rule": "",
+        "description": "",
+    }
+
+
 @pytest.fixture
 def public_host(monkeypatch):
     """Every host resolves to a public address (the admin checks URLs' hosts as
@@ -268,13 +272,7 @@ def test_a_webhook_saved_in_the_admin_keeps_the_cursor_the_deliverer_moved(
     from aggregates.models import Domain, Webhook
 
     domain = Domain.objects.get(key="c-inputs")
-    form = {
-        "domain": domain.pk,
-        "url": "https://hooks.example.com/botlnek",
-        "events": '["version"]',
-        "rule": "",
-        "description": "",
-    }
+    form = webhook_form(domain)
     told: list[str] = []
     with (
         announcements.webhooks_changed.listening(told.extend),
