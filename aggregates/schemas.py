@@ -83,7 +83,8 @@ class ReceiptIn(StrictSchema):
     watcher: str = Field(min_length=1, max_length=100)
     domain: DomainKey
     aggregate: Key
-    version: int = Field(ge=1, le=2**31 - 1)
+    # 0 only for a rule's event about an expected key that has no sources.
+    version: int = Field(ge=0, le=2**31 - 1)
     outcome: Literal["success", "failure", "timeout"]
     exit_code: int | None = Field(None, ge=-(2**31), le=2**31 - 1)
     duration_s: float | None = Field(None, ge=0)

@@ -48,6 +48,15 @@ class Rule(models.Model):
         max_length=4, choices=OnDeadline.choices, default=OnDeadline.LATE
     )
     start = models.CharField(max_length=7, choices=Start.choices, default=Start.NOW)
+    # Expected keys (rules/expect.py): the key pattern applied to `expect_from`
+    # (or the period a rule started in), every `expect_every_seconds`; "" and
+    # nulls for none.
+    expect_key = models.CharField(max_length=200, blank=True, default="")
+    expect_every_seconds = models.PositiveIntegerField(null=True, blank=True)
+    expect_from = models.DateTimeField(null=True, blank=True)
+    # Kept by the rules engine under this row's lock: the moment of the next
+    # expected key to evaluate.
+    expect_next = models.DateTimeField(null=True, blank=True, editable=False)
     position = models.BigIntegerField(default=0, editable=False)
     latest_seq = models.BigIntegerField(default=0, editable=False)
     created_at = models.DateTimeField(default=timezone.now, editable=False)

@@ -2,7 +2,7 @@
 evaluator runs (its condition parsed, its deadline worked out per aggregate)."""
 
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any, Literal
 
 from pydantic import (
@@ -12,6 +12,7 @@ from pydantic import (
     Field,
     ValidationInfo,
     field_validator,
+    model_validator,
 )
 
 from aggregates.conditions import (
@@ -23,6 +24,7 @@ from aggregates.conditions import (
 )
 from aggregates.keydates import key_moment
 from aggregates.models import Rule
+from aggregates.rules.expect import Expectation, ExpectError, parse_from, unit_of
 from aggregates.schemas import Key
 from aggregates.values import KEY_CHARS, KEY_PATTERN, isoformat
 
@@ -49,6 +51,64 @@ class DeadlineIn(BaseModel):
     from_: Literal["first_source", "key_date"] = Field(alias="from")
 
 
+def _pattern_rule(value: str) -> str:
+    try:
+        unit_of(value)
+    except ExpectError as exc:
+        raise ValueError(str(exc)) from None
+    return value
+
+
+def _every_rule(value: str) -> str:
+    seconds = parse_duration(value)
+    if not 60 <= seconds <= 366 * 86400:
+        raise ValueError("must be between 1m and 366d")
+    return value
+
+
+def _from_rule(value: str) -> str:
+    try:
+        parse_from(value)
+    except ExpectError as exc:
+        raise ValueError(str(exc)) from None
+    return value
+
+
+class ExpectIn(BaseModel):
+    """Expected keys: the pattern's key for `from`, `from + every`, …"""
+
+    model_config = ConfigDict(extra="forbid", strict=True, populate_by_name=True)
+
+    every: Annotated[str, AfterValidator(_every_rule)] = Field(
+        description="a duration of at least 1m: 1d, 6h, 15m"
+    )
+    key: Annotated[str, AfterValidator(_pattern_rule)] = Field(
+        max_length=200,
+        description="a strftime pattern holding %Y-%m-%d, optionally followed by "
+        "T%H:%M, :%S and Z, between key characters",
+    )
+    from_: Annotated[str, AfterValidator(_from_rule)] | None = Field(
+        None,
+        alias="from",
+        description="an ISO date or datetime (default: the start of the current "
+        "period)",
+    )
+
+    def expectation(self) -> Expectation:
+        start = parse_from(self.from_) if self.from_ is not None else None
+        return Expectation(
+            self.key, timedelta(seconds=parse_duration(self.every)), start
+        )
+
+    @model_validator(mode="after")
+    def _bounds(self) -> "ExpectIn":
+        try:
+            self.expectation().check(datetime.now(UTC))
+        except ExpectError as exc:
+            raise ValueError(str(exc)) from None
+        return self
+
+
 class RuleIn(BaseModel):
     """A rule's whole definition (POST and PUT)."""
 
@@ -70,6 +130,7 @@ class RuleIn(BaseModel):
     )
     on_deadline: Literal["late", "fire"] = "late"
     start: Literal["now", "history"] = "now"
+    expect: ExpectIn | None = None
 
     @field_validator("when", "fallback")
     @classmethod
@@ -91,6 +152,19 @@ class RuleIn(BaseModel):
             )
         return value
 
+    @field_validator("expect")
+    @classmethod
+    def _expected_keys_count_from_their_date(
+        cls, value: ExpectIn | None, info: ValidationInfo
+    ) -> ExpectIn | None:
+        deadline = info.data.get("deadline")
+        if value is not None and deadline and deadline.from_ != "key_date":
+            raise ValueError(
+                "with expect, the deadline counts from key_date (an expected key "
+                "may have no first source)"
+            )
+        return value
+
     def fields(self) -> dict[str, Any]:
         """The model fields this definition sets."""
         deadline = self.deadline
@@ -104,6 +178,11 @@ class RuleIn(BaseModel):
             "deadline_from": deadline.from_ if deadline else "",
             "on_deadline": self.on_deadline,
             "start": self.start,
+            "expect_key": self.expect.key if self.expect else "",
+            "expect_every_seconds": (
+                parse_duration(self.expect.every) if self.expect else None
+            ),
+            "expect_from": (self.expect.expectation().start if self.expect else None),
         }
 
 
@@ -124,8 +203,31 @@ def definition_json(rule: Rule) -> dict[str, Any]:
         "deadline": deadline,
         "on_deadline": rule.on_deadline,
         "start": rule.start,
+        "expect": expect_json(rule),
         "created_at": isoformat(rule.created_at),
     }
+
+
+def expect_json(rule: Rule) -> dict[str, Any] | None:
+    if not rule.expect_key or rule.expect_every_seconds is None:
+        return None
+    found = {
+        "every": _duration_text(rule.expect_every_seconds),
+        "key": rule.expect_key,
+    }
+    if rule.expect_from is not None:
+        found["from"] = isoformat(rule.expect_from)
+    return found
+
+
+def expectation(rule: Rule) -> Expectation | None:
+    if not rule.expect_key or rule.expect_every_seconds is None:
+        return None
+    return Expectation(
+        rule.expect_key,
+        timedelta(seconds=rule.expect_every_seconds),
+        rule.expect_from,
+    )
 
 
 def _duration_text(seconds: int) -> str:
@@ -149,6 +251,7 @@ class CompiledRule:
     deadline_after: timedelta | None
     deadline_from: str
     fire_at_deadline: bool
+    expect: Expectation | None = None
 
     @classmethod
     def of(cls, rule: Rule) -> "CompiledRule":
@@ -164,6 +267,7 @@ class CompiledRule:
             deadline_after=timedelta(seconds=after) if after is not None else None,
             deadline_from=rule.deadline_from,
             fire_at_deadline=rule.on_deadline == Rule.OnDeadline.FIRE,
+            expect=expectation(rule),
         )
 
     def matches(self, aggregate: str) -> bool:

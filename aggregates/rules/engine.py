@@ -33,7 +33,7 @@ from collections.abc import Sequence
 from datetime import datetime
 
 from django.db import DatabaseError, connection, transaction
-from django.db.models import F
+from django.db.models import F, Q
 from django.utils import timezone
 
 from aggregates import announcements, db, metrics
@@ -100,9 +100,12 @@ def _lock_rules(domain_key: str) -> list[Rule] | None:
 
 
 def domains_with_work(now: datetime | None = None) -> list[str]:
-    """Domains whose rules are behind their positions, or have something due."""
+    """Domains whose rules are behind their positions, or have something due
+    (a status's transition, an expected key's moment)."""
     horizon = (now or timezone.now()) - GRACE
-    behind = Rule.objects.filter(position__lt=F("domain__latest_position"))
+    behind = Rule.objects.filter(
+        Q(position__lt=F("domain__latest_position")) | Q(expect_next__lte=horizon)
+    )
     due = RuleStatus.objects.filter(next_due_at__lte=horizon)
     keys = set(behind.values_list("domain__key", flat=True))
     keys |= set(due.values_list("rule__domain__key", flat=True).distinct())

@@ -201,11 +201,14 @@ def save_events(events: list[tuple]) -> None:
 
 
 def save_cursors(
-    rule_ids: Iterable[int], position: int | None, seqs: dict[int, int]
+    rule_ids: Iterable[int],
+    position: int | None,
+    seqs: dict[int, int],
+    expect_next: dict[int, datetime],
 ) -> None:
     """These rules (those the step locked: never one created meanwhile, which has
     not read what they read) have evaluated up to `position`; some rules' logs
-    reached new seqs."""
+    reached new seqs, some rules' expected keys new moments."""
     rules = sorted(rule_ids)
     with connection.cursor() as cursor:
         if position is not None and rules:
@@ -218,4 +221,12 @@ def save_cursors(
             cursor.executemany(
                 f'UPDATE "{RULE}" SET "latest_seq" = %s WHERE "id" = %s',
                 [(seq, rule_id) for rule_id, seq in seqs.items()],
+            )
+        if expect_next:
+            cursor.executemany(
+                f'UPDATE "{RULE}" SET "expect_next" = %s WHERE "id" = %s',
+                [
+                    (_adapt_time(moment), rule_id)
+                    for rule_id, moment in expect_next.items()
+                ],
             )

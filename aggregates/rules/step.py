@@ -12,7 +12,7 @@ from datetime import datetime, timedelta
 from django.db import DatabaseError
 from django.db.models import Max, QuerySet
 
-from aggregates import announcements
+from aggregates import announcements, store
 from aggregates.models import Rule, Source, Version
 from aggregates.rules import evaluate, neighbours, sql
 from aggregates.rules.definition import CompiledRule
@@ -23,10 +23,14 @@ logger = logging.getLogger("botlnek.rules")
 
 BATCH = 500  # versions per step
 DUE_BATCH = 2000  # clock-due statuses per step
+EXPECT_BATCH = 1000  # expected keys per rule per step
 LOAD_CHUNK = 500  # statuses loaded at a time (a window may cover many)
 # The clock acts on moments at least this far in the past: a version stamped
 # before a moment but not yet committed then still counts as before it.
 GRACE = timedelta(seconds=1)
+# What the clock's heap holds at a moment: an expected key's first evaluation
+# comes before a status's transition due at the same moment.
+EXPECTED, DUE = 0, 1
 
 
 @dataclass
@@ -51,7 +55,11 @@ class Step:
         self.position: int | None = None  # where the step leaves the cursors
         self.now = now
         self.tracked: dict[tuple[int, int], Tracked] = {}
-        self.due: list[tuple[datetime, int, int]] = []  # (moment, rule, aggregate)
+        # (moment, EXPECTED or DUE, rule, aggregate (0: an expected key that is
+        # not evaluated: outside the prefix, or past the years there are))
+        self.due: list[tuple[datetime, int, int, int]] = []
+        self.expected: dict[tuple[int, int], str] = {}  # key, by (rule, aggregate)
+        self.expect_next: dict[int, datetime] = {}  # rules' cursors, as moved
         self.happened: list[tuple[Tracked, Happened]] = []
         self.history: dict[tuple[int, int], dict[str, datetime]] = {}
         self.failures = 0  # evaluations that failed
@@ -71,7 +79,12 @@ class Step:
         horizon = self.now - GRACE
         if versions and not caught_up:
             horizon = min(horizon, versions[-1].facts.at)
-        self._load(versions, horizon)
+        expected, cut = self._expected(horizon)
+        if cut is not None:  # more expected keys than a step takes: up to there
+            horizon = cut
+            caught_up = False
+            versions = [version for version in versions if version.facts.at <= cut]
+        self._load(versions, horizon, {aggregate for _, aggregate in expected})
         # Where the domain's stream stands for what is evaluated now: time is
         # applied before each version, as of the position before it.
         self.up_to = max(rule.position for rule in self.rows.values())
@@ -83,12 +96,57 @@ class Step:
         due_left = False
         if caught_up:
             due_left = self._run_due(until=horizon, limit=DUE_BATCH)
+        else:
+            self._run_due(until=horizon)  # expected keys up to the cut
         self.position = versions[-1].facts.position if versions else None
         return not caught_up or due_left
 
-    def _load(self, versions: list["_Version"], horizon: datetime) -> None:
-        """The statuses this step may change: of the batch's aggregates, and due."""
-        aggregate_ids = {version.aggregate_id for version in versions}
+    def _expected(
+        self, horizon: datetime
+    ) -> tuple[list[tuple[int, int]], datetime | None]:
+        """The expected keys whose moment comes by `horizon`, at most EXPECT_BATCH
+        per rule, on the clock's heap, their aggregates made (with no versions
+        where nobody posted); the (rule, aggregate) pairs, and the moment the step
+        must stop at when a rule has more than a batch."""
+        planned: dict[int, list[datetime]] = {}
+        cut = None
+        for rule in self.rules.values():
+            first = self.rows[rule.id].expect_next
+            if rule.expect is None or first is None or first > horizon:
+                continue
+            moments = rule.expect.moments(first, horizon, EXPECT_BATCH)
+            planned[rule.id] = moments
+            if len(moments) == EXPECT_BATCH and moments[-1] + rule.expect.every <= (
+                horizon
+            ):
+                cut = moments[-1] if cut is None else min(cut, moments[-1])
+        wanted: dict[str, datetime] = {}
+        keyed = []
+        for rule_id, moments in planned.items():
+            rule = self.rules[rule_id]
+            for moment in moments:
+                if cut is not None and moment > cut:
+                    break
+                key = rule.expect.key(moment)
+                if key is not None and rule.matches(key):
+                    wanted.setdefault(key, moment)
+                keyed.append((moment, rule_id, key))
+        made = store.expect_aggregates(self.domain_id, list(wanted.items()))
+        pairs = []
+        for moment, rule_id, key in keyed:
+            aggregate_id = made[key][0] if key in wanted else 0
+            heapq.heappush(self.due, (moment, EXPECTED, rule_id, aggregate_id))
+            if aggregate_id:
+                self.expected[rule_id, aggregate_id] = key
+                pairs.append((rule_id, aggregate_id))
+        return pairs, cut
+
+    def _load(
+        self, versions: list["_Version"], horizon: datetime, expected: set[int]
+    ) -> None:
+        """The statuses this step may change: of the batch's aggregates, of the
+        expected keys it evaluates, and due."""
+        aggregate_ids = {version.aggregate_id for version in versions} | expected
         found = sql.load_statuses(self.rules, aggregate_ids, horizon, DUE_BATCH)
         for row_id, rule_id, aggregate_id, key, first_at, state in found:
             tracked = Tracked(
@@ -106,7 +164,7 @@ class Step:
         due = tracked.state.next_due_at
         if due is not None:
             key = (tracked.rule.id, tracked.aggregate_id)
-            heapq.heappush(self.due, (due, *key))
+            heapq.heappush(self.due, (due, DUE, *key))
 
     def _run_due(self, until: datetime, limit: int | None = None) -> bool:
         """Apply time-based transitions due up to `until`, in time order; True if
@@ -115,7 +173,11 @@ class Step:
         while self.due and self.due[0][0] <= until:
             if limit is not None and done >= limit:
                 return True
-            moment, rule_id, aggregate_id = heapq.heappop(self.due)
+            moment, kind, rule_id, aggregate_id = heapq.heappop(self.due)
+            if kind == EXPECTED:
+                done += 1
+                self._expect(self.rules[rule_id], aggregate_id, moment)
+                continue
             tracked = self.tracked[rule_id, aggregate_id]
             if tracked.state.next_due_at != moment:
                 continue  # rescheduled since
@@ -133,6 +195,27 @@ class Step:
 
             self._evaluate(tracked, advance)
         return False
+
+    def _expect(self, rule: CompiledRule, aggregate_id: int, moment: datetime):
+        """An expected key's moment: its first evaluation, unless the rule has
+        evaluated it already (a version came first); as of where the step
+        stands, with the aggregate's own versions if it has some by then."""
+        assert rule.expect is not None
+        self.expect_next[rule.id] = moment + rule.expect.every
+        if not aggregate_id or (rule.id, aggregate_id) in self.tracked:
+            return
+        key = self.expected[rule.id, aggregate_id]
+        own = _own_version(aggregate_id, self.up_to)
+        number, counts = own if own is not None else (0, {})
+        as_of = VersionFacts(key, number, self.up_to, moment, "", counts, moment)
+        newest = self._newest_as_of(aggregate_id, as_of) if number else {}
+        tracked = Tracked(
+            rule, aggregate_id, key, moment, evaluate.unevaluated(as_of, newest)
+        )
+        self.tracked[rule.id, aggregate_id] = tracked
+        self._evaluate(
+            tracked, lambda _: self._begin(rule, as_of, newest), rebuild=False
+        )
 
     def _apply(self, row: "_Version") -> None:
         """A version, for every rule that has not evaluated it: its own aggregate,
@@ -238,14 +321,7 @@ class Step:
             return
         # Not evaluated yet (it existed before the rule): from this version on,
         # as its own would, if it had a version of its own by then.
-        own = (
-            Version.objects.filter(
-                aggregate_id=aggregate_id, position__lte=version.position
-            )
-            .order_by("-number")
-            .values_list("number", "counts")
-            .first()
-        )
+        own = _own_version(aggregate_id, version.position)
         if own is None:
             return  # made after this version: its own first version evaluates it
         as_of = VersionFacts(
@@ -416,11 +492,21 @@ class Step:
                 )
             )
         sql.save_events(recorded)
-        sql.save_cursors(self.rows, self.position, seqs)
+        sql.save_cursors(self.rows, self.position, seqs, self.expect_next)
         return [
             announcements.RuleEventsCommitted(self.domain, self.rows[rule_id].name, seq)
             for rule_id, seq in seqs.items()
         ]
+
+
+def _own_version(aggregate_id: int, position: int) -> tuple[int, dict] | None:
+    """An aggregate's newest version (number, counts) as of a position."""
+    return (
+        Version.objects.filter(aggregate_id=aggregate_id, position__lte=position)
+        .order_by("-number")
+        .values_list("number", "counts")
+        .first()
+    )
 
 
 @dataclass(frozen=True)

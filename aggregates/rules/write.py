@@ -2,6 +2,8 @@
 and the commands alike. Each checks what the API checks, writes, and announces the
 change once committed (the engine then steps the domain). The engine does the rest."""
 
+from datetime import datetime
+
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
@@ -31,7 +33,10 @@ def create_rule(domain: str, definition: RuleIn) -> dict:
         try:
             with transaction.atomic():
                 rule = Rule.objects.create(
-                    domain=found, position=position, **definition.fields()
+                    domain=found,
+                    position=position,
+                    expect_next=first_expected(definition, definition.start),
+                    **definition.fields(),
                 )
         except IntegrityError:
             raise Conflict(
@@ -54,11 +59,27 @@ def replace_rule(domain: str, name: str, definition: RuleIn) -> dict:
         )
     fields = definition.fields()
     fields.pop("start")  # where a rule started is history
+    expected = [fields[name] for name in EXPECT_FIELDS]
+    if expected != [getattr(rule, name) for name in EXPECT_FIELDS]:
+        # New expected keys: from the current period on (what came before is
+        # history, as a PUT's `start` is).
+        fields["expect_next"] = first_expected(definition, Rule.Start.NOW)
     with transaction.atomic():
         Rule.objects.filter(pk=rule.pk).update(**fields)  # the engine's lock, too
         reexamine(rule, definition.trigger)
         announcements.on_commit(announcements.rules_changed, [domain])
     return read_rule(domain, name)
+
+
+EXPECT_FIELDS = ("expect_key", "expect_every_seconds", "expect_from")
+
+
+def first_expected(definition: RuleIn, start: str) -> datetime | None:
+    """The moment of the first expected key a rule evaluates."""
+    if definition.expect is None:
+        return None
+    history = start == Rule.Start.HISTORY
+    return definition.expect.expectation().first(timezone.now(), history=history)
 
 
 def start_position(domain: Domain, start: str) -> int:

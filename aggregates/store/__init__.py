@@ -30,6 +30,7 @@ from aggregates.store.read import (
 )
 from aggregates.store.records import (
     create_domain,
+    expect_aggregates,
     prune_aggregates,
     record_receipt,
 )
@@ -51,6 +52,7 @@ __all__ = [
     "domain_json",
     "domain_versions",
     "encode_cursor",
+    "expect_aggregates",
     "get_aggregate",
     "get_domain",
     "latest_positions",

@@ -8,6 +8,7 @@ from typing import Any
 from django.db import connection, transaction
 
 from aggregates.errors import Conflict, NotFound, StoreError
+from aggregates.keydates import key_date
 from aggregates.models import Aggregate, Domain, Receipt, RuleEvent, RuleStatus
 from aggregates.store.read import get_aggregate, receipt_json
 from aggregates.store.sql import (
@@ -49,6 +50,12 @@ def record_receipt(
     seq: int | None = None,
 ) -> dict[str, Any]:
     target = get_aggregate(domain, aggregate)
+    if version == 0 and rule is None:
+        raise StoreError(
+            "version 0 (an expected key that has no sources) is only for a "
+            "receipt of a rule's event",
+            field="version",
+        )
     if version > target.version:
         raise NotFound(
             f"aggregate {aggregate!r} has versions 1-{target.version}, not {version}",
@@ -92,6 +99,36 @@ def _check_rule_event(aggregate: Aggregate, rule: str, seq: int, version: int):
         )
 
 
+def expect_aggregates(
+    domain_id: int, expected: list[tuple[str, datetime]]
+) -> dict[str, tuple[int, int]]:
+    """The aggregates of these expected (key, moment) pairs, made with no
+    versions where nobody posted yet (version 0, dated at their moment): key →
+    (id, version). The write path gives such an aggregate its first version as
+    it would a new one (created_at becomes that version's time)."""
+    rows = []
+    for key, moment in expected:
+        found = key_date(key)
+        rows.append(
+            Aggregate(
+                domain_id=domain_id,
+                key=key,
+                version=0,
+                counts={},
+                created_at=moment,
+                updated_at=moment,
+                key_template=found.template if found else "",
+                key_shape=found.shape if found else "",
+                key_at=found.at if found else None,
+            )
+        )
+    Aggregate.objects.bulk_create(rows, ignore_conflicts=True)
+    made = Aggregate.objects.filter(
+        domain_id=domain_id, key__in=[key for key, _ in expected]
+    ).values_list("key", "id", "version")
+    return {key: (pk, version) for key, pk, version in made}
+
+
 # Retention: deleting whole aggregates is the only deletion there is.
 
 # Statuses of a rule still waiting for an aggregate: pruning keeps such aggregates.
@@ -125,17 +162,18 @@ def prune_aggregates(
         )
         if not include_pending:
             victims = victims.exclude(rule_statuses__status__in=PENDING)
-        victims = list(victims.values_list("id", "domain_id"))
+        victims = list(victims.values_list("id", "domain_id", "version"))
         if not victims:
             return 0
-        ids = [aggregate_id for aggregate_id, _ in victims]
+        ids = [aggregate_id for aggregate_id, _, _ in victims]
         marks = placeholders(len(ids))
         for table in (RULE_STATUS, SOURCE, RECEIPT, VERSION, AGGREGATE):
             column = "id" if table == AGGREGATE else "aggregate_id"
             cursor.execute(f'DELETE FROM "{table}" WHERE "{column}" IN ({marks})', ids)
         gone: dict[int, int] = {}
-        for _, domain_id in victims:
-            gone[domain_id] = gone.get(domain_id, 0) + 1
+        for _, domain_id, version in victims:
+            if version:  # an expected key nobody posted to is not counted
+                gone[domain_id] = gone.get(domain_id, 0) + 1
         cursor.executemany(
             f'UPDATE "{DOMAIN}" SET "aggregate_count" = "aggregate_count" - %s'
             ' WHERE "id" = %s',

@@ -69,6 +69,8 @@ def register(
             domain = domains[item.domain]
             domain.latest_position += 1
             aggregate.version += 1
+            if aggregate.version == 1:  # made here, or expected with no versions
+                domain.aggregate_count += 1
             aggregate.counts[item.collection] = (
                 aggregate.counts.get(item.collection, 0) + 1
             )
@@ -225,7 +227,6 @@ class _WriteSql:
         # Rows come back in VALUES order, as Django's bulk_create also relies on.
         for row, (new_id,) in zip(rows, self.cursor.fetchall(), strict=True):
             row.id = new_id
-            row.domain.aggregate_count += 1
 
     def existing_sources(
         self, aggregates: Iterable[_AggregateRow], keys: set[str]
@@ -317,9 +318,12 @@ class _WriteSql:
             ' ON v."domain_id" = n."domain_id" AND v."position" = n."position"',
         )
         self.cursor.executemany(
-            f'UPDATE "{AGGREGATE}" SET "version" = %s, "counts" = %s,'
+            # An aggregate's first version dates it (one made with no versions
+            # for a rule's expected key, too).
+            f'UPDATE "{AGGREGATE}" SET "created_at" = CASE WHEN "version" = 0'
+            ' THEN %s ELSE "created_at" END, "version" = %s, "counts" = %s,'
             ' "updated_at" = %s WHERE "id" = %s',
-            [(a.version, self._json(a.counts), at, a.id) for a in aggregates],
+            [(at, a.version, self._json(a.counts), at, a.id) for a in aggregates],
         )
         self.cursor.executemany(
             f'UPDATE "{DOMAIN}" SET "latest_position" = %s,'

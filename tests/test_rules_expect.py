@@ -1,0 +1,174 @@
+"""Expected keys: a rule evaluates the keys its `expect` names when their moment
+comes, whether anybody posted to them or not (the engine step by step, in
+process)."""
+
+import json
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from django.utils import timezone
+
+from aggregates.models import Aggregate, Rule
+from aggregates.rules import engine
+from tests.test_rules import RULES, brief, define, events, register
+from tests.test_rules_across_keys import SEED, inputs
+
+DAILY = {"every": "1d", "key": "%Y-%m-%d"}
+
+
+def day(offset: int) -> str:
+    return (timezone.now() + timedelta(days=offset)).strftime("%Y-%m-%d")
+
+
+def midnight(key: str) -> datetime:
+    return datetime.fromisoformat(key).replace(tzinfo=UTC)
+
+
+def step_at(moment: datetime | None = None) -> None:
+    engine.catch_up("c-inputs", now=moment)
+
+
+def of_days(found: list[dict], *days: str) -> list[dict]:
+    return [event for event in found if event["aggregate"] in days]
+
+
+def test_history_three_past_days_one_with_data(api, domain):
+    """Two days nobody posted to end late; the one with data is late at its
+    deadline, then fired by the version it already had (committed later)."""
+    d3, d2, d1 = day(-3), day(-2), day(-1)
+    register(d2, "A")  # posted now: after d2's deadline
+    define(
+        api,
+        when="A >= 1",
+        deadline={"after": "20h", "from": "key_date"},
+        expect={**DAILY, "from": d3},
+        start="history",
+    )
+    step_at()
+    assert brief(of_days(events(api), d3, d2, d1)) == [
+        (d3, "late", None, 0, True),
+        (d2, "late", None, 0, True),
+        (d1, "late", None, 0, True),
+        (d2, "fired", "ready", 1, True),
+    ]
+    listing = api.get(f"{RULES}/run-c/aggregates", limit=10).json()["aggregates"]
+    found = {row["aggregate"]: (row["status"], row["version"]) for row in listing}
+    assert [found[d3], found[d2], found[d1]] == [("late", 0), ("fired", 1), ("late", 0)]
+    why = api.get(f"{RULES}/run-c/aggregates/{d3}")
+    assert why.status_code == 200, why.text
+    assert (why.json()["status"], why.json()["version"]) == ("late", 0)
+    assert why.json()["terms"][0]["detail"] == "A = 0"
+    counts = api.get(f"{RULES}/run-c").json()["counts"]
+    assert counts["late"] >= 2 and counts["fired"] == 1
+
+
+def test_a_fallback_fires_at_the_deadline_for_a_key_nobody_posted_to(api, domain):
+    f = day(3)
+    deadline = midnight(f) + timedelta(hours=20)
+    register(day(2), "A")
+    register(day(2), "B")
+    define(api, **SEED, expect=DAILY)
+    step_at(deadline - timedelta(hours=1))
+    assert of_days(events(api), f) == []  # expected, waiting: never before
+    step_at(deadline + timedelta(seconds=2))
+    (fired,) = of_days(events(api), f)
+    assert brief([fired]) == [(f, "fired", "fallback", 0, True)]
+    assert inputs(fired)["B@-1d"] == [(day(2), 2, 1)]
+    assert inputs(fired)["B"] == []
+
+
+def test_the_clock_makes_no_keys_ahead_of_their_moment(api, domain):
+    define(api, when="A", expect=DAILY)
+    step_at()
+    assert list(Aggregate.objects.values_list("key", "version")) == [(day(0), 0)]
+    step_at(midnight(day(2)) + timedelta(seconds=2))
+    assert sorted(Aggregate.objects.values_list("key", flat=True)) == [
+        day(0),
+        day(1),
+        day(2),
+    ]
+
+
+def test_an_expected_key_keeps_its_status_when_its_first_source_comes(api, domain):
+    """The source dates the aggregate (created_at) and counts it."""
+    define(api, when="A >= 1", expect=DAILY)
+    step_at()
+    expected = Aggregate.objects.get(key=day(0))
+    assert api.get("/api/domains/c-inputs").json()["aggregates"] == 0
+    register(day(0), "A")
+    step_at()
+    assert brief(events(api)) == [(day(0), "fired", "ready", 1, False)]
+    made = Aggregate.objects.get(key=day(0))
+    assert (made.pk, made.version) == (expected.pk, 1)
+    assert made.created_at > expected.created_at  # its first version's time
+    assert api.get("/api/domains/c-inputs").json()["aggregates"] == 1
+
+
+def test_aggregate_prefix_limits_expected_keys(api, domain):
+    define(
+        api, when="A", expect={"every": "1d", "key": "x-%Y-%m-%d"}, aggregate_prefix="y"
+    )
+    step_at()
+    assert not Aggregate.objects.exists()
+    assert Rule.objects.get().expect_next == midnight(day(1))
+
+
+@pytest.mark.parametrize(
+    ("expect", "field", "says"),
+    [
+        ({"every": "1d", "key": "%Y%m%d"}, "expect.key", "must hold %Y-%m-%d"),
+        ({"every": "1d", "key": "%d-%m-%Y"}, "expect.key", "must hold %Y-%m-%d"),
+        ({"every": "1d", "key": "run1%Y-%m-%d"}, "expect.key", "no digit"),
+        ({"every": "1d", "key": "a/%Y-%m-%d"}, "expect.key", "key characters"),
+        ({"every": "1h", "key": "%Y-%m-%d"}, "expect", "finer than"),
+        ({"every": "30s", "key": "%Y-%m-%dT%H:%M:%S"}, "expect.every", "1m"),
+        ({"every": "1x", "key": "%Y-%m-%d"}, "expect.every", "duration"),
+        ({"every": "1d", "key": "%Y-%m-%d", "from": "soon"}, "expect.from", "ISO"),
+        (
+            {"every": "1m", "key": "%Y-%m-%dT%H:%M", "from": "1900-01-01"},
+            "expect",
+            "100,000",
+        ),
+        ({"every": "1d"}, "expect.key", "required"),
+    ],
+)
+def test_bad_expectations_are_400_naming_the_field(api, domain, expect, field, says):
+    response = api.post(RULES, {"name": "bad", "when": "A", "expect": expect})
+    assert response.status_code == 400, response.text
+    assert says in response.json()["fields"][field], response.json()
+    assert api.get(RULES).json()["rules"] == []
+
+
+def test_expect_needs_a_key_date_deadline(api, domain):
+    response = api.post(
+        RULES,
+        {
+            "name": "bad",
+            "when": "A",
+            "expect": DAILY,
+            "deadline": {"after": "1h", "from": "first_source"},
+        },
+    )
+    assert response.status_code == 400, response.text
+    assert "key_date" in response.json()["fields"]["expect"]
+
+
+def test_a_put_that_changes_expect_starts_from_the_current_period(api, domain):
+    define(api, when="A", expect={**DAILY, "from": day(-5)}, start="history")
+    step_at()
+    assert Aggregate.objects.count() == 6
+    definition = {
+        "name": "run-c",
+        "when": "A",
+        "expect": {**DAILY, "key": "b-%Y-%m-%d"},
+    }
+    response = api.request(
+        "PUT",
+        f"{RULES}/run-c",
+        body=json.dumps(definition),
+        content_type="application/json",
+    )
+    assert response.status_code == 200, response.text
+    assert response.json()["expect"] == {"every": "1d", "key": "b-%Y-%m-%d"}
+    step_at()
+    assert Aggregate.objects.filter(key__startswith="b-").count() == 1
