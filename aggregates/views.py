@@ -152,7 +152,11 @@ def _readiness(domain: Domain, aggregates: list[dict]) -> dict:
     for row in aggregates:
         by_rule = statuses.get(row["key"], {})
         row["readiness"] = [
-            by_rule.get(rule.name) if CompiledRule.of(rule).matches(row["key"]) else ""
+            {
+                "rule": rule.name,
+                "applies": CompiledRule.of(rule).matches(row["key"]),
+                "status": by_rule.get(rule.name),
+            }
             for rule in rules
         ]
     for rule in rules:

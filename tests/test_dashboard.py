@@ -318,3 +318,29 @@ def test_picture_axis_says_the_time_and_the_day_where_it_changes():
     spots = {(mark["x"], mark["y"]) for mark in one_second["marks"]}
     assert len(spots) == 3
     assert "all at 2026-11-26 18:00:00 UTC" in one_second["description"]
+
+
+def test_an_expected_key_nobody_posted_to_shows_as_missing(admin_client, seed):
+    from aggregates.rules import write
+    from aggregates.rules.definition import RuleIn
+
+    today = datetime.now(UTC).strftime("%Y-%m-%d")
+    write.create_rule(
+        "c-inputs",
+        RuleIn(
+            name="daily",
+            when="A >= 1",
+            expect={"every": "1d", "key": "%Y-%m-%d"},
+        ),
+    )
+    engine.catch_up("c-inputs")
+    html = admin_client.get("/d/c-inputs/").content.decode()
+    row = cells(html, f"aggregate-{today}")
+    assert row[1:4] == ["missing", "no sources", "waiting"]
+    assert f'href="/d/c-inputs/{today}/#why-daily"' in html
+    page = admin_client.get(f"/d/c-inputs/{today}/")
+    assert page.status_code == 200
+    text = page.content.decode()
+    assert "nobody has posted a source to it yet" in text
+    assert 'id="why-daily"' in text
+    assert '<span class="muted">A = 0</span>' in text

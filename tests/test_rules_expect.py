@@ -172,3 +172,42 @@ def test_a_put_that_changes_expect_starts_from_the_current_period(api, domain):
     assert response.json()["expect"] == {"every": "1d", "key": "b-%Y-%m-%d"}
     step_at()
     assert Aggregate.objects.filter(key__startswith="b-").count() == 1
+
+
+def test_preview_of_expected_keys_equals_what_start_history_records(api, domain):
+    days = [day(n) for n in range(-5, 1)]
+    register(days[1], "A")
+    register(days[2], "B")
+    register(days[3], "A")
+    register(days[3], "B")
+    definition = {
+        "name": "replay",
+        **SEED,
+        "expect": {**DAILY, "from": days[0]},
+        "start": "history",
+    }
+    preview = api.post(f"{RULES}/preview", definition).json()["aggregates"]
+    define(api, **definition)
+    step_at()
+    statuses = {
+        row["aggregate"]: (row["status"], row["version"])
+        for row in api.get(f"{RULES}/replay/aggregates").json()["aggregates"]
+    }
+    fired = {}
+    for event in events(api, "replay"):
+        if event["event"] == "fired":
+            fired.setdefault(event["aggregate"], event)
+    assert {row["aggregate"]: row["status"] for row in preview} == {
+        key: status for key, (status, _) in statuses.items()
+    }
+    assert set(statuses) == set(days)  # every expected day, posted to or not
+    assert {
+        row["aggregate"]: row["would_fire"] for row in preview if row["would_fire"]
+    } == {
+        key: {"version": event["version"], "reason": event["reason"]}
+        for key, event in fired.items()
+    }
+    assert statuses[days[0]] == ("late", 0)  # nothing near it at all
+    # Yesterday nobody posted to: late at its deadline, then fired by the
+    # fallback when day -2's B came (everything was posted just now).
+    assert (fired[days[4]]["version"], fired[days[4]]["reason"]) == (0, "fallback")

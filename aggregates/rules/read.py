@@ -204,11 +204,30 @@ def preview(domain: str, definition: RuleIn, *, limit: int) -> dict[str, Any]:
     matches, had it existed since their first versions."""
     found = get_domain(domain)
     rule = CompiledRule.of(Rule(domain=found, pk=0, **definition.fields()))
-    aggregates = list(
+    now = timezone.now()
+    recent = (
         with_prefix(Aggregate.objects.filter(domain=found), rule.prefix)
+        .filter(version__gt=0)
         .order_by("-updated_at", "-id")
-        .values_list("id", "key", "created_at")[:limit]
+        .values_list("id", "key", "created_at", "updated_at")[:limit]
     )
+    # The most recent of them and of the expected keys, with each one's moment.
+    candidates = {
+        key: (pk, created_at, updated_at) for pk, key, created_at, updated_at in recent
+    }
+    expected = _expected_keys(rule, definition, now, limit)
+    for key, moment in expected.items():
+        if key not in candidates:
+            candidates[key] = (None, moment, moment)
+    chosen = sorted(candidates.items(), key=lambda item: item[1][2], reverse=True)
+    chosen = chosen[:limit]
+    missing = [key for key, (pk, _, _) in chosen if pk is None]
+    known = dict(
+        Aggregate.objects.filter(domain=found, key__in=missing).values_list("key", "id")
+    )
+    aggregates = [
+        (pk or known.get(key), key, created_at) for key, (pk, created_at, _) in chosen
+    ]
     versions = (
         Version.objects.filter(aggregate_id__in=[a[0] for a in aggregates])
         .order_by("aggregate_id", "number")
@@ -219,7 +238,6 @@ def preview(domain: str, definition: RuleIn, *, limit: int) -> dict[str, Any]:
     by_aggregate: dict[int, list[tuple]] = {}
     for row in versions:
         by_aggregate.setdefault(row[0], []).append(row)
-    now = timezone.now()
     answers = []
     for aggregate_id, key, created_at in aggregates:
         versions = [
@@ -228,11 +246,12 @@ def preview(domain: str, definition: RuleIn, *, limit: int) -> dict[str, Any]:
                 aggregate_id, []
             )
         ]
-        if not versions:
+        moment = expected.get(key)
+        if not versions and moment is None:
             continue
         try:
             near = _near_timeline(found.pk, key, rule)
-            status, happened = _replay(rule, versions, near, now)
+            status, happened = _replay(rule, key, versions, near, now, moment)
         except Exception as exc:  # as the engine records it against the pair
             answers.append(
                 {
@@ -261,6 +280,20 @@ def preview(domain: str, definition: RuleIn, *, limit: int) -> dict[str, Any]:
     }
 
 
+def _expected_keys(
+    rule: CompiledRule, definition: RuleIn, now: datetime, limit: int
+) -> dict[str, datetime]:
+    """The newest `limit` keys the rule expects by now, with their moments (from
+    `from`, or the current period: what it would evaluate)."""
+    if rule.expect is None:
+        return {}
+    first = rule.expect.first(now, history=definition.start == Rule.Start.HISTORY)
+    periods = max(0, (now - first) // rule.expect.every - limit + 1)
+    moments = rule.expect.moments(first + periods * rule.expect.every, now, limit)
+    keys = ((rule.expect.key(moment), moment) for moment in moments)
+    return {key: moment for key, moment in keys if key and rule.matches(key)}
+
+
 def _near_timeline(
     domain_id: int, key: str, rule: CompiledRule
 ) -> dict[int, tuple[datetime, list[str]]]:
@@ -279,25 +312,35 @@ def _near_timeline(
 
 def _replay(
     rule: CompiledRule,
+    key: str,
     versions: list[VersionFacts],
     near: dict[int, tuple[datetime, list[str]]],
     now: datetime,
+    expected: datetime | None = None,
 ) -> tuple[str, list[evaluate.Happened]]:
-    """An aggregate's history under the rule, up to now — its own versions and
-    its neighbours', in position order, as the engine applies them: its status,
-    and what would have been recorded."""
-    first = versions[0]
+    """An aggregate's history under the rule, up to now — from its first version
+    or, when the rule expects it earlier, from that moment with no sources; then
+    its own versions and its neighbours', in position order, as the engine
+    applies them: its status, and what would have been recorded."""
+    if expected is not None and (not versions or expected < versions[0].at):
+        # Where the domain stood at that moment, as far as the rule can see.
+        seen = [position for position, (at, _) in near.items() if at <= expected]
+        first = VersionFacts(key, 0, max(seen, default=0), expected, "", {}, expected)
+        newest: dict[str, datetime] = {}
+        rest = versions
+    else:
+        first = versions[0]
+        newest = {first.collection: first.at}
+        rest = versions[1:]
     counts: dict[str, int] = {}
-    newest: dict[str, datetime] = {}
+    near_newest: dict[str, datetime] = {}
     for position, (at, refs) in near.items():
-        if position <= first.position:  # before it existed: its first facts
+        if position <= first.position:  # before it was evaluated: its first facts
             for ref in refs:
                 counts[ref] = counts.get(ref, 0) + 1
-                newest[ref] = max(at, newest.get(ref, at))
-    state, happened = evaluate.begin(
-        rule, first, {first.collection: first.at}, (counts, newest)
-    )
-    own = {facts.position: facts for facts in versions[1:]}
+                near_newest[ref] = max(at, near_newest.get(ref, at))
+    state, happened = evaluate.begin(rule, first, newest, (counts, near_newest))
+    own = {facts.position: facts for facts in rest}
     later = sorted({*own, *(p for p in near if p > first.position)})
     for position in later:
         at, refs = near.get(position, (None, []))
