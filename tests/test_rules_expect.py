@@ -2,6 +2,7 @@
 comes, whether anybody posted to them or not (the engine step by step, in
 process)."""
 
+import asyncio
 import json
 from datetime import UTC, datetime, timedelta
 
@@ -211,3 +212,32 @@ def test_preview_of_expected_keys_equals_what_start_history_records(api, domain)
     # Yesterday nobody posted to: late at its deadline, then fired by the
     # fallback when day -2's B came (everything was posted just now).
     assert (fired[days[4]]["version"], fired[days[4]]["reason"]) == (0, "fallback")
+
+
+def test_a_rule_event_about_a_key_with_no_sources_carries_no_state(api, domain):
+    from aggregates.streams import RuleFrame
+
+    define(api, when="A >= 0", expect=DAILY)  # holds at once, with nothing
+    step_at()
+    (event,) = events(api)
+    assert (event["aggregate"], event["version"]) == (day(0), 0)
+    frame = json.loads(asyncio.run(RuleFrame(event).text()))
+    assert frame["state"] is None and frame["seq"] == 1
+
+
+def test_version_0_receipts_are_only_for_a_rules_event(api, domain):
+    define(api, when="A >= 0", expect=DAILY)
+    step_at()
+    receipt = {
+        "watcher": "w",
+        "domain": "c-inputs",
+        "aggregate": day(0),
+        "version": 0,
+        "outcome": "success",
+    }
+    refused = api.post("/api/receipts", receipt)
+    assert refused.status_code == 400, refused.text
+    assert "only for a receipt of a rule's event" in refused.json()["fields"]["version"]
+    taken = api.post("/api/receipts", {**receipt, "rule": "run-c", "seq": 1})
+    assert taken.status_code == 201, taken.text
+    assert taken.json()["version"] == 0

@@ -248,44 +248,49 @@ with open(sys.argv[1], "a") as out:
 """
 
 
+def rule_watcher(server, token, directory, runs, *options):
+    """`botlnek watch --rule run-c --name nightly` running RECORDER, once it
+    follows the rule; its stderr lines in `.lines`."""
+    directory.mkdir(exist_ok=True)
+    script = directory / "recorder.py"
+    script.write_text(RECORDER)
+    process = subprocess.Popen(
+        watch_command(
+            server,
+            token,
+            "--rule",
+            "run-c",
+            "--name",
+            "nightly",
+            "--lease",
+            "5",  # one killed stands in the way for 5 s at most
+            *options,
+            "--",
+            sys.executable,
+            str(script),
+            str(runs),
+        ),
+        cwd=directory,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    lines: list[str] = []
+    threading.Thread(target=lambda: lines.extend(process.stderr), daemon=True).start()
+    wait_for(lambda: any("following rule" in line for line in lines), 15)
+    process.lines = lines
+    return process
+
+
 def test_watch_rule_restarted_elsewhere_runs_every_firing_once(
     start_server, token, tmp_path
 ):
     server = start_server()
     define(server, token, name="run-c", when="A >= 1 and B >= 1")
     runs = tmp_path / "runs.jsonl"
-    script = tmp_path / "recorder.py"
-    script.write_text(RECORDER)
 
     def watch(directory):
-        directory.mkdir(exist_ok=True)
-        process = subprocess.Popen(
-            watch_command(
-                server,
-                token,
-                "--rule",
-                "run-c",
-                "--name",
-                "nightly",
-                "--lease",
-                "5",  # the one killed stands in the way for 5 s at most
-                "--",
-                sys.executable,
-                str(script),
-                str(runs),
-            ),
-            cwd=directory,
-            env={**os.environ, "PYTHONPATH": str(ROOT)},
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        lines: list[str] = []
-        threading.Thread(
-            target=lambda: lines.extend(process.stderr), daemon=True
-        ).start()
-        wait_for(lambda: any("following rule" in line for line in lines), 15)
-        process.lines = lines
-        return process
+        return rule_watcher(server, token, directory, runs)
 
     def run_lines():
         return runs.read_text().splitlines() if runs.exists() else []
@@ -344,3 +349,62 @@ def test_history_is_evaluated_by_the_server_in_batches(start_server, token):
     events = wait_for(lambda: len(recorded("old")) == 300 and recorded("old"), 30)
     assert [e.seq for e in events] == list(range(1, 301))
     assert {e.version for e in events} == {2}
+
+
+def test_watch_rule_runs_a_fallback_for_a_key_nobody_posted_to_once(
+    start_server, token, tmp_path
+):
+    """A minute nobody posted to settles for the previous minute's B at its
+    deadline: the watcher runs it (version 0, no state), posts its receipt, and a
+    restarted watcher does not run it again."""
+    now = datetime.now(UTC)
+    if now.second >= 45:  # the minute must not turn before the rule is made
+        wait_for(lambda: datetime.now(UTC).second < 45, 20)
+        now = datetime.now(UTC)
+    minute = now.replace(second=0, microsecond=0)
+    server = start_server()
+    previous = (minute - timedelta(minutes=1)).strftime("m-%Y-%m-%dT%H:%M")
+    post(server, token, previous, "B")
+    define(
+        server,
+        token,
+        name="run-c",
+        when="A >= 1",
+        fallback="B@-1m >= 1",
+        deadline={"after": "1s", "from": "key_date"},
+        expect={"every": "1m", "key": "m-%Y-%m-%dT%H:%M"},
+    )
+    runs = tmp_path / "runs.jsonl"
+    first = rule_watcher(server, token, tmp_path / "one", runs, "--from-start")
+    expected = minute.strftime("m-%Y-%m-%dT%H:%M")
+    try:
+        wait_for(lambda: runs.exists() and runs.read_text().strip(), 15, "a run")
+        wait_for(lambda: Receipt.objects.filter(rule="run-c").exists(), 15)
+    finally:
+        first.terminate()
+        first.wait(timeout=10)
+    (run,) = [json.loads(line) for line in runs.read_text().splitlines()]
+    assert (run["AGGREGATE"], run["VERSION"], run["REASON"], run["LATE"]) == (
+        expected,
+        "0",
+        "fallback",
+        "1",
+    )
+    assert json.loads(run["INPUTS"])["B@-1m"] == [
+        {"aggregate": previous, "version": 1, "count": 1}
+    ]
+    receipt = Receipt.objects.get(rule="run-c")
+    assert (receipt.aggregate.key, receipt.version, receipt.seq) == (expected, 0, 1)
+
+    second = rule_watcher(server, token, tmp_path / "two", runs)
+    try:
+        post(server, token, "x", "A")  # a later firing, for the restarted one
+        wait_for(lambda: len(runs.read_text().splitlines()) >= 2, 15, "a run")
+    finally:
+        second.terminate()
+        assert second.wait(timeout=10) == 0, "".join(second.lines)
+    done = [json.loads(line) for line in runs.read_text().splitlines()]
+    assert [(r["AGGREGATE"], r["RULE_SEQ"]) for r in done] == [
+        (expected, "1"),
+        ("x", "2"),
+    ]
