@@ -278,3 +278,28 @@ def test_pages_read_at_desktop_and_phone_width(browser, demo_site):
         )
         assert font >= 14, name
     assert errors == []
+
+
+def test_a_missing_expected_day_turns_fired_live(browser, site):
+    from aggregates.rules import engine, write
+    from aggregates.rules.definition import RuleIn
+
+    write.create_rule(
+        "c-inputs",
+        RuleIn(name="daily", when="A >= 1", expect={"every": "1d", "key": "%Y-%m-%d"}),
+    )
+    engine.catch_up("c-inputs")
+    today = timezone.now().strftime("%Y-%m-%d")
+    page, errors = logged_in_page(browser, site)
+    page.goto(f"{site.url}/d/c-inputs/")
+    wait_live(page)
+    row = f"#aggregate-{today}"
+    assert page.inner_text(f"{row} td:nth-child(2)") == "missing"
+    assert page.inner_text(f"{row} td.rule-column") == "waiting"
+    post(site, today, "A")
+    page.wait_for_selector(f"{row} td.rule-column >> text=fired v1", timeout=10000)
+    assert page.inner_text(f"{row} td:nth-child(2)") == "v1"
+    page.click(f"{row} td.rule-column a")
+    page.wait_for_selector("#why-daily")
+    assert "✓" in page.inner_text("#why-daily")
+    assert errors == []
