@@ -3,10 +3,12 @@ ingest, how soon the clock
 records a deadline with 100,000 aggregates waiting, and the why endpoint and the
 preview at that size. Servers are started as a user would (bench/ingest.py)."""
 
+import os
 import statistics
 import tempfile
 import time
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 from bench.ingest import Server, wrk
 
@@ -200,6 +202,83 @@ def waiting(db: str, size: int, requests: int) -> dict:
             server.stop()
 
 
+def expecting(db: str, years: int, requests: int) -> dict:
+    """A daily rule expecting `years` of keys from the past (`start: history`),
+    an A posted into every third day: how long until every day is evaluated
+    (late at its deadline, then fired by the A its window covers),
+    the why of one day and a page of its listing, and the server's CPU while
+    idle afterwards (a clock that scanned the keys would show there)."""
+    with tempfile.TemporaryDirectory() as data_dir:
+        server = Server(db, data_dir)
+        try:
+            _create(server, "expecting", [])
+            today = datetime.now(UTC).date()
+            first = today - timedelta(days=365 * years)
+            days = [first + timedelta(days=n) for n in range((today - first).days)]
+            for start in range(0, len(days), 3000):
+                batch = [
+                    {"domain": "expecting", "aggregate": f"{day}", "collection": "A"}
+                    for day in days[start : start + 3000 : 3]
+                ]
+                assert server.http.post("/api/sources", json=batch).is_success
+            rule = {
+                "name": "daily",
+                "when": "A@-2d..0d >= 1 and B >= 1",
+                "fallback": "A@-2d..0d >= 1",
+                "deadline": {"after": "20h", "from": "key_date"},
+                "expect": {"every": "1d", "key": "%Y-%m-%d", "from": f"{first}"},
+                "start": "history",
+            }
+            started = time.monotonic()
+            path = "/api/domains/expecting/rules"
+            response = server.http.post(path, json=rule)
+            assert response.status_code == 201, response.text
+            created_ms = (time.monotonic() - started) * 1000
+            expected = len(days) + 1  # today's key too
+            while True:
+                # Every day is late at its deadline (the As came later: now),
+                # then fired by the A in its window; today may still wait.
+                counts = server.http.get(f"{path}/daily").json()["counts"]
+                if counts["fired"] >= expected - 1:
+                    break
+                if time.monotonic() - started > 900:
+                    raise RuntimeError("the expected keys were not all evaluated")
+                time.sleep(0.2)
+            evaluated = time.monotonic() - started
+            time.sleep(2)  # what is due now is recorded
+            idle_cpu = _cpu_seconds(server, 10)
+            day = days[len(days) // 2 + 1]  # a day nobody posted to
+            why_ms = _times(server, "GET", f"{path}/daily/aggregates/{day}", requests)
+            listing_ms = _times(
+                server, "GET", f"{path}/daily/aggregates?limit=100", requests
+            )
+            return {
+                "db": db,
+                "keys": expected,
+                "created_ms": created_ms,
+                "evaluated_s": evaluated,
+                "counts": counts,
+                "idle_cpu_s": idle_cpu,
+                "why_ms": why_ms,
+                "listing_ms": listing_ms,
+            }
+        finally:
+            server.stop()
+
+
+def _cpu_seconds(server: Server, seconds: float) -> float:
+    """The server process's CPU time over `seconds` of wall time."""
+
+    def used() -> float:
+        fields = Path(f"/proc/{server.process.pid}/stat").read_text().split(")")[-1]
+        utime, stime = fields.split()[11:13]
+        return (int(utime) + int(stime)) / os.sysconf("SC_CLK_TCK")
+
+    before = used()
+    time.sleep(seconds)
+    return used() - before
+
+
 def _times(server: Server, method: str, path: str, count: int, **kwargs) -> float:
     """Median milliseconds of `count` requests, after two to warm up."""
     took = []
@@ -212,7 +291,7 @@ def _times(server: Server, method: str, path: str, count: int, **kwargs) -> floa
     return statistics.median(took)
 
 
-def table(ingests: list[dict], waits: list[dict]) -> list[str]:
+def table(ingests: list[dict], waits: list[dict], expects: list[dict]) -> list[str]:
     lines = [
         "| database | rules | single posts, no rules | with the rules | ratio"
         " | p99 ms with rules | engine done after the run |",
@@ -241,5 +320,17 @@ def table(ingests: list[dict], waits: list[dict]) -> list[str]:
             f"| {r['db']} | {r['size']:,} | {r['evaluated_s']:.0f} s | "
             f"{r['delay_s']:.2f} s ({r['event']}) | {r['why_ms']:.1f} | "
             f"{r['preview_ms']:.1f} |"
+        )
+    lines += [
+        "",
+        "| database | expected keys | created in | all evaluated in | idle CPU (10 s)"
+        " | why ms | listing ms (100) |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in expects:
+        lines.append(
+            f"| {r['db']} | {r['keys']:,} | {r['created_ms']:.0f} ms | "
+            f"{r['evaluated_s']:.0f} s | {r['idle_cpu_s']:.2f} s | "
+            f"{r['why_ms']:.1f} | {r['listing_ms']:.1f} |"
         )
     return lines
