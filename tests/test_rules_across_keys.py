@@ -335,3 +335,29 @@ def test_an_evaluation_that_failed_loses_no_neighbour(api, domain, monkeypatch):
     step()
     (fired,) = events(api)
     assert inputs(fired)["A@-1d"] == [(D1, 2, 2)]
+
+
+def test_inputs_of_one_step_equal_the_databases_as_of_each_position(api, domain):
+    """A step works out its events' inputs from its own versions; the database,
+    asked as of each event's position, must say the same."""
+    from aggregates.rules import neighbours
+    from aggregates.rules.definition import CompiledRule
+
+    define(api, "each", "B and A@-1d..0d", trigger="every")
+    define(api, "near", "A@-2d..0d >= 2 and (B or B@-1d)", trigger="every")
+    register(D3, "A")
+    step()  # some history before the step
+    days = [D2, D1, D, D1, D2, D, D3, D]
+    for n, day in enumerate(days):
+        register(day, "AB"[n % 2], n=str(n))
+    step()  # one step: every event's inputs worked out in memory
+    checked = 0
+    for name in ("each", "near"):
+        rule = CompiledRule.of(domain.rules.get(name=name))
+        for event in events(api, name):
+            expected = neighbours.inputs(
+                domain.pk, event["aggregate"], rule.references, event["position"]
+            )
+            assert event["inputs"] == expected, event
+            checked += 1
+    assert checked >= 6

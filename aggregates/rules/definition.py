@@ -3,6 +3,7 @@ evaluator runs (its condition parsed, its deadline worked out per aggregate)."""
 
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from functools import cached_property
 from typing import Annotated, Any, Literal
 
 from pydantic import (
@@ -273,18 +274,18 @@ class CompiledRule:
     def matches(self, aggregate: str) -> bool:
         return aggregate.startswith(self.prefix)
 
-    @property
+    @cached_property
     def conditions(self) -> list[Condition]:
         """`when`, then the fallback if there is one."""
         return [self.condition] + ([self.fallback] if self.fallback else [])
 
-    @property
+    @cached_property
     def references(self) -> list[Ref]:
         """Every distinct reference of `when` and the fallback, as first written."""
         refs = (ref for condition in self.conditions for ref in condition.references)
         return list(dict.fromkeys(refs))
 
-    @property
+    @cached_property
     def neighbours(self) -> list[Ref]:
         """The references to other aggregates (`B@-1d`, `A@-2d..0d`)."""
         return [ref for ref in self.references if ref.neighbours]

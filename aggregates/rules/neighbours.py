@@ -137,3 +137,74 @@ def inputs(
 def _newest_first(key: str) -> tuple:
     moment = keydates.key_moment(key)
     return (moment is not None, moment or datetime.min.replace(tzinfo=UTC), key)
+
+
+class RunningInputs:
+    """Events' inputs through one engine step, with no query per event: what a
+    reference covers from a key as of the step's start (one query per key and
+    reference), then the step's own versions applied in position order (an
+    event's inputs are as of its position; a step records them in that order).
+
+    `versions`: the step's versions, in position order, as (position, aggregate
+    key, version number, counts as of it)."""
+
+    def __init__(
+        self, domain_id: int, start: int, versions: list[tuple[int, str, int, dict]]
+    ):
+        self.domain_id = domain_id
+        self.start = start
+        self.versions = versions
+        # (key, ref) → [versions applied, last position asked, {aggregate:
+        # (version, count)}]
+        self.running: dict[tuple[str, Ref], list] = {}
+        self.answers: dict[tuple[str, Ref, int], list[dict[str, Any]]] = {}
+        self.windows: dict[tuple[str, Ref], Any] = {}
+        self.dates: dict[str, keydates.KeyDate | None] = {}
+        self.known: dict[tuple[str, Ref], QuerySet] = {}
+
+    def of(self, key: str, ref: Ref, position: int) -> list[dict[str, Any]]:
+        """What `ref` covers from `key` as of `position` (inputs' shape)."""
+        answer = self.answers.get((key, ref, position))
+        if answer is not None:
+            return answer
+        running = self.running.get((key, ref))
+        if running is None or position < running[1]:
+            if position < self.start:  # before the step: the database knows
+                return inputs(self.domain_id, key, [ref], position, self.known)[ref.key]
+            base = inputs(self.domain_id, key, [ref], self.start, self.known)
+            found = {
+                item["aggregate"]: (item["version"], item["count"])
+                for item in base[ref.key]
+            }
+            running = self.running[key, ref] = [0, self.start, found]
+        applied, _, found = running
+        while applied < len(self.versions) and self.versions[applied][0] <= position:
+            _, other, number, counts = self.versions[applied]
+            count = counts.get(ref.collection, 0)
+            if count and self._covers(key, ref, other):
+                found[other] = (number, count)
+            applied += 1
+        running[0], running[1] = applied, position
+        answer = [
+            {"aggregate": other, "version": number, "count": count}
+            for other, (number, count) in found.items()
+        ]
+        answer.sort(key=lambda item: _newest_first(item["aggregate"]), reverse=True)
+        self.answers[key, ref, position] = answer
+        return answer
+
+    def _covers(self, key: str, ref: Ref, other: str) -> bool:
+        """Whether `ref` from `key` covers the aggregate `other` (as
+        _aggregates() finds them in the database)."""
+        if not ref.neighbours:
+            return other == key
+        if ref.lower == ref.upper:
+            return other == keydates.neighbour(key, _offset(ref.lower))
+        if (key, ref) not in self.windows:
+            self.windows[key, ref] = keydates.window(
+                key, _offset(ref.lower), _offset(ref.upper)
+            )
+        window = self.windows[key, ref]
+        if other not in self.dates:
+            self.dates[other] = keydates.key_date(other)
+        return window is not None and window.covers(self.dates[other])

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from django.db import DatabaseError
-from django.db.models import Max, QuerySet
+from django.db.models import Max
 
 from aggregates import announcements, store
 from aggregates.models import Rule, Source, Version
@@ -68,9 +68,8 @@ class Step:
         # versions were read first, so every aggregate they make exists already
         # (one made after a given version is skipped there by _apply_near).
         self.covers: dict[tuple, dict] = {}
-        self.covered: dict[tuple, QuerySet] = {}  # the same, for events' inputs
         self.looked_up: set[tuple[int, int]] = set()  # statuses asked for
-        self.inputs: dict[tuple, list] = {}  # events' inputs, by key, ref, position
+        self.inputs: neighbours.RunningInputs | None = None  # events' inputs
 
     def run(self) -> bool:
         start = min(rule.position for rule in self.rows.values())
@@ -85,6 +84,14 @@ class Step:
             caught_up = False
             versions = [version for version in versions if version.facts.at <= cut]
         self._load(versions, horizon, {aggregate for _, aggregate in expected})
+        self.inputs = neighbours.RunningInputs(
+            self.domain_id,
+            start,
+            [
+                (v.facts.position, v.facts.aggregate, v.facts.version, v.facts.counts)
+                for v in versions
+            ],
+        )
         # Where the domain's stream stands for what is evaluated now: time is
         # applied before each version, as of the position before it.
         self.up_to = max(rule.position for rule in self.rows.values())
@@ -450,18 +457,10 @@ class Step:
                 if count
                 else []
             )
+        assert self.inputs is not None
         for ref in near:
-            # Rules that share a reference share what one version gave them.
-            cache = (tracked.aggregate, ref, happened.position)
-            if cache not in self.inputs:
-                self.inputs[cache] = neighbours.inputs(
-                    self.domain_id,
-                    tracked.aggregate,
-                    [ref],
-                    happened.position,
-                    self.covered,
-                )[ref.key]
-            inputs[ref.key] = self.inputs[cache]
+            # Rules that share a reference share the same answer.
+            inputs[ref.key] = self.inputs.of(tracked.aggregate, ref, happened.position)
         # In the order the references were written.
         return {ref.key: inputs[ref.key] for ref in tracked.rule.references}
 
