@@ -290,6 +290,10 @@ class CompiledRule:
         """The references to other aggregates (`B@-1d`, `A@-2d..0d`)."""
         return [ref for ref in self.references if ref.neighbours]
 
+    @cached_property
+    def neighbour_keys(self) -> set[str]:
+        return {ref.key for ref in self.neighbours}
+
     def deadline(self, aggregate: str, first_at: datetime) -> datetime | None:
         """The aggregate's deadline; None without one, or when it would fall
         past the last date there is (a key dated 9999-12-31 counts as no date)."""

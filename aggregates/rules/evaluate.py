@@ -149,6 +149,22 @@ def apply(
     """A later version of the aggregate: time up to it first, then the version
     (which the references `near` of this aggregate cover too)."""
     happened = advance(rule, state, version.at)
+    moment = take(rule, state, version, near)
+    happened += _evaluate(rule, state, moment, by_version=True)
+    state.next_due_at = next_due(rule, state)
+    return happened
+
+
+def settled(rule: CompiledRule, state: State) -> bool:
+    """A once-rule that fired: versions change its facts, never its outcome (the
+    engine takes them with take() and take_near(), and evaluates nothing)."""
+    return not rule.every and state.status == Status.FIRED
+
+
+def take(
+    rule: CompiledRule, state: State, version: VersionFacts, near: Iterable[str] = ()
+) -> datetime:
+    """A later version's facts, without evaluating; the moment it is taken at."""
     moment = max(version.at, state.evaluated_at)  # time never runs back
     state.version, state.position = version.version, version.position
     state.counts = dict(version.counts)
@@ -156,9 +172,7 @@ def apply(
     _add_near(state, near, version.at)
     state.deadline = rule.deadline(version.aggregate, version.first_at)
     state.evaluated_at = state.changed_at = moment
-    happened += _evaluate(rule, state, moment, by_version=True)
-    state.next_due_at = next_due(rule, state)
-    return happened
+    return moment
 
 
 def touch(
@@ -169,13 +183,19 @@ def touch(
     `every` rule fires only if the condition turns true); events carry `position`
     and the aggregate's own newest version."""
     happened = advance(rule, state, at)
+    moment = take_near(state, near, at, position)
+    happened += _evaluate(rule, state, moment, by_version=False)
+    state.next_due_at = next_due(rule, state)
+    return happened
+
+
+def take_near(state: State, near: Iterable[str], at: datetime, position: int):
+    """A neighbour's version's facts, without evaluating; the moment taken at."""
     moment = max(at, state.evaluated_at)
     _add_near(state, near, at)
     state.position = position
     state.evaluated_at = moment
-    happened += _evaluate(rule, state, moment, by_version=False)
-    state.next_due_at = next_due(rule, state)
-    return happened
+    return moment
 
 
 def _add_near(state: State, near: Iterable[str], at: datetime) -> None:

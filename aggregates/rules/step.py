@@ -285,6 +285,9 @@ class Step:
     ) -> None:
         """The aggregate's own version (which its own references `near` cover)."""
         tracked = self.tracked.get((rule.id, aggregate_id))
+        if tracked is not None and self._settled(tracked):
+            evaluate.take(rule, tracked.state, version, near)
+            return
         if tracked is not None:
             self._evaluate(
                 tracked,
@@ -317,6 +320,9 @@ class Step:
     ) -> None:
         """A neighbour's version, which this aggregate's references `near` cover."""
         tracked = self.tracked.get((rule.id, aggregate_id))
+        if tracked is not None and self._settled(tracked):
+            evaluate.take_near(tracked.state, near, version.at, version.position)
+            return
         if tracked is not None:
             self._evaluate(
                 tracked,
@@ -353,6 +359,16 @@ class Step:
             )
         return evaluate.begin(rule, version, newest, near)
 
+    def _settled(self, tracked: Tracked) -> bool:
+        """A once-rule that fired, its facts of neighbours up to date: a version
+        changes its facts only (no copy, no evaluation)."""
+        if not evaluate.settled(tracked.rule, tracked.state):
+            return False
+        if set(tracked.state.near_counts) != tracked.rule.neighbour_keys:
+            return False  # stale: _evaluate counts them again
+        tracked.touched = True
+        return True
+
     def _evaluate(
         self,
         tracked: Tracked,
@@ -372,7 +388,7 @@ class Step:
         tracked.touched = True
         state = evaluate.copied(tracked.state)
         rule = tracked.rule
-        stale = set(state.near_counts) != {ref.key for ref in rule.neighbours}
+        stale = set(state.near_counts) != rule.neighbour_keys
         if stale and rebuild:
             state.near_counts, state.near_newest = neighbours.near_facts(
                 self.domain_id,
