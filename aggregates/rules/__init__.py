@@ -8,6 +8,7 @@
                    applied to the statuses they touch
     neighbours.py  rules across keys: what references cover, their facts as of a
                    position, the inputs an event names
+    expect.py      expected keys: a rule's pattern, period and moments
     read.py        listings, why, the event log, receipts, preview
     write.py       create, replace, remove
     api.py         the HTTP endpoints

@@ -5,15 +5,17 @@ NOWAIT on PostgreSQL: a step already running elsewhere is left to finish the
 work; SQLite's BEGIN IMMEDIATE serializes steps with writes), reads the versions
 after the rules' cursors (`Rule.position`) in position order, and for each applies
 first the time-based transitions due before it (across the domain's aggregates,
-in time order), then the version itself to every rule that matches. Caught up, it
-applies what the clock has made due (`RuleStatus.next_due_at`, an index; never a
-scan of every aggregate). Events get the next `seq` of their rule, and cursors,
-statuses and events are written in the same transaction: a step that fails
-records nothing and moves no cursor, and one that commits is never redone. Why it
-can neither skip nor double-record: positions become visible in order (the
-domain's write lock is held to commit), so the versions after a cursor are read
-without gaps; the rule rows' lock admits one step per domain at a time; and the
-unique (rule, seq) constraint is the last line of defence.
+in time order; an expected key's first evaluation at its moment is one), then the
+version itself to every rule that matches. Caught up, it applies what the clock
+has made due (`RuleStatus.next_due_at`, an index, and each rule's next expected
+key, `Rule.expect_next`; never a scan of every aggregate or key). Events get
+the next `seq` of their rule, and cursors, statuses and events are written in
+the same transaction: a step that fails records nothing and moves no cursor, and
+one that commits is never redone. Why it can neither skip nor double-record:
+positions become visible in order (the domain's write lock is held to commit), so
+the versions after a cursor are read without gaps; the rule rows' lock admits one
+step per domain at a time; and the unique (rule, seq) constraint is the last line
+of defence.
 
 An evaluation that fails for one (rule, aggregate) — a bug, a date past the last
 there is — is recorded against that pair (its `error`, shown by "why", and a

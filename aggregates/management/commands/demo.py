@@ -14,15 +14,20 @@ from aggregates.rules.definition import RuleIn
 from aggregates.store import NewSource, Registration, register_sources
 
 WATCHER = "run-c"
-# The seed's consumer: C can use a recent A (within two days) and today's B; at
-# 20:00 UTC on the day it settles for yesterday's B; else the day is late.
-RULE = RuleIn(
-    name="run-c",
-    when="A@-2d..0d >= 1 and B >= 1",
-    fallback="A@-2d..0d >= 1 and B@-1d >= 1",
-    deadline={"after": "20h", "from": "key_date"},
-    start="history",
-)
+
+
+def demo_rule(first: str) -> RuleIn:
+    """The seed's consumer: C can use a recent A (within two days) and today's B;
+    at 20:00 UTC on the day it settles for yesterday's B; else the day is late.
+    Every day from `first` on is expected, posted to or not."""
+    return RuleIn(
+        name="run-c",
+        when="A@-2d..0d >= 1 and B >= 1",
+        fallback="A@-2d..0d >= 1 and B@-1d >= 1",
+        deadline={"after": "20h", "from": "key_date"},
+        expect={"every": "1d", "key": "%Y-%m-%d", "from": first},
+        start="history",
+    )
 
 
 def day_sources(domain: str, day: str) -> list[NewSource]:
@@ -101,7 +106,8 @@ class Command(BaseCommand):
         # Today: A has arrived, B not yet, so C is still waiting.
         register_sources(day_sources(domain, today.isoformat())[:1])
         with contextlib.suppress(Conflict):  # run before: the rule is there
-            rule_write.create_rule(domain, RULE)
+            first = (today - timedelta(days=days)).isoformat()
+            rule_write.create_rule(domain, demo_rule(first))
         engine.catch_up(domain)
 
     def live(self, domain: str, interval: float) -> None:
