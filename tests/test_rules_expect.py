@@ -4,6 +4,7 @@ process)."""
 
 import asyncio
 import json
+import threading
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -241,3 +242,54 @@ def test_version_0_receipts_are_only_for_a_rules_event(api, domain):
     taken = api.post("/api/receipts", {**receipt, "rule": "run-c", "seq": 1})
     assert taken.status_code == 201, taken.text
     assert taken.json()["version"] == 0
+
+
+@pytest.mark.postgres
+def test_a_first_source_racing_the_engine_making_its_key_waits_and_lands(domain):
+    """The engine makes an expected key's aggregate in a transaction of its own:
+    a writer posting the key's first source meanwhile waits for it (no deadlock,
+    no unique violation), then gives that aggregate its first version."""
+    from django.db import connection, transaction
+
+    from aggregates import store
+    from aggregates.store import NewSource, register_sources
+
+    made, release, found, failed = threading.Event(), threading.Event(), [], []
+    moment = midnight("2026-12-01")
+
+    def engine_side():
+        try:
+            with transaction.atomic():
+                store.expect_aggregates(domain.pk, [("2026-12-01", moment)])
+                made.set()
+                release.wait(10)
+        except Exception as exc:  # a deadlock, at commit
+            failed.append(exc)
+        finally:
+            made.set()
+            connection.close()
+
+    def writer():
+        try:
+            found.extend(register_sources([NewSource("c-inputs", "2026-12-01", "A")]))
+        except Exception as exc:  # a deadlock or a unique violation
+            failed.append(exc)
+        finally:
+            connection.close()
+
+    engine_thread = threading.Thread(target=engine_side)
+    engine_thread.start()
+    assert made.wait(10)
+    writer_thread = threading.Thread(target=writer)
+    writer_thread.start()
+    writer_thread.join(1.5)  # longer than PostgreSQL's deadlock_timeout (1 s)
+    assert writer_thread.is_alive()  # held back until the engine commits
+    release.set()
+    engine_thread.join(10)
+    writer_thread.join(10)
+    assert failed == []
+    assert [(r.created, r.version) for r in found] == [(True, 1)]
+    aggregate = Aggregate.objects.get(key="2026-12-01")
+    assert (aggregate.version, aggregate.counts) == (1, {"A": 1})
+    domain.refresh_from_db()
+    assert domain.aggregate_count == 1

@@ -2,7 +2,9 @@
 (rules/expect.py) that nobody posted to yet has version 0. Its first version
 then dates it (`created_at` becomes that version's time, as for an aggregate
 made by the version) and counts it among the domain's aggregates — on
-PostgreSQL, botlnek_register() is replaced: 0009's text with both changes.
+PostgreSQL, botlnek_register() is replaced: 0009's text with both changes, and
+an insert that waits for the rules engine making the same aggregate (the
+engine does not take the domain's lock) and then takes the engine's.
 """
 
 import importlib
@@ -12,11 +14,23 @@ from django.db import migrations
 _0005 = importlib.import_module("aggregates.migrations.0005_register_function")
 _0009 = importlib.import_module("aggregates.migrations.0009_aggregate_key_dates")
 
-COUNT_BEFORE = """                v_version := 0;
+COUNT_BEFORE = """                    RETURNING "id" INTO v_aggregate_id;
+                v_version := 0;
                 v_counts := '{}';
                 dom_added[d] := dom_added[d] + 1;"""
-COUNT_AFTER = """                v_version := 0;
-                v_counts := '{}';"""
+COUNT_AFTER = """                    ON CONFLICT ("domain_id", "key") DO NOTHING
+                    RETURNING "id" INTO v_aggregate_id;
+                v_version := 0;
+                v_counts := '{}';
+                IF v_aggregate_id IS NULL THEN
+                    -- Made meanwhile by the rules engine (an expected key, with
+                    -- no versions): the conflict waited for its commit.
+                    SELECT ag."id", ag."version", ag."counts"
+                        INTO v_aggregate_id, v_version, v_counts
+                        FROM "{aggregate}" ag
+                        WHERE ag."domain_id" = v_domain_id
+                            AND ag."key" = p_aggregates[i];
+                END IF;"""
 VERSION_BEFORE = """        agg_versions[a] := agg_versions[a] + 1;
 """
 VERSION_AFTER = """        agg_versions[a] := agg_versions[a] + 1;

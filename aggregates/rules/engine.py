@@ -40,7 +40,7 @@ from django.utils import timezone
 
 from aggregates import announcements, db, metrics
 from aggregates.models import Rule, RuleStatus
-from aggregates.rules.step import GRACE, Step
+from aggregates.rules.step import GRACE, Step, make_expected
 from aggregates.streams import Runner
 
 logger = logging.getLogger("botlnek.rules")
@@ -55,6 +55,7 @@ LOCK_NOT_AVAILABLE = "55P03"  # PostgreSQL's answer to FOR UPDATE NOWAIT
 def step(domain_key: str, now: datetime | None = None) -> bool:
     """One step of the domain's rules; True when there is more to do at once."""
     now = now or timezone.now()
+    make_expected(domain_key, now)
     with transaction.atomic():
         rules = _lock_rules(domain_key)
         if rules is None:

@@ -9,7 +9,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from django.db import DatabaseError
+from django.db import DatabaseError, transaction
 from django.db.models import Max
 
 from aggregates import announcements, store
@@ -115,33 +115,29 @@ class Step:
         per rule, on the clock's heap, their aggregates made (with no versions
         where nobody posted); the (rule, aggregate) pairs, and the moment the step
         must stop at when a rule has more than a batch."""
-        planned: dict[int, list[datetime]] = {}
+        planned: dict[int, list[tuple[datetime, str | None]]] = {}
         cut = None
         for rule in self.rules.values():
-            first = self.rows[rule.id].expect_next
-            if rule.expect is None or first is None or first > horizon:
+            keys = due_keys(rule, self.rows[rule.id].expect_next, horizon)
+            if not keys:
                 continue
-            moments = rule.expect.moments(first, horizon, EXPECT_BATCH)
-            planned[rule.id] = moments
-            if len(moments) == EXPECT_BATCH and moments[-1] + rule.expect.every <= (
-                horizon
-            ):
-                cut = moments[-1] if cut is None else min(cut, moments[-1])
+            planned[rule.id] = keys
+            last = keys[-1][0]
+            if len(keys) == EXPECT_BATCH and last + rule.expect.every <= horizon:
+                cut = last if cut is None else min(cut, last)
         wanted: dict[str, datetime] = {}
         keyed = []
-        for rule_id, moments in planned.items():
-            rule = self.rules[rule_id]
-            for moment in moments:
+        for rule_id, keys in planned.items():
+            for moment, key in keys:
                 if cut is not None and moment > cut:
                     break
-                key = rule.expect.key(moment)
-                if key is not None and rule.matches(key):
+                if key is not None:
                     wanted.setdefault(key, moment)
                 keyed.append((moment, rule_id, key))
         made = store.expect_aggregates(self.domain_id, list(wanted.items()))
         pairs = []
         for moment, rule_id, key in keyed:
-            aggregate_id = made[key][0] if key in wanted else 0
+            aggregate_id = made[key][0] if key is not None else 0
             heapq.heappush(self.due, (moment, EXPECTED, rule_id, aggregate_id))
             if aggregate_id:
                 self.expected[rule_id, aggregate_id] = key
@@ -512,6 +508,37 @@ class Step:
             announcements.RuleEventsCommitted(self.domain, self.rows[rule_id].name, seq)
             for rule_id, seq in seqs.items()
         ]
+
+
+def due_keys(
+    rule: CompiledRule, first: datetime | None, horizon: datetime
+) -> list[tuple[datetime, str | None]]:
+    """The rule's expected moments from `first` up to `horizon`, at most
+    EXPECT_BATCH, each with its key (None when it is not evaluated: outside the
+    rule's prefix, or past the years a key can write)."""
+    if rule.expect is None or first is None or first > horizon:
+        return []
+    found: list[tuple[datetime, str | None]] = []
+    for moment in rule.expect.moments(first, horizon, EXPECT_BATCH):
+        key = rule.expect.key(moment)
+        found.append((moment, key if key is not None and rule.matches(key) else None))
+    return found
+
+
+def make_expected(domain_key: str, now: datetime) -> None:
+    """The aggregates of the expected keys a step of the domain is about to
+    evaluate, made in a transaction of their own (store.expect_aggregates says
+    why); the step finds them made."""
+    horizon = now - GRACE
+    rules = list(Rule.objects.filter(domain__key=domain_key, expect_next__lte=horizon))
+    wanted: dict[str, datetime] = {}
+    for row in rules:
+        for moment, key in due_keys(CompiledRule.of(row), row.expect_next, horizon):
+            if key is not None:
+                wanted.setdefault(key, moment)
+    if wanted:
+        with transaction.atomic():
+            store.expect_aggregates(rules[0].domain_id, list(wanted.items()))
 
 
 def _own_version(aggregate_id: int, position: int) -> tuple[int, dict] | None:

@@ -105,9 +105,32 @@ def expect_aggregates(
     """The aggregates of these expected (key, moment) pairs, made with no
     versions where nobody posted yet (version 0, dated at their moment): key →
     (id, version). The write path gives such an aggregate its first version as
-    it would a new one (created_at becomes that version's time)."""
+    it would a new one (created_at becomes that version's time).
+
+    Making one takes the domain's row before the aggregate's, in the writers'
+    order: a writer holds the domain's lock while it inserts the same key, and
+    this transaction's (deferred) foreign key check needs a share of that lock
+    at commit — taken the other way round, the two deadlock on PostgreSQL. The
+    share holds back the domain's writers until this transaction ends: the rules
+    engine makes the keys of a step in a short transaction of their own first
+    (engine.make_expected), so that its step finds them made."""
+    keys = [key for key, _ in expected]
+    made = dict(
+        (key, (pk, version))
+        for key, pk, version in Aggregate.objects.filter(
+            domain_id=domain_id, key__in=keys
+        ).values_list("key", "id", "version")
+    )
+    missing = [(key, moment) for key, moment in expected if key not in made]
+    if not missing:
+        return made
+    if connection.vendor == "postgresql":
+        with connection.cursor() as cursor:
+            cursor.execute(
+                f'SELECT 1 FROM "{DOMAIN}" WHERE "id" = %s FOR KEY SHARE', [domain_id]
+            )
     rows = []
-    for key, moment in expected:
+    for key, moment in missing:
         found = key_date(key)
         rows.append(
             Aggregate(
@@ -123,10 +146,11 @@ def expect_aggregates(
             )
         )
     Aggregate.objects.bulk_create(rows, ignore_conflicts=True)
-    made = Aggregate.objects.filter(
-        domain_id=domain_id, key__in=[key for key, _ in expected]
+    now_made = Aggregate.objects.filter(
+        domain_id=domain_id, key__in=[key for key, _ in missing]
     ).values_list("key", "id", "version")
-    return {key: (pk, version) for key, pk, version in made}
+    made.update((key, (pk, version)) for key, pk, version in now_made)
+    return made
 
 
 # Retention: deleting whole aggregates is the only deletion there is.
