@@ -361,3 +361,14 @@ def test_inputs_of_one_step_equal_the_databases_as_of_each_position(api, domain)
             assert event["inputs"] == expected, event
             checked += 1
     assert checked >= 6
+
+
+def test_an_event_caused_by_time_alone_carries_where_the_rule_stood(api, domain):
+    define(api, when="B", deadline={"after": "20h", "from": "key_date"})
+    register(F, "A")  # position 1
+    register("other", "A")  # positions 2 and 3: nothing to do with F
+    register("other", "A", run="2")
+    step()
+    step_at(DEADLINE + timedelta(seconds=2))
+    (late,) = of_day(events(api), F)
+    assert (late["event"], late["version"], late["position"]) == ("late", 1, 3)

@@ -383,6 +383,9 @@ class Step:
         False for a first evaluation, which counts them itself)."""
         tracked.touched = True
         state = evaluate.copied(tracked.state)
+        # The rule has evaluated the domain up to here: an event caused by time
+        # alone carries that position (a version's own sets its own).
+        state.position = max(state.position, self.up_to)
         rule = tracked.rule
         stale = set(state.near_counts) != rule.neighbour_keys
         if stale and rebuild:
