@@ -68,6 +68,7 @@ class Step:
         # versions were read first, so every aggregate they make exists already
         # (one made after a given version is skipped there by _apply_near).
         self.covers: dict[tuple, dict] = {}
+        self.orders: dict[tuple, list] = {}  # the same, ordered, by rule
         self.looked_up: set[tuple[int, int]] = set()  # statuses asked for
         self.inputs: neighbours.RunningInputs | None = None  # events' inputs
 
@@ -228,21 +229,34 @@ class Step:
         for rule in self.rules.values():
             if self.rows[rule.id].position >= version.position:
                 continue  # this rule has evaluated it already
-            covering = self._covering(rule, version)
-            order = [
-                (key, other)
-                for other, (key, _, _) in covering.items()
-                if other != aggregate_id and rule.matches(key)
-            ]
-            if rule.matches(version.aggregate):
-                order.append((version.aggregate, aggregate_id))
-            for key, other in sorted(order):
-                near = [ref.key for ref in covering.get(other, ("", None, []))[2]]
+            for key, other, first_at, near in self._order(rule, aggregate_id, version):
                 if other == aggregate_id:
                     self._apply_own(rule, aggregate_id, version, near)
                 else:
-                    _, first_at, _ = covering[other]
                     self._apply_near(rule, other, key, first_at, version, near)
+
+    def _order(
+        self, rule: CompiledRule, aggregate_id: int, version: VersionFacts
+    ) -> list[tuple[str, int, datetime | None, list[str]]]:
+        """What a version of this aggregate and collection re-evaluates under
+        `rule`, in ascending key order: (key, aggregate, its first time, the
+        references that cover the version). The same for every version of a
+        burst: kept for the step, as what _covering finds is."""
+        cache = (rule.id, aggregate_id, version.collection)
+        if cache not in self.orders:
+            covering = self._covering(rule, version)
+            order = [
+                (key, other, first_at, [ref.key for ref in refs])
+                for other, (key, first_at, refs) in covering.items()
+                if other != aggregate_id and rule.matches(key)
+            ]
+            if rule.matches(version.aggregate):
+                own = covering.get(aggregate_id, ("", None, []))[2]
+                order.append(
+                    (version.aggregate, aggregate_id, None, [ref.key for ref in own])
+                )
+            self.orders[cache] = sorted(order, key=lambda item: item[:2])
+        return self.orders[cache]
 
     def _covering(
         self, rule: CompiledRule, version: VersionFacts
