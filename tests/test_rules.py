@@ -9,6 +9,7 @@ from django.utils import timezone
 from aggregates.keydates import key_moment
 from aggregates.models import Rule, RuleEvent, RuleStatus
 from aggregates.rules import engine
+from aggregates.rules.definition import RuleIn
 from aggregates.store import NewSource, register_sources
 from aggregates.tokens import create_token
 from tests.toolkit import ApiClient, post_source
@@ -393,3 +394,26 @@ def test_a_step_already_running_elsewhere_is_left_to_do_the_work(api, domain):
         elsewhere.rollback()
     engine.catch_up("c-inputs")
     assert brief(events(api)) == [("d1", "fired", "ready", 3, False)]
+
+
+def test_on_sqlite_a_step_planned_before_a_put_is_done_again(api, domain):
+    """A step reads and evaluates outside the write lock on SQLite: a rule
+    changed between that and its writing makes it start again, nothing
+    written from the old definition."""
+    from django.db import connection
+
+    if connection.vendor != "sqlite":
+        pytest.skip("PostgreSQL steps in one transaction, holding the rules")
+    from aggregates.rules.write import replace_rule
+
+    define(api, when="A >= 1")
+    register("d1", "A")
+    planned = engine.plan("c-inputs", timezone.now())
+    replace_rule("c-inputs", "run-c", RuleIn(name="run-c", when="A >= 2"))
+    assert engine.commit(planned) is True  # more to do: planned again
+    assert events(api) == []
+    engine.catch_up("c-inputs")
+    assert events(api) == []  # A >= 2 does not hold: nothing fires
+    register("d1", "A", run="pm")
+    engine.catch_up("c-inputs")
+    assert brief(events(api)) == [("d1", "fired", "ready", 2, False)]
