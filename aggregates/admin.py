@@ -20,7 +20,7 @@ from aggregates.rules import write as rule_write
 from aggregates.rules.definition import RuleIn
 from aggregates.schemas import DomainIn
 from aggregates.tokens import create_token, forget_all
-from aggregates.values import key_rule
+from aggregates.values import isoformat, key_rule
 from aggregates.webhooks import write as webhook_write
 from aggregates.webhooks.write import WebhookChange, WebhookIn, check_target
 
@@ -140,6 +140,18 @@ class ReceiptAdmin(ReadOnlyAdmin):
     ordering = ["-id"]
 
 
+def _rule_field(name: str) -> str:
+    """The form's field for a field of the API's rule definition."""
+    if name.startswith("deadline"):
+        return "deadline_seconds"
+    return {
+        "expect": "expect_key",
+        "expect.key": "expect_key",
+        "expect.every": "expect_every_seconds",
+        "expect.from": "expect_from",
+    }.get(name, name)
+
+
 class RuleForm(forms.ModelForm):
     """A rule's definition, checked as the API checks it."""
 
@@ -156,6 +168,9 @@ class RuleForm(forms.ModelForm):
             "deadline_from",
             "on_deadline",
             "start",
+            "expect_key",
+            "expect_every_seconds",
+            "expect_from",
         ]
 
     def clean(self):
@@ -167,6 +182,14 @@ class RuleForm(forms.ModelForm):
                 "after": f"{cleaned['deadline_seconds']}s",
                 "from": cleaned.get("deadline_from") or "first_source",
             }
+        expect = None
+        if cleaned.get("expect_key") or cleaned.get("expect_every_seconds"):
+            expect = {
+                "every": f"{cleaned.get('expect_every_seconds') or 0}s",
+                "key": cleaned.get("expect_key") or "",
+            }
+            if cleaned.get("expect_from"):
+                expect["from"] = isoformat(cleaned["expect_from"])
         try:
             # Name and start are fixed once a rule exists: the form leaves them out.
             self.definition = RuleIn.model_validate(
@@ -179,6 +202,7 @@ class RuleForm(forms.ModelForm):
                     "deadline": deadline,
                     "on_deadline": cleaned.get("on_deadline"),
                     "start": cleaned.get("start") or instance.start,
+                    "expect": expect,
                 }
             )
             rule_write.check_name(self.definition.name)
@@ -186,9 +210,7 @@ class RuleForm(forms.ModelForm):
             _add_errors(
                 self,
                 exc,
-                lambda name: (
-                    "deadline_seconds" if name.startswith("deadline") else name
-                ),
+                _rule_field,
             )
         except StoreError as exc:
             self.add_error(exc.field, str(exc))

@@ -133,6 +133,26 @@ def test_rules_are_defined_in_the_admin_as_in_the_api(admin_client, history):
     assert (rule.when, rule.position) == ("A >= 1 and B >= 1", 10)  # from now on
 
 
+def test_a_rules_expected_keys_are_set_and_kept_in_the_admin(admin_client, history):
+    from aggregates.models import Domain, Rule
+
+    domain = Domain.objects.get(key="c-inputs")
+    form = rule_form(domain, expect_key="%Y%m%d", expect_every_seconds="86400")
+    refused = admin_client.post("/admin/aggregates/rule/add/", form)
+    assert refused.status_code == 200
+    assert "must hold %Y-%m-%d" in refused.content.decode()
+    form["expect_key"] = "%Y-%m-%d"
+    assert admin_client.post("/admin/aggregates/rule/add/", form).status_code == 302
+    rule = Rule.objects.get()
+    assert (rule.expect_key, rule.expect_every_seconds) == ("%Y-%m-%d", 86400)
+    assert rule.expect_next is not None
+    page = f"/admin/aggregates/rule/{rule.pk}/change/"
+    changed = admin_client.post(page, {**form, "when": "A >= 2"})
+    assert changed.status_code == 302, changed.content
+    rule.refresh_from_db()
+    assert (rule.when, rule.expect_key) == ("A >= 2", "%Y-%m-%d")
+
+
 def test_webhooks_are_changed_in_the_admin_as_in_the_api(
     admin_client, history, public_host
 ):
