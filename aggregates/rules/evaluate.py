@@ -189,7 +189,9 @@ def touch(
     return happened
 
 
-def take_near(state: State, near: Iterable[str], at: datetime, position: int):
+def take_near(
+    state: State, near: Iterable[str], at: datetime, position: int
+) -> datetime:
     """A neighbour's version's facts, without evaluating; the moment taken at."""
     moment = max(at, state.evaluated_at)
     _add_near(state, near, at)

@@ -113,14 +113,11 @@ def expect_aggregates(
     at commit — taken the other way round, the two deadlock on PostgreSQL. The
     share holds back the domain's writers until this transaction ends: the rules
     engine makes the keys of a step in a short transaction of their own first
-    (engine.make_expected), so that its step finds them made."""
-    keys = [key for key, _ in expected]
-    made = dict(
-        (key, (pk, version))
-        for key, pk, version in Aggregate.objects.filter(
-            domain_id=domain_id, key__in=keys
-        ).values_list("key", "id", "version")
-    )
+    (rules/step.py, make_expected), so that its step finds them made."""
+    found = Aggregate.objects.filter(
+        domain_id=domain_id, key__in=[key for key, _ in expected]
+    ).values_list("key", "id", "version")
+    made = {key: (pk, version) for key, pk, version in found}
     missing = [(key, moment) for key, moment in expected if key not in made]
     if not missing:
         return made
