@@ -149,15 +149,16 @@ def _readiness(domain: Domain, aggregates: list[dict]) -> dict:
         return {"rules": []}
     counts = rules_read.status_counts(rules)
     statuses = rules_read.statuses_of(domain.key, [row["key"] for row in aggregates])
+    compiled = [CompiledRule.of(rule) for rule in rules]  # once, not once a row
     for row in aggregates:
         by_rule = statuses.get(row["key"], {})
         row["readiness"] = [
             {
                 "rule": rule.name,
-                "applies": CompiledRule.of(rule).matches(row["key"]),
+                "applies": rule.matches(row["key"]),
                 "status": by_rule.get(rule.name),
             }
-            for rule in rules
+            for rule in compiled
         ]
     for rule in rules:
         rule.counts = counts[rule.pk]

@@ -261,12 +261,7 @@ def test_put_keeps_the_log_and_applies_to_what_comes_next(api, domain):
     register("d2", "A", n="3")
     engine.catch_up("c-inputs")
     assert brief(events(api)) == [("d2", "fired", "ready", 3, False)]
-    changed = api.request(
-        "PUT",
-        f"{RULES}/run-c",
-        body='{"name": "run-c", "when": "A >= 1"}',
-        content_type="application/json",
-    )
+    changed = api.put(f"{RULES}/run-c", {"name": "run-c", "when": "A >= 1"})
     assert changed.status_code == 200 and changed.json()["latest_seq"] == 1
     register("d1", "B")
     engine.catch_up("c-inputs")

@@ -2,7 +2,6 @@
 re-evaluation a neighbour's version causes, and the inputs an event names (the
 engine step by step, in process)."""
 
-import json
 from datetime import datetime, timedelta
 
 import pytest
@@ -301,12 +300,7 @@ def test_a_put_that_adds_a_reference_counts_what_it_covers(api, domain):
     register(D1, "A", n="2")
     step()
     definition = {"name": "run-c", "when": "C and A@-1d >= 3"}
-    replaced = api.request(
-        "PUT",
-        f"{RULES}/run-c",
-        body=json.dumps(definition),
-        content_type="application/json",
-    )
+    replaced = api.put(f"{RULES}/run-c", definition)
     assert replaced.status_code == 200, replaced.text
     step()
     assert events(api) == []

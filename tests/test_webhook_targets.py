@@ -11,7 +11,6 @@ this test's own and every address it answers is a loopback one.
 import asyncio
 import contextlib
 import ipaddress
-import json
 import socket
 import threading
 import time
@@ -151,12 +150,7 @@ def test_a_host_is_allowed_only_if_every_address_is(api, domain, resolver):
     assert "does not resolve" in unknown.json()["fields"]["url"]
     # A change of URL is checked the same way.
     path = f"{HOOKS}/{created.json()['id']}"
-    moved = api.request(
-        "PUT",
-        path,
-        body=json.dumps({"url": "http://169.254.169.254/latest/meta-data"}),
-        content_type="application/json",
-    )
+    moved = api.put(path, {"url": "http://169.254.169.254/latest/meta-data"})
     assert moved.status_code == 400
     assert api.get(path).json()["url"] == "https://hooks.example.com/in"
     assert Webhook.objects.count() == 1

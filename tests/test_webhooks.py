@@ -145,12 +145,7 @@ def test_a_webhook_is_created_with_its_secret_shown_once(api, domain, loopback_a
     read = api.get(f"{HOOKS}/{body['id']}").json()
     assert "secret" not in read and read["lag"] == 0 and read["paused"] is False
     assert [h["id"] for h in api.get(HOOKS).json()["webhooks"]] == [body["id"]]
-    changed = api.request(
-        "PUT",
-        f"{HOOKS}/{body['id']}",
-        body=json.dumps({"description": "run C", "paused": True}),
-        content_type="application/json",
-    )
+    changed = api.put(f"{HOOKS}/{body['id']}", {"description": "run C", "paused": True})
     assert changed.json()["description"] == "run C"
     assert changed.json()["paused_reason"] == "paused through the API"
     assert api.request("DELETE", f"{HOOKS}/{body['id']}").status_code == 204

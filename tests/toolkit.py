@@ -90,6 +90,11 @@ class ApiClient:
             "POST", path, token=token, body=body, content_type=content_type
         )
 
+    def put(self, path: str, json_body: Any) -> httpx.Response:
+        return self.request(
+            "PUT", path, body=json.dumps(json_body), content_type="application/json"
+        )
+
 
 async def _asgi_request(method, path, params, body, headers) -> httpx.Response:
     from botlnek_site.asgi import application

@@ -20,6 +20,7 @@ from aggregates.conditions import (
     Condition,
     ConditionError,
     Ref,
+    format_duration,
     parse,
     parse_duration,
 )
@@ -36,43 +37,39 @@ def _prefix_rule(value: str) -> str:
     return value
 
 
-def _duration_rule(value: str) -> str:
-    seconds = parse_duration(value)
-    if not 1 <= seconds <= 366 * 86400:
-        raise ValueError("must be between 1s and 366d")
-    return value
+def _duration_between(low: int, high: int):
+    """A check that a duration lies between `low` and `high` seconds."""
+
+    def check(value: str) -> str:
+        if not low <= parse_duration(value) <= high:
+            raise ValueError(
+                f"must be between {format_duration(low)} and {format_duration(high)}"
+            )
+        return value
+
+    return check
+
+
+def _expect_rule(parse):
+    """A check that `parse` takes the value (an expectation's part)."""
+
+    def check(value: str) -> str:
+        try:
+            parse(value)
+        except ExpectError as exc:
+            raise ValueError(str(exc)) from None
+        return value
+
+    return check
 
 
 class DeadlineIn(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True, populate_by_name=True)
 
-    after: Annotated[str, AfterValidator(_duration_rule)] = Field(
+    after: Annotated[str, AfterValidator(_duration_between(1, 366 * 86400))] = Field(
         description="a duration: 90s, 15m, 6h, 2d"
     )
     from_: Literal["first_source", "key_date"] = Field(alias="from")
-
-
-def _pattern_rule(value: str) -> str:
-    try:
-        unit_of(value)
-    except ExpectError as exc:
-        raise ValueError(str(exc)) from None
-    return value
-
-
-def _every_rule(value: str) -> str:
-    seconds = parse_duration(value)
-    if not 60 <= seconds <= 366 * 86400:
-        raise ValueError("must be between 1m and 366d")
-    return value
-
-
-def _from_rule(value: str) -> str:
-    try:
-        parse_from(value)
-    except ExpectError as exc:
-        raise ValueError(str(exc)) from None
-    return value
 
 
 class ExpectIn(BaseModel):
@@ -80,15 +77,15 @@ class ExpectIn(BaseModel):
 
     model_config = ConfigDict(extra="forbid", strict=True, populate_by_name=True)
 
-    every: Annotated[str, AfterValidator(_every_rule)] = Field(
+    every: Annotated[str, AfterValidator(_duration_between(60, 366 * 86400))] = Field(
         description="a duration of at least 1m: 1d, 6h, 15m"
     )
-    key: Annotated[str, AfterValidator(_pattern_rule)] = Field(
+    key: Annotated[str, AfterValidator(_expect_rule(unit_of))] = Field(
         max_length=200,
         description="a strftime pattern holding %Y-%m-%d, optionally followed by "
         "T%H:%M, :%S and Z, between key characters",
     )
-    from_: Annotated[str, AfterValidator(_from_rule)] | None = Field(
+    from_: Annotated[str, AfterValidator(_expect_rule(parse_from))] | None = Field(
         None,
         alias="from",
         description="an ISO date or datetime (default: the start of the current "

@@ -18,6 +18,7 @@ import re
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
+from aggregates.conditions import format_duration
 from aggregates.keydates import key_date
 
 _KEY_CHARS = r"[A-Za-z0-9._:@+=-]*"
@@ -113,9 +114,12 @@ class Expectation:
         """The rule's bounds: its unit and MAX_KEYS keys from `from` to now."""
         unit = unit_of(self.pattern)
         if self.every < unit:
+            every, per = (
+                format_duration(span.total_seconds()) for span in (self.every, unit)
+            )
             raise ExpectError(
-                f"every {self.every} is finer than the key pattern writes "
-                f"(one key per {unit})"
+                f"every {every} is finer than the key pattern writes (one key per "
+                f"{per})"
             )
         if self.start is not None and (now - self.start) / self.every > MAX_KEYS:
             raise ExpectError(
