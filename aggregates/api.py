@@ -43,6 +43,7 @@ from aggregates.errors import (
     field_errors,
     summary,
 )
+from aggregates.intakes.api import router as intakes_router
 from aggregates.live.api import router as live_router
 from aggregates.rules.api import router as rules_router
 from aggregates.schemas import (
@@ -330,9 +331,10 @@ async def list_receipts(
     return json_response({"receipts": receipts})
 
 
-# Live, rules and webhooks (live/api.py, rules/api.py, webhooks/api.py)
+# Live, rules, webhooks and intakes (their packages' api.py)
 
 api.add_router("", live_router)
 api.add_router("", rules_router)
 api.add_router("", webhooks_router)
+api.add_router("", intakes_router)
 install_error_handlers(api)

@@ -56,7 +56,11 @@ def parse_json(request: HttpRequest) -> Any:
             "unsupported_media_type",
             "send the body as JSON with 'Content-Type: application/json'",
         )
-    body = request.body
+    return loads(request.body)
+
+
+def loads(body: bytes) -> Any:
+    """A request's JSON body, strictly: at most MAX_BODY bytes, no NaN/Infinity."""
     if len(body) > MAX_BODY:
         raise _too_large()
     try:

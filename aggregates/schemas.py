@@ -388,3 +388,63 @@ class DeliveryOut(Schema):
 
 class DeliveryList(Schema):
     deliveries: list[DeliveryOut]
+
+
+# Intakes
+
+
+class IntakeOut(Schema):
+    name: str
+    aggregate: str
+    collection: str
+    keys: dict[str, str] | None = Field(
+        description="templates; null: the CloudEvent's source and id"
+    )
+    attrs: dict[str, str]
+    each: str
+    match: dict[str, str] | None
+    accepted: int = Field(description="events registered (new or already there)")
+    refused: int = Field(description="events refused (409, 422), and bodies (400)")
+    last_refusal: str | None
+    last_refusal_at: str | None
+    created_at: str
+    updated_at: str
+
+
+class IntakeList(Schema):
+    intakes: list[IntakeOut]
+
+
+class EventResult(Schema):
+    status: int = Field(description="201 new, 200 already there, 409 or 422 refused")
+    created: bool | None = None
+    domain: str | None = None
+    aggregate: str | None = None
+    collection: str | None = None
+    key: str | None = None
+    version: int | None = None
+    position: int | None = None
+    at: str | None = None
+    error: str | None = None
+    detail: str | None = None
+    fields: dict[str, str] | None = None
+
+
+class EventResults(Schema):
+    results: list[EventResult]
+
+
+class IntakePreviewResult(Schema):
+    domain: str | None = None
+    aggregate: str | None = None
+    collection: str | None = None
+    keys: dict[str, str] | None = None
+    attrs: dict[str, Any] | None = None
+    status: int | None = Field(None, description="422 when the event is refused")
+    error: str | None = None
+    detail: str | None = None
+    fields: dict[str, str] | None = None
+
+
+class IntakePreviewOut(Schema):
+    results: list[IntakePreviewResult]

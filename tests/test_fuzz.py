@@ -68,13 +68,15 @@ CONFIG = schemathesis.Config.from_dict(
         },
         "operations": [
             {
-                # A rule's `when` is a language JSON Schema cannot state, nor which
-                # events a webhook may combine, so a definition the document allows
-                # may still be refused with 400 (naming the field and the rule);
-                # the boundary cases do not take the dictionaries above.
+                # A rule's `when` is a language JSON Schema cannot state, nor an
+                # intake's templates, nor which events a webhook may combine, so a
+                # definition the document allows may still be refused with 400
+                # (naming the field and the rule); the boundary cases do not take
+                # the dictionaries above.
                 "include-path-regex": (
                     r"/rules(/preview|/\{rule\})?$"
                     r"|/webhooks(/\{webhook\}(/replay)?)?$"
+                    r"|/intakes(/preview|/\{intake\})?$"
                 ),
                 "checks": {
                     "positive_data_acceptance": {

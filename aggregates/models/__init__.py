@@ -3,6 +3,7 @@
     history.py   domains, aggregates, their append-only versions and sources, receipts
     rules.py     rules, statuses, rule events
     webhooks.py  webhooks and their delivery log
+    intakes.py   intakes: publishers' events mapped to sources
     access.py    API tokens, leases, idempotent answers
 
 Rows of Aggregate, Version and Source are written only by aggregates.store.
@@ -17,6 +18,7 @@ from aggregates.models.history import (
     Source,
     Version,
 )
+from aggregates.models.intakes import Intake
 from aggregates.models.rules import Rule, RuleEvent, RuleStatus
 from aggregates.models.webhooks import Webhook, WebhookDelivery
 
@@ -26,6 +28,7 @@ __all__ = [
     "ApiToken",
     "Domain",
     "IdempotentRequest",
+    "Intake",
     "Lease",
     "Receipt",
     "Rule",

@@ -9,7 +9,8 @@ from aggregates.models.rules import Rule
 
 class Webhook(models.Model):
     """A receiver called for each event of a domain's stream (its versions, or one
-    rule's events), in order, at least once. `cursor` is the position or seq of
+    rule's events), in order, at least once, as Botlnek's own JSON or as
+    CloudEvents (`format`). `cursor` is the position or seq of
     the last event delivered; only the holder of the webhook's lease moves it."""
 
     domain = models.ForeignKey(
@@ -21,6 +22,14 @@ class Webhook(models.Model):
         Rule, on_delete=models.CASCADE, related_name="webhooks", null=True, blank=True
     )
     description = models.CharField(max_length=500, blank=True, default="")
+
+    class Format(models.TextChoices):
+        STANDARD = "standard", "Botlnek's JSON"
+        CLOUDEVENTS = "cloudevents", "CloudEvents (structured mode)"
+
+    format = models.CharField(
+        max_length=11, choices=Format.choices, default=Format.STANDARD
+    )
     # Kept to sign with; shown once, when the webhook is created.
     secret = models.CharField(max_length=100, editable=False)
     paused = models.BooleanField(default=False)

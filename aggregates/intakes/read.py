@@ -1,0 +1,43 @@
+"""Intakes as the API shows them: the definition, the counts, the last refusal."""
+
+from typing import Any
+
+from aggregates.errors import NotFound
+from aggregates.intakes.definition import definition_json
+from aggregates.models import Intake
+from aggregates.store import get_domain
+from aggregates.values import isoformat
+
+
+def get_intake(domain: str, name: str) -> Intake:
+    try:
+        return Intake.objects.select_related("domain").get(
+            domain__key=domain, name=name
+        )
+    except Intake.DoesNotExist:
+        get_domain(domain)
+        raise NotFound(f"intake {name!r} does not exist in {domain!r}") from None
+
+
+def intake_json(intake: Intake) -> dict[str, Any]:
+    return {
+        **definition_json(intake),
+        "accepted": intake.accepted,
+        "refused": intake.refused,
+        "last_refusal": intake.last_refusal or None,
+        "last_refusal_at": (
+            isoformat(intake.last_refusal_at) if intake.last_refusal_at else None
+        ),
+        "created_at": isoformat(intake.created_at),
+        "updated_at": isoformat(intake.updated_at),
+    }
+
+
+def list_intakes(domain: str) -> list[dict[str, Any]]:
+    found = get_domain(domain)
+    rows = Intake.objects.filter(domain=found).order_by("name")
+    return [intake_json(intake) for intake in rows]
+
+
+def read_intake(domain: str, name: str) -> dict[str, Any]:
+    return intake_json(get_intake(domain, name))
