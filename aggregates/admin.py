@@ -284,7 +284,7 @@ class WebhookForm(forms.ModelForm):
 
     class Meta:
         model = Webhook
-        fields = ["domain", "url", "events", "rule", "description", "paused"]
+        fields = ["domain", "url", "events", "rule", "description", "format", "paused"]
 
     def clean(self):
         cleaned = super().clean()
@@ -299,6 +299,7 @@ class WebhookForm(forms.ModelForm):
                     "events": cleaned.get("events"),
                     "rule": rule.name if rule is not None else None,
                     "description": cleaned.get("description") or "",
+                    "format": cleaned.get("format") or "standard",
                 }
             )
         except ValidationError as exc:
@@ -335,7 +336,7 @@ class WebhookAdmin(admin.ModelAdmin):
     list_filter = ["domain", "paused"]
     list_select_related = ["domain", "rule"]
     search_fields = ["url", "description"]
-    fields = ["domain", "url", "events", "rule", "description", "paused"]
+    fields = ["domain", "url", "events", "rule", "description", "format", "paused"]
     readonly_fields = [
         "paused_reason",
         "cursor",
@@ -358,7 +359,7 @@ class WebhookAdmin(admin.ModelAdmin):
         if change:
             changed = {
                 name: getattr(definition, name)
-                for name in ("url", "events", "rule", "description")
+                for name in ("url", "events", "rule", "description", "format")
                 if name in form.changed_data
             }
             if "paused" in form.changed_data:

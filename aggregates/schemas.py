@@ -357,6 +357,7 @@ class WebhookOut(Schema):
     events: list[str]
     rule: str | None
     description: str
+    format: Literal["standard", "cloudevents"]
     paused: bool
     paused_reason: str | None
     lag: int

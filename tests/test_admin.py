@@ -240,6 +240,7 @@ def webhook_form(domain) -> dict:
         "events": '["version"]',
         "rule": "",
         "description": "",
+        "format": "standard",
     }
 
 

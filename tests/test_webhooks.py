@@ -487,3 +487,56 @@ def test_two_processes_deliver_each_event_once_in_order_despite_a_kill(
         assert len(backs) <= 1, (name, seen)
         for i in range(1, len(seen)):
             assert seen[i] == seen[i - 1] + 1 or i in backs, (name, seen)
+
+
+def test_cloudevents_webhooks_are_valid_cloudevents_signed_per_standard_webhooks(
+    serve, token, receiver
+):
+    from cloudevents.core.bindings.http import HTTPMessage, from_structured
+    from cloudevents.core.formats.json import JSONFormat
+    from cloudevents.core.v1.event import CloudEvent
+    from standardwebhooks import Webhook as StandardWebhook
+
+    server = serve()
+    api_call(
+        server,
+        token,
+        "POST",
+        "/api/domains/c-inputs/rules",
+        json={"name": "run-c", "when": "A >= 1 and B >= 1"},
+    )
+    versions = hook(
+        server, token, url=receiver.url, events=["version"], format="cloudevents"
+    )
+    assert versions["format"] == "cloudevents"
+    fired = hook(
+        server,
+        token,
+        url=receiver.url + "?rule",
+        events=["rule.fired"],
+        rule="run-c",
+        format="cloudevents",
+    )
+    post(server, token, "2026-12-01", "A")
+    post(server, token, "2026-12-01", "B")
+    wait_for(lambda: len(receiver.requests) >= 3, 20, "two versions and one rule event")
+    seen = []
+    for request in receiver.requests:
+        headers = {name.lower(): value for name, value in request["headers"].items()}
+        assert headers["content-type"] == "application/cloudevents+json"
+        secret = fired["secret"] if "rule" in request["path"] else versions["secret"]
+        StandardWebhook(secret).verify(request["body"], headers)  # raises if not
+        message = HTTPMessage(headers=headers, body=request["body"].encode())
+        event = from_structured(message, JSONFormat(), CloudEvent)
+        assert event.get_id() == headers["webhook-id"]
+        assert event.get_source() == "/domains/c-inputs"
+        assert event.get_subject() == "2026-12-01"
+        data = event.get_data()
+        cursor = data["seq"] if "seq" in data else data["position"]
+        assert int(event.get_extension("sequence")) == cursor
+        seen.append((event.get_type(), cursor, data["aggregate"]))
+    assert sorted(seen) == [
+        ("io.botlnek.rule.fired", 1, "2026-12-01"),
+        ("io.botlnek.version", 1, "2026-12-01"),
+        ("io.botlnek.version", 2, "2026-12-01"),
+    ]

@@ -35,7 +35,6 @@ encoded once (VersionEvents).
 
 import asyncio
 import contextlib
-import json
 import logging
 import threading
 import time
@@ -81,12 +80,12 @@ def pending(webhook_id: int) -> tuple[Webhook, list[Outbound]] | None:
     _, events = RuleLog(domain.key, rule.name).read(webhook.cursor, BATCH)
     wanted = set(webhook.events)
     return webhook, [
-        Outbound(
+        Outbound.of(
+            domain.key,
+            f"rule.{event['event']}",
             RuleLog.cursor(event),
             RuleLog.event_id(rule.pk, event),
-            json.dumps({"type": f"rule.{event['event']}", **event}, ensure_ascii=False)
-            if f"rule.{event['event']}" in wanted
-            else None,
+            event if f"rule.{event['event']}" in wanted else None,
         )
         for event in events
     ]
@@ -113,10 +112,12 @@ class VersionEvents:
             return found
         _, frames = DomainVersions(domain.key).read(cursor, BATCH)
         events = [
-            Outbound(
+            Outbound.of(
+                domain.key,
+                "version",
                 DomainVersions.cursor(frame),
                 DomainVersions.event_id(domain.pk, frame),
-                json.dumps({"type": "version", **frame}, ensure_ascii=False),
+                frame,
             )
             for frame in frames
         ]

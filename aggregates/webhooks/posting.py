@@ -1,11 +1,13 @@
 """One attempt to deliver an event to a webhook's receiver: signed per Standard
 Webhooks, to the address its host was checked at (targets.py), ending
 ATTEMPT_SECONDS after it started whatever the receiver does, reading at most
-BODY_LIMIT bytes of the answer. Each webhook has its own client (client()), so no
+BODY_LIMIT bytes of the answer; as Botlnek's JSON or a CloudEvent (structured
+mode), as the webhook's format says. Each webhook has its own client (client()), so no
 receiver holds up another's connections."""
 
 import asyncio
 import functools
+import json
 import ssl
 import time
 from dataclasses import dataclass
@@ -25,11 +27,45 @@ BODY_LIMIT = 64 * 1024  # of an answer, read and dropped
 
 @dataclass(frozen=True)
 class Outbound:
-    """An event of the webhook's stream: where it is, and what to send (if any)."""
+    """An event of the webhook's stream: where it is, and what to send (if any),
+    in either format."""
 
     cursor: int
     event_id: str
     body: str | None  # None: not one this webhook wants (another rule event)
+    cloudevent: str | None = None
+
+    @classmethod
+    def of(
+        cls, domain: str, kind: str, cursor: int, event_id: str, event: dict | None
+    ) -> "Outbound":
+        """`event` (None when unwanted) of type `kind` (version, rule.fired,
+        rule.late) in both formats: Botlnek's, and CloudEvents' structured mode."""
+        if event is None:
+            return cls(cursor, event_id, None)
+        body = json.dumps({"type": kind, **event}, ensure_ascii=False)
+        cloudevent = {
+            "specversion": "1.0",
+            "id": event_id,
+            "source": f"/domains/{domain}",
+            "type": f"io.botlnek.{kind}",
+            "subject": event["aggregate"],
+            "time": event["at"],
+            "datacontenttype": "application/json",
+            # CloudEvents' sequence extension is a string that orders as text.
+            "sequence": f"{cursor:020d}",
+            "data": event,
+        }
+        return cls(cursor, event_id, body, json.dumps(cloudevent, ensure_ascii=False))
+
+    def content(self, format: str) -> tuple[str, str]:
+        """The content type and body a webhook of `format` is sent."""
+        if format == Webhook.Format.CLOUDEVENTS:
+            return CLOUDEVENTS_JSON, self.cloudevent  # type: ignore[return-value]
+        return "application/json", self.body  # type: ignore[return-value]
+
+
+CLOUDEVENTS_JSON = "application/cloudevents+json"
 
 
 @functools.cache
@@ -65,16 +101,17 @@ async def post(
         allowed = settings.BOTLNEK_WEBHOOK_ALLOWED_HOSTS
         addresses = await targets.check_async(webhook.url, allowed)
         timestamp = datetime.now(UTC)
-        signature = Signer(webhook.secret).sign(event.event_id, timestamp, event.body)
+        content_type, body = event.content(webhook.format)
+        signature = Signer(webhook.secret).sign(event.event_id, timestamp, body)
         headers = {
-            "content-type": "application/json",
+            "content-type": content_type,
             "webhook-id": event.event_id,
             "webhook-timestamp": str(int(timestamp.timestamp())),
             "webhook-signature": signature,
             "user-agent": "Botlnek",
         }
         attempt.status_code = await _call(
-            client, webhook.url, addresses, headers, event.body.encode()
+            client, webhook.url, addresses, headers, body.encode()
         )
     except targets.Refused as exc:
         attempt.error, failure = str(exc)[:500], exc

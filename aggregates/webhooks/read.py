@@ -35,6 +35,7 @@ def webhook_json(webhook: Webhook) -> dict[str, Any]:
         "events": webhook.events,
         "rule": webhook.rule.name if webhook.rule else None,
         "description": webhook.description,
+        "format": webhook.format,
         "paused": webhook.paused,
         "paused_reason": webhook.paused_reason or None,
         "lag": lag(webhook),

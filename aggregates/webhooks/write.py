@@ -46,6 +46,8 @@ async def check_target_async(url: str) -> None:
 
 Url = Annotated[str, AfterValidator(targets.url_rule), Field(max_length=2000)]
 Events = list[Literal["version", "rule.fired", "rule.late"]]
+# Botlnek's own JSON, or CloudEvents in structured mode.
+Format = Literal["standard", "cloudevents"]
 
 
 def _check_events(events: list[str], rule: str | None) -> None:
@@ -68,6 +70,7 @@ class WebhookIn(BaseModel):
     events: Events
     rule: Key | None = None
     description: str = Field("", max_length=500)
+    format: Format = "standard"
 
     @model_validator(mode="after")
     def _events(self):
@@ -84,6 +87,7 @@ class WebhookChange(BaseModel):
     events: Events | None = None
     rule: Key | None = None
     description: str | None = Field(None, max_length=500)
+    format: Format | None = None
     paused: bool | None = None
 
 
@@ -111,6 +115,7 @@ def create_webhook(domain: str, definition: WebhookIn) -> dict:
             events=definition.events,
             rule=rule,
             description=definition.description,
+            format=definition.format,
             secret=secret,
             cursor=start_cursor(found, rule),
         )
@@ -135,6 +140,9 @@ def change_webhook(
         if "description" in fields:
             webhook.description = fields["description"] or ""
             changed.add("description")
+        if fields.get("format"):
+            webhook.format = fields["format"]
+            changed.add("format")
         if "events" in fields or "rule" in fields:
             events = fields.get("events", webhook.events)
             rule_name = fields.get("rule", webhook.rule.name if webhook.rule else None)
