@@ -4,10 +4,13 @@ from pydantic import ValidationError
 
 from aggregates import store
 from aggregates.errors import StoreError, field_errors
+from aggregates.intakes import write as intake_write
+from aggregates.intakes.definition import IntakeIn
 from aggregates.models import (
     Aggregate,
     ApiToken,
     Domain,
+    Intake,
     Receipt,
     Rule,
     RuleEvent,
@@ -273,6 +276,68 @@ class RuleEventAdmin(ReadOnlyAdmin):
     list_select_related = ["rule"]
     search_fields = ["aggregate"]
     ordering = ["-id"]
+
+
+class IntakeForm(forms.ModelForm):
+    """An intake, checked as the API checks it: every template compiled."""
+
+    class Meta:
+        model = Intake
+        fields = ["domain", "name", "aggregate", "collection", "keys", "attrs"]
+        fields += ["each", "match"]
+
+    def clean(self):
+        cleaned = super().clean()
+        try:
+            self.definition = IntakeIn.model_validate(
+                {
+                    "name": cleaned.get("name") or self.instance.name or "",
+                    "aggregate": cleaned.get("aggregate") or "",
+                    "collection": cleaned.get("collection") or "",
+                    "keys": cleaned.get("keys"),
+                    "attrs": cleaned.get("attrs") or {},
+                    "each": cleaned.get("each") or "",
+                    "match": cleaned.get("match") or None,
+                }
+            )
+        except ValidationError as exc:
+            _add_errors(self, exc, rename=lambda name: name.split(".")[0])
+        return cleaned
+
+
+@admin.register(Intake)
+class IntakeAdmin(admin.ModelAdmin):
+    """Through the same writes as the API; the counts are the events'."""
+
+    form = IntakeForm
+    list_display = ["name", "domain", "aggregate", "accepted", "refused"]
+    list_filter = ["domain"]
+    list_select_related = ["domain"]
+    search_fields = ["name"]
+    readonly_fields = ["accepted", "refused", "last_refusal", "last_refusal_at"]
+    readonly_fields += ["created_at", "updated_at"]
+
+    def get_readonly_fields(self, request, obj=None):
+        # Name and domain are the intake's identity (and its publishers' URL).
+        return (
+            [*self.readonly_fields, "domain", "name"] if obj else self.readonly_fields
+        )
+
+    def save_model(self, request, obj, form, change):
+        domain = obj.domain.key
+        if change:
+            intake_write.replace_intake(domain, obj.name, form.definition)
+        else:
+            intake_write.create_intake(domain, form.definition)
+        obj.pk = Intake.objects.get(domain=obj.domain, name=form.definition.name).pk
+        obj.refresh_from_db()
+
+    def delete_model(self, request, obj):
+        intake_write.delete_intake(obj.domain.key, obj.name)
+
+    def delete_queryset(self, request, queryset):
+        for intake in queryset.select_related("domain"):
+            self.delete_model(request, intake)
 
 
 class WebhookForm(forms.ModelForm):

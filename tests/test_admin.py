@@ -18,6 +18,7 @@ PAGES = [
     "/admin/aggregates/receipt/",
     "/admin/aggregates/rule/",
     "/admin/aggregates/ruleevent/",
+    "/admin/aggregates/intake/",
 ]
 
 
@@ -131,6 +132,40 @@ def test_rules_are_defined_in_the_admin_as_in_the_api(admin_client, history):
     assert added.status_code == 302
     rule = Rule.objects.get()
     assert (rule.when, rule.position) == ("A >= 1 and B >= 1", 10)  # from now on
+
+
+def test_intakes_are_defined_in_the_admin_as_in_the_api(admin_client, history):
+    from aggregates.models import Domain, Intake
+
+    domain = Domain.objects.get(key="c-inputs")
+    form = {
+        "domain": domain.pk,
+        "name": "pipeline-a",
+        "aggregate": "{{ ''.__class__ }}",
+        "collection": "A",
+        "keys": "null",
+        "attrs": '{"path": "{{ data.path | nope }}"}',
+        "each": "",
+        "match": "{}",
+    }
+    refused = admin_client.post("/admin/aggregates/intake/add/", form)
+    assert refused.status_code == 200
+    assert b"names starting with _ are not available" in refused.content
+    assert b"has no filter &#x27;nope&#x27;" in refused.content
+    assert not Intake.objects.exists()
+    form |= {
+        "aggregate": "{{ data.partition }}",
+        "attrs": '{"path": "{{ data.path }}"}',
+    }
+    assert admin_client.post("/admin/aggregates/intake/add/", form).status_code == 302
+    intake = Intake.objects.get()
+    assert (intake.keys, intake.attrs) == (None, {"path": "{{ data.path }}"})
+    page = f"/admin/aggregates/intake/{intake.pk}/change/"
+    assert admin_client.get(page).status_code == 200
+    changed = admin_client.post(page, {**form, "collection": "A2"})
+    assert changed.status_code == 302, changed.content
+    intake.refresh_from_db()
+    assert intake.collection == "A2"
 
 
 def test_a_rules_expected_keys_are_set_and_kept_in_the_admin(admin_client, history):
