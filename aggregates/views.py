@@ -5,6 +5,7 @@ resolves the page's own URL to its view and calls `render` with the URL's
 arguments whenever the page's domain (or aggregate) moves.
 """
 
+import json
 from collections.abc import Callable
 from functools import wraps
 
@@ -16,10 +17,14 @@ from django.template.loader import render_to_string
 from django.views.decorators.http import require_safe
 
 from aggregates import store
-from aggregates.errors import NotFound, StoreError
+from aggregates.errors import ApiError, NotFound, StoreError
+from aggregates.intakes import read as intake_read
+from aggregates.intakes.read import intake_json
+from aggregates.intakes.take import saved_preview
 from aggregates.models import (
     Aggregate,
     Domain,
+    Intake,
     Receipt,
     Rule,
     RuleEvent,
@@ -117,6 +122,10 @@ def domain_context(domain: Domain, prefix: str = "", cursor: str = "") -> dict:
         "prefix": prefix,
         **_readiness(domain, page["aggregates"]),
         "webhooks": _webhooks(domain),
+        "intakes": [
+            intake_json(intake)
+            for intake in Intake.objects.filter(domain=domain).order_by("name")
+        ],
     }
 
 
@@ -350,3 +359,45 @@ def rule_live(query: QueryDict, domain: str, rule: str) -> str:
 def rule_page(request: HttpRequest, domain: str, rule: str) -> HttpResponse:
     context = _found_or_404(rule_context, domain, rule)
     return render(request, "dashboard/rule.html", {**context, "live": True})
+
+
+# An intake: its definition, and a preview of what an event would register
+
+
+def _header_lines(text: str) -> dict[str, str]:
+    lines = (line.partition(":") for line in text.splitlines() if ":" in line)
+    return {name.strip(): value.strip() for name, _, value in lines}
+
+
+@dashboard_view
+def intake_page(request: HttpRequest, domain: str, intake: str) -> HttpResponse:
+    """The preview runs on GET: it saves nothing (the dashboard only reads)."""
+    found = _found_or_404(intake_read.get_intake, domain, intake)
+    body, headers = request.GET.get("body", ""), request.GET.get("headers", "")
+    context = {
+        "domain": found.domain,
+        "intake": intake_json(found),
+        "body": body,
+        "headers": headers,
+    }
+    if body.strip():
+        context.update(_preview(domain, found.name, body, _header_lines(headers)))
+    return render(request, "dashboard/intake.html", context)
+
+
+def _preview(domain: str, intake: str, text: str, headers: dict[str, str]) -> dict:
+    binary = any(name.lower() in ("ce-id", "ce-specversion") for name in headers)
+    try:
+        body = json.loads(text)
+    except ValueError as exc:
+        if not binary:
+            return {"problem": f"The body is not JSON: {exc}."}
+        body = text  # binary mode takes any content
+    try:
+        results = saved_preview(domain, intake, body, headers)
+    except ApiError as exc:
+        return {"problem": exc.detail}
+    for result in results:
+        result["keys_json"] = json.dumps(result.get("keys"), ensure_ascii=False)
+        result["attrs_json"] = json.dumps(result.get("attrs"), ensure_ascii=False)
+    return {"results": results}

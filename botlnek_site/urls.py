@@ -17,5 +17,6 @@ urlpatterns = [
     path("", views.home, name="home"),
     path("d/<str:domain>/", views.domain_page, name="domain"),
     path("d/<str:domain>/rules/<str:rule>/", views.rule_page, name="rule"),
+    path("d/<str:domain>/intakes/<str:intake>/", views.intake_page, name="intake"),
     path("d/<str:domain>/<str:aggregate>/", views.aggregate_page, name="aggregate"),
 ]

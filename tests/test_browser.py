@@ -303,3 +303,34 @@ def test_a_missing_expected_day_turns_fired_live(browser, site):
     page.wait_for_selector("#why-daily")
     assert "✓" in page.inner_text("#why-daily")
     assert errors == []
+
+
+def test_an_intake_is_tried_by_pasting_an_event(browser, site):
+    from aggregates.intakes.definition import IntakeIn
+    from aggregates.intakes.write import create_intake
+
+    create_intake(
+        "c-inputs",
+        IntakeIn(
+            name="pipeline-a",
+            aggregate="{{ event.time | date }}",
+            collection="A",
+            attrs={"path": "{{ data.path }}"},
+        ),
+    )
+    page, errors = logged_in_page(browser, site, "/d/c-inputs/intakes/pipeline-a/")
+    page.fill("textarea[name=body]", '{"path": "s3://lake/a/part-0"}')
+    page.fill(
+        "textarea[name=headers]",
+        "ce-id: run-41\nce-source: //airflow/a\nce-type: finished\n"
+        "ce-specversion: 1.0\nce-time: 2026-12-01T23:30:00-02:00",
+    )
+    page.click("button:has-text('Preview')")
+    results = page.locator("#preview-results")
+    results.get_by_text("2026-12-02").wait_for(timeout=5000)
+    assert "s3://lake/a/part-0" in results.inner_text()
+    assert "ce_id" in results.inner_text() and "run-41" in results.inner_text()
+    page.fill("textarea[name=headers]", "")
+    page.click("button:has-text('Preview')")
+    results.get_by_text("no field 'time' here").wait_for(timeout=5000)
+    assert errors == []

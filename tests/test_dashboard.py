@@ -344,3 +344,54 @@ def test_an_expected_key_nobody_posted_to_shows_as_missing(admin_client, seed):
     assert "nobody has posted a source to it yet" in text
     assert 'id="why-daily"' in text
     assert '<span class="muted">A = 0</span>' in text
+
+
+def test_domain_page_lists_intakes_with_counts_and_the_last_refusal(admin_client, seed):
+    from aggregates.intakes.definition import IntakeIn
+    from aggregates.intakes.write import create_intake
+    from aggregates.models import Intake
+
+    create_intake(
+        "c-inputs",
+        IntakeIn(name="pipeline-a", aggregate="{{ data.day }}", collection="A"),
+    )
+    Intake.objects.update(
+        accepted=12,
+        refused=1,
+        last_refusal="aggregate: no field 'day' here",
+        last_refusal_at=datetime(2026, 12, 1, 10, tzinfo=UTC),
+    )
+    html = admin_client.get("/d/c-inputs/").content.decode()
+    row = cells(html, "intake-pipeline-a")
+    assert row[0].startswith("pipeline-a POST /api/domains/c-inputs/intakes/pipeline-a")
+    assert row[1:3] == ["12", "1"]
+    assert row[3] == (
+        "aggregate: no field &#x27;day&#x27; here 2026-12-01T10:00:00.000000Z"
+    )
+
+
+def test_the_intake_page_previews_a_pasted_event_and_saves_nothing(admin_client, seed):
+    from aggregates.intakes.definition import IntakeIn
+    from aggregates.intakes.write import create_intake
+
+    create_intake(
+        "c-inputs",
+        IntakeIn(
+            name="s3",
+            each="Records",
+            aggregate="{{ item.key | match('dt=([0-9-]{10})') }}",
+            collection="A",
+            keys={"object": "{{ item.key }}"},
+        ),
+    )
+    page = "/d/c-inputs/intakes/s3/"
+    assert "Try an event" in admin_client.get(page).content.decode()
+    body = '{"Records": [{"key": "a/dt=2026-12-01/x"}, {"key": "a/_SUCCESS"}]}'
+    before = Version.objects.count()
+    html = admin_client.get(page, {"body": body}).content.decode()
+    assert "aggregate <code>2026-12-01</code>, collection <code>A</code>" in html
+    assert "a/_SUCCESS" in html and "refused" in html
+    assert Version.objects.count() == before
+    broken = admin_client.get(page, {"body": "{nope"}).content.decode()
+    assert "The body is not JSON" in broken
+    assert admin_client.get("/d/c-inputs/intakes/nope/").status_code == 404

@@ -203,6 +203,8 @@ def test_templates_that_cannot_work_are_400_at_creation(api, domain, template, s
     ("template", "says"),
     [
         ("{{ data|attr('__class__') }}", "unsafe"),
+        ("{{ data.nope | date }}", "no field 'nope' here"),
+        ("{{ data.nope | match('x') }}", "no field 'nope' here"),
         ("{{ data.nope }}", "no field 'nope' here (there is partition, path, big)"),
         ("{{ range(10) }}", "'range' is not defined"),
         ("{{ data.partition.format(1) }}", "format() cannot be called"),

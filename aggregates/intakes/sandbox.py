@@ -58,6 +58,7 @@ def _too_big(what: str, size: int) -> SecurityError:
 def match_filter(value: Any, pattern: str, group: int | str = 1) -> str:
     """The first match of `pattern` in `value`: group `group` (1 by default) if
     the pattern has groups, else the whole match. No match refuses the event."""
+    _defined(value)
     if not isinstance(pattern, str) or len(pattern) > MAX_PATTERN:
         raise TemplateRefusal(f"match takes a pattern of at most {MAX_PATTERN} chars")
     text = value if isinstance(value, str) else str(value)
@@ -85,6 +86,7 @@ def match_filter(value: Any, pattern: str, group: int | str = 1) -> str:
 def date_filter(value: Any, format: str = "%Y-%m-%d") -> str:
     """An ISO 8601 time, a date, or Unix seconds, in UTC, as `format` says (a
     time without a zone is taken as UTC)."""
+    _defined(value)
     if not isinstance(format, str) or len(format) > MAX_DATE_FORMAT:
         raise TemplateRefusal(f"date takes a format of at most {MAX_DATE_FORMAT} chars")
     moment = _moment(value)
@@ -94,6 +96,13 @@ def date_filter(value: Any, format: str = "%Y-%m-%d") -> str:
             f"date: {shown} is not an ISO 8601 time, a date or Unix seconds"
         )
     return moment.strftime(format)
+
+
+def _defined(value: Any) -> None:
+    """A field the event lacks, given to a filter, refuses the event as it would
+    if rendered."""
+    if isinstance(value, Undefined):
+        value._fail_with_undefined_error()
 
 
 def _moment(value: Any) -> datetime | None:
