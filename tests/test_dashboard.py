@@ -9,7 +9,7 @@ from django.db import connection
 from django.test.utils import CaptureQueriesContext
 
 from aggregates import store
-from aggregates.models import Aggregate, Receipt, Rule, Source, Version
+from aggregates.models import Aggregate, Intake, Receipt, Rule, Source, Version
 from aggregates.picture import picture
 from aggregates.rules import engine
 from aggregates.store import NewSource, register_sources
@@ -157,6 +157,10 @@ def test_demo_command_tells_the_story(admin_client, db):
     yesterday = Aggregate.objects.order_by("-key")[1]
     page = admin_client.get(f"/d/demo-c-inputs/{yesterday.key}/").content.decode()
     assert "run-c ran on version 2 — success" in page
+    # A's five runs (two days of two, and this morning's) came through the intake.
+    intake = Intake.objects.get(domain__key="demo-c-inputs", name="pipeline-a")
+    assert (intake.accepted, intake.refused) == (5, 0)
+    assert Source.objects.filter(collection="A").count() == 5
     call_command("demo", "--days", "2")  # again: nothing doubles
     assert Aggregate.objects.get(key=yesterday.key).version == 3
 

@@ -19,7 +19,7 @@ from aggregates.intakes import events
 from aggregates.intakes.definition import IntakeIn, Mapping, definition_json
 from aggregates.intakes.read import get_intake
 from aggregates.intakes.sandbox import Refused
-from aggregates.intakes.tally import tally
+from aggregates.intakes.tally import save_counts, tally
 from aggregates.store import NewSource, Registration, group_commit
 
 FRESH_SECONDS = 1.0  # how long a process keeps an intake's definition
@@ -89,19 +89,42 @@ async def take(
         outcomes = await db.write(store.register_each, new)
     else:
         outcomes = []
+    answers = _answers(mapped, outcomes)
+    tally.add(intake_id, *_counts(answers))
+    return answers, sorted({o.domain for o in outcomes if isinstance(o, Registration)})
+
+
+def post_now(
+    domain: str, name: str, content_type: str, headers: dict[str, str], body: bytes
+) -> list[dict[str, Any]]:
+    """take() for synchronous code (`manage.py demo`, a shell): the events of
+    one request registered in one transaction, each on its own, and counted."""
+    intake = get_intake(domain, name)
+    mapping = Mapping.of_intake(intake, domain)
+    headers = lower_headers(headers)
+    mapped = mapping.sources(
+        events.read(content_type, headers, body), events.visible_headers(headers)
+    )
+    new = [item for item in mapped if isinstance(item, NewSource)]
+    answers = _answers(mapped, store.register_each(new) if new else [])
+    save_counts({intake.pk: _counts(answers)})
+    return answers
+
+
+def _answers(mapped: list[NewSource | Refused], outcomes: list) -> list[dict]:
+    """An answer per event: its registration (in `outcomes`, in order) or refusal."""
     registered = iter(outcomes)
-    answers = [
+    return [
         _answer(next(registered) if isinstance(item, NewSource) else item)
         for item in mapped
     ]
+
+
+def _counts(answers: list[dict]) -> tuple[int, int, str | None]:
+    """Accepted, refused, and the last refusal."""
     refused = [answer for answer in answers if answer["status"] >= 400]
-    tally.add(
-        intake_id,
-        len(answers) - len(refused),
-        len(refused),
-        refused[-1]["detail"] if refused else None,
-    )
-    return answers, sorted({o.domain for o in outcomes if isinstance(o, Registration)})
+    last = refused[-1]["detail"] if refused else None
+    return len(answers) - len(refused), len(refused), last
 
 
 def _answer(outcome: Registration | StoreError | Refused) -> dict[str, Any]:

@@ -56,18 +56,22 @@ class Tally:
         with self.lock:
             pending, self.pending = self.pending, {}
         if pending:
-            await db.write(_save, pending)
+            counts = {
+                pk: (c.accepted, c.refused, c.last_refusal) for pk, c in pending.items()
+            }
+            await db.write(save_counts, counts)
 
 
-def _save(pending: dict[int, _Counts]) -> None:
+def save_counts(counts: dict[int, tuple[int, int, str | None]]) -> None:
+    """Add (accepted, refused, last refusal) to each intake (by id)."""
     now = timezone.now()
-    for intake_id, counts in pending.items():
+    for intake_id, (accepted, refused, last_refusal) in counts.items():
         refusal = {}
-        if counts.last_refusal is not None:
-            refusal = {"last_refusal": counts.last_refusal, "last_refusal_at": now}
+        if last_refusal is not None:
+            refusal = {"last_refusal": last_refusal, "last_refusal_at": now}
         Intake.objects.filter(pk=intake_id).update(
-            accepted=F("accepted") + counts.accepted,
-            refused=F("refused") + counts.refused,
+            accepted=F("accepted") + accepted,
+            refused=F("refused") + refused,
             **refusal,
         )
 

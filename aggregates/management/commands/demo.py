@@ -1,4 +1,5 @@
 import contextlib
+import json
 import signal
 import threading
 from datetime import date, timedelta
@@ -8,10 +9,14 @@ from django.utils import timezone
 
 from aggregates import store
 from aggregates.errors import Conflict
+from aggregates.intakes import take as intake
+from aggregates.intakes import write as intake_write
+from aggregates.intakes.definition import IntakeIn
 from aggregates.rules import engine
 from aggregates.rules import write as rule_write
 from aggregates.rules.definition import RuleIn
 from aggregates.store import NewSource, Registration, register_sources
+from aggregates.values import utc
 
 WATCHER = "run-c"
 
@@ -38,6 +43,43 @@ def day_sources(domain: str, day: str) -> list[NewSource]:
         NewSource(domain, day, "B", {}, {"path": f"s3://b/{day}", "rows": 1200}),
         NewSource(domain, day, "A", {"run": "pm"}, {"path": f"s3://a/{day}/pm"}),
     ]
+
+
+# Pipeline A announces its runs as CloudEvents; the demo's intake maps them.
+A_INTAKE = IntakeIn(
+    name="pipeline-a",
+    aggregate="{{ data.partition }}",
+    collection="A",
+    keys={"run": "{{ data.run }}"},
+    attrs={"path": "{{ data.path }}"},
+    match={"type": "com.example.pipeline.finished"},
+)
+
+
+def register(source: NewSource) -> Registration:
+    """B posts its sources; A's orchestrator posts a CloudEvent (binary mode) to
+    the intake, which makes the same source of it."""
+    if source.collection != "A":
+        return register_sources([source])[0]
+    run, day = source.keys["run"], source.aggregate
+    headers = {
+        "ce-specversion": "1.0",
+        "ce-id": f"pipeline-a/{day}/{run}",
+        "ce-source": "//orchestrator.example/pipeline-a",
+        "ce-type": "com.example.pipeline.finished",
+    }
+    data = {"partition": day, "run": run, "path": source.attrs["path"]}
+    answer = intake.post_now(
+        source.domain,
+        A_INTAKE.name,
+        "application/json",
+        headers,
+        json.dumps(data).encode(),
+    )[0]
+    if answer["status"] >= 400:
+        raise CommandError(f"the intake refused A's event: {answer['detail']}")
+    fields = {k: v for k, v in answer.items() if k not in ("status", "at")}
+    return Registration(**fields, at=utc(answer["at"]))
 
 
 def ran_c(domain: str, day: str, version: int, *, failed: bool = False) -> None:
@@ -82,13 +124,18 @@ class Command(BaseCommand):
         if not interval > 0:
             raise CommandError("--interval must be more than 0 seconds")
         self.fill(domain, days)
-        self.stdout.write(f"Demo domain {domain!r} is ready: open /d/{domain}/")
+        self.stdout.write(
+            f"Demo domain {domain!r} is ready: open /d/{domain}/ (pipeline A posts "
+            f"CloudEvents to /api/domains/{domain}/intakes/pipeline-a/events)"
+        )
         if live:
             self.stdout.flush()
             self.live(domain, interval)
 
     def fill(self, domain: str, days: int) -> None:
         store.create_domain(domain, {"about": "the A/B/C story: C needs A and B"})
+        with contextlib.suppress(Conflict):  # run before: the intake is there
+            intake_write.create_intake(domain, A_INTAKE)
         today = timezone.now().date()
         # The days B never came: the first settles for the B of the day before
         # (the rule's fallback), the second has none the day before either: late.
@@ -98,13 +145,13 @@ class Command(BaseCommand):
             sources = day_sources(domain, day)
             if day in missing_b:
                 sources.pop(1)
-            results = [register_sources([source])[0] for source in sources]
+            results = [register(source) for source in sources]
             if day not in missing_b and results[1].created:  # C ran when B came
                 if offset == days and days > 2:  # the first time, after a retry
                     ran_c(domain, day, results[1].version, failed=True)
                 ran_c(domain, day, results[1].version)
         # Today: A has arrived, B not yet, so C is still waiting.
-        register_sources(day_sources(domain, today.isoformat())[:1])
+        register(day_sources(domain, today.isoformat())[0])
         with contextlib.suppress(Conflict):  # run before: the rule is there
             first = (today - timedelta(days=days)).isoformat()
             rule_write.create_rule(domain, demo_rule(first))
@@ -141,7 +188,7 @@ class Command(BaseCommand):
         for source in day_sources(domain, key):
             if stop.is_set():
                 return
-            result = register_sources([source])[0]
+            result = register(source)
             engine.catch_up(domain)
             self.say(self.describe(source, result))
             if not result.created:
