@@ -1,15 +1,17 @@
 """Every benchmark in one run, and one report with the targets marked met or missed.
 
-    python -m bench [--quick] [--only ingest fanout reads rules webhooks] [--out FILE]
+    python -m bench [--quick] [--only ingest fanout reads rules webhooks intakes]
+                    [--out FILE]
 
 Runs ingest on SQLite and PostgreSQL (bench/ingest.py), the fan-out scenarios on
 the in-memory and Redis layers in delta and full mode (bench/fanout.py), the read
-benchmarks (bench/reads.py), the rules' (bench/rules.py) and the webhooks'
-(bench/webhooks.py); shows progress on stderr; prints the report and writes it to
-bench/results.md. --quick shrinks every size and runs everything once: a smoke test
-whose figures mean nothing, written to a temporary file unless --out says
-otherwise. Needs what the parts need: wrk, PostgreSQL at $BENCH_POSTGRES_URL
-(dropped and created), Redis on 127.0.0.1:6379.
+benchmarks (bench/reads.py), the rules' (bench/rules.py), the webhooks'
+(bench/webhooks.py) and the intakes' (bench/intakes.py); shows progress on
+stderr; prints the report and writes it to bench/results.md. --quick shrinks
+every size and runs everything once: a smoke test whose figures mean nothing,
+written to a temporary file unless --out says otherwise. Needs what the parts
+need: wrk, PostgreSQL at $BENCH_POSTGRES_URL (dropped and created), Redis on
+127.0.0.1:6379.
 """
 
 import argparse
@@ -28,10 +30,10 @@ from datetime import UTC, datetime
 from functools import partial
 from pathlib import Path
 
-from bench import fanout, ingest, reads, rules, webhooks
+from bench import fanout, ingest, intakes, reads, rules, webhooks
 from bench.ingest import ROOT, versions
 
-SECTIONS = ("ingest", "fanout", "reads", "rules", "webhooks")
+SECTIONS = ("ingest", "fanout", "reads", "rules", "webhooks", "intakes")
 LAYERS = ("memory", "redis")
 MODES = ("delta", "full")
 
@@ -52,6 +54,7 @@ class Plan:
     rules_waiting: int  # aggregates a rule waits for when its clock is timed
     expect_years: int  # years of daily keys a rule expects from the past
     webhook_backlog: int  # versions one webhook works through, for its rate
+    intake_events: int  # events read and mapped in process, for their cost
 
 
 FULL = Plan(
@@ -67,6 +70,7 @@ FULL = Plan(
     rules_waiting=100_000,
     expect_years=10,
     webhook_backlog=5_000,
+    intake_events=10_000,
 )
 QUICK = Plan(
     runs=1,
@@ -81,6 +85,7 @@ QUICK = Plan(
     rules_waiting=2_000,
     expect_years=1,
     webhook_backlog=1_000,
+    intake_events=1_000,
 )
 
 
@@ -125,6 +130,12 @@ def steps(plan: Plan, only: set[str]) -> list[Step]:
                 webhooks.measure, db, plan.runs, plan.duration, plan.webhook_backlog
             )
             found.append(("webhooks", f"webhooks on {db}", measure))
+    if "intakes" in only:
+        for db in ("sqlite", "postgres"):
+            measure = partial(intakes.measure, db, plan.runs, plan.duration)
+            found.append(("intakes", f"intakes on {db}", measure))
+        measure = partial(intakes.rendering, plan.intake_events, 5)
+        found.append(("intake_costs", "an event read and mapped", measure))
     if "reads" in only:
         measure = partial(reads.frames, list(plan.frame_sizes), plan.frame_runs)
         found.append(("frames", "frames by aggregate size", measure))
@@ -340,6 +351,26 @@ def targets(plan: Plan, results: dict[str, list]) -> list[tuple[str, str, bool]]
                 ratio >= 0.8,
             )
         )
+    for r in results.get("intakes", []):
+        plain, events = r["sources"][0], r["events"][0]
+        rows.append(
+            (
+                f"single CloudEvents to an intake on {r['db']} (binary mode, 16 "
+                "writers) ≥ 0.8× single posts to /api/sources",
+                f"{events / plain:.2f}× ({events:,.0f} against {plain:,.0f} req/s)",
+                events >= 0.8 * plain,
+            )
+        )
+        ratio = r["event_batches"] / r["source_batches"]
+        rows.append(
+            (
+                f"batches of 1,000 CloudEvents to an intake on {r['db']} ≥ 0.5× "
+                "batches of 1,000 sources",
+                f"{ratio:.2f}× ({r['event_batches']:,.0f} against "
+                f"{r['source_batches']:,.0f} per s)",
+                ratio >= 0.5,
+            )
+        )
     for figures in results.get("pages", []):
         page = figures["dashboard"]
         rows.append(
@@ -494,6 +525,23 @@ def report(
             "",
             *webhooks.table(results["webhooks"]),
         ]
+    if "intakes" in results or "intake_costs" in results:
+        lines += [
+            "",
+            "## Intakes",
+            "",
+            "One daphne process per database, `BOTLNEK_DEBUG=0`; an intake with "
+            "three templates (aggregate, collection, one attr) and CloudEvents' "
+            "default keys. Single: wrk -t2 -c16, each request a new CloudEvent in "
+            "binary mode (bench/intake.lua) against each a new source "
+            "(bench/post.lua), the runs interleaved, each figure the median of "
+            f"{plan.runs} runs of {plan.duration} s. Batches: 10 posts of 1,000 "
+            "CloudEvents (batch mode) against 10 posts of 1,000 sources, one "
+            f"client, the median of {plan.runs}. Costs: {plan.intake_events:,} "
+            "events read and mapped in the benchmark's process, the median of 5.",
+            "",
+            *intakes.table(results.get("intakes", []), results.get("intake_costs", [])),
+        ]
     if failures:
         lines += ["", "## Failed steps", "", *(f"- {f}" for f in failures)]
     return "\n".join(lines) + "\n"
@@ -514,7 +562,8 @@ def main() -> None:
         choices=SECTIONS,
         default=SECTIONS,
         metavar="PART",
-        help="run only these: ingest, fanout, reads, rules, webhooks (default: all)",
+        help="run only these: ingest, fanout, reads, rules, webhooks, intakes "
+        "(default: all)",
     )
     parser.add_argument(
         "--out",

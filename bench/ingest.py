@@ -151,9 +151,11 @@ def wrk(
     port: int = PORT,
     threads: int = 2,
     connections: int = 16,
+    script: str = "post.lua",
 ):
     """wrk against `path`: GETs, or with `aggregate` POSTs of new sources
-    (bench/post.lua). Answers (requests/s, p50 ms, p99 ms)."""
+    (bench/post.lua, or another `script` of bench/). Answers (requests/s, p50 ms,
+    p99 ms)."""
     args = ["wrk", f"-t{threads}", f"-c{connections}", f"-d{duration}s", "--latency"]
     args.append(f"http://127.0.0.1:{port}{path}")
     env = {
@@ -164,7 +166,7 @@ def wrk(
         "BENCH_RUN": run,
     }
     if aggregate:
-        args[1:1] = ["-s", str(ROOT / "bench" / "post.lua")]
+        args[1:1] = ["-s", str(ROOT / "bench" / script)]
     out = subprocess.run(args, env=env, check=True, capture_output=True, text=True)
     text = out.stdout
     bad = re.search(r"Non-2xx or 3xx responses: (\d+)", text)

@@ -40,7 +40,7 @@ BATCH = 1000
 _django_ready = False
 
 
-def _setup_django() -> None:
+def setup_django() -> None:
     """Django in this process, on its own SQLite database in a temporary directory
     (once per process: settings cannot be loaded twice)."""
     global _django_ready
@@ -129,7 +129,7 @@ async def _time_frames(domain: str, last: dict[int, int], runs: int) -> list[dic
 def frames(sizes: list[int] = FRAME_SIZES, runs: int = 5) -> list[dict]:
     """Per aggregate size: bytes and build time (median ms) of the frame of its
     latest version, in delta and in full mode."""
-    _setup_django()
+    setup_django()
     from aggregates import store
 
     domain = f"frames-{time.time_ns()}"  # a second call in this process starts afresh
