@@ -78,7 +78,7 @@ VERSIONS_COMMITTED = Counter(
 )
 INGEST_SECONDS = Histogram(
     "botlnek_ingest_seconds",
-    "Time to answer a successful POST /api/sources (single post or batch).",
+    "Time to answer a successful POST /api/sources or of events to an intake.",
     ["domain", "kind"],
     buckets=_BUCKETS,
 )
@@ -118,6 +118,11 @@ RULE_EVALUATION_FAILURES = Counter(
     "Evaluations of a (rule, aggregate) that failed in this process's rules engine.",
     ["domain"],
 )
+INTAKE_EVENTS = Counter(
+    "botlnek_intake_events",
+    "Events posted to intakes and answered by this process, accepted or refused.",
+    ["domain", "outcome"],
+)
 WEBHOOK_DELIVERIES = Counter(
     "botlnek_webhook_deliveries",
     "Webhook delivery attempts made by this process's delivery worker, by outcome.",
@@ -143,6 +148,13 @@ def rule_events_recorded(domain: str, events: Iterable[str]) -> None:
 def rule_evaluations_failed(domain: str, failures: int) -> None:
     if failures:
         RULE_EVALUATION_FAILURES.labels(domain).inc(failures)
+
+
+def intake_events(domain: str, accepted: int, refused: int) -> None:
+    if accepted:
+        INTAKE_EVENTS.labels(domain, "accepted").inc(accepted)
+    if refused:
+        INTAKE_EVENTS.labels(domain, "refused").inc(refused)
 
 
 def delivery_outcome(status_code: int | None, failure: Exception | None) -> str:

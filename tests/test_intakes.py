@@ -143,6 +143,7 @@ def test_an_s3_notification_registers_each_record_and_refuses_the_one_without_a_
     api, domain
 ):
     assert api.post(INTAKES, S3_INTAKE).status_code == 201
+    before = {outcome: _counted(outcome) for outcome in ("accepted", "refused")}
     notification = {
         "Records": [
             s3_record("a/dt%3D2026-12-01/part-0.parquet"),
@@ -167,6 +168,16 @@ def test_an_s3_notification_registers_each_record_and_refuses_the_one_without_a_
     listed = api.get(f"{INTAKES}/s3").json()
     assert (listed["accepted"], listed["refused"]) == (2, 1)
     assert listed["last_refusal"].startswith("aggregate: ")
+    assert _counted("accepted") - before["accepted"] == 2
+    assert _counted("refused") - before["refused"] == 1
+
+
+def _counted(outcome: str) -> float:
+    """This process's botlnek_intake_events_total of c-inputs."""
+    from prometheus_client import REGISTRY
+
+    labels = {"domain": "c-inputs", "outcome": outcome}
+    return REGISTRY.get_sample_value("botlnek_intake_events_total", labels) or 0
 
 
 def test_one_events_conflict_takes_nothing_from_the_others(api, intake):

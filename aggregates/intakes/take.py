@@ -13,7 +13,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from aggregates import db, store
+from aggregates import db, metrics, store
 from aggregates.errors import ApiError, StoreError
 from aggregates.intakes import events
 from aggregates.intakes.definition import IntakeIn, Mapping, definition_json
@@ -77,6 +77,7 @@ async def take(
         read = events.read(content_type, headers, body)
     except ApiError as exc:  # no event at all: counted, and shown, as one refused
         tally.add(intake_id, 0, 1, f"the request: {exc.detail}")
+        metrics.intake_events(domain, 0, 1)
         raise
     mapped = mapping.sources(read, events.visible_headers(headers))
     new = [item for item in mapped if isinstance(item, NewSource)]
@@ -90,7 +91,9 @@ async def take(
     else:
         outcomes = []
     answers = _answers(mapped, outcomes)
-    tally.add(intake_id, *_counts(answers))
+    counts = _counts(answers)
+    tally.add(intake_id, *counts)
+    metrics.intake_events(domain, *counts[:2])
     return answers, sorted({o.domain for o in outcomes if isinstance(o, Registration)})
 
 
