@@ -186,6 +186,12 @@ def test_token_command_creates_publish_tokens(transactional_db, capsys):
 # Every operation of the OpenAPI document says which scope it needs; each token
 # scope is refused (403) exactly where the document says it falls short.
 
+INTAKE = {
+    "name": "pipeline-a",
+    "aggregate": "{{ data.day }}",
+    "collection": "A",
+    "keys": {"day": "{{ data.day }}"},
+}
 SAMPLES = {
     ("post", "/api/domains"): {"key": "another"},
     ("post", "/api/sources"): SOURCE,
@@ -209,6 +215,10 @@ SAMPLES = {
     },
     ("put", "/api/domains/{domain}/webhooks/{webhook}"): {"description": "d"},
     ("post", "/api/domains/{domain}/webhooks/{webhook}/replay"): {"after_position": 0},
+    ("post", "/api/domains/{domain}/intakes"): {**INTAKE, "name": "new"},
+    ("put", "/api/domains/{domain}/intakes/{intake}"): INTAKE,
+    ("post", "/api/domains/{domain}/intakes/preview"): {"intake": INTAKE, "body": {}},
+    ("post", "/api/domains/{domain}/intakes/{intake}/events"): {"day": "d"},
 }
 RANKS = {"read": 0, "publish": 1, "write": 2}
 
@@ -223,6 +233,7 @@ def test_every_operation_needs_the_scope_the_document_says(domain, api, settings
         "/api/domains/c-inputs/webhooks",
         SAMPLES[("post", "/api/domains/{domain}/webhooks")],
     ).json()["id"]
+    assert api.post("/api/domains/c-inputs/intakes", INTAKE).status_code == 201
     tokens = {scope: create_token(name=scope, scope=scope)[1] for scope in RANKS}
     document = api.get("/api/openapi.json").json()
     values = {
@@ -230,6 +241,7 @@ def test_every_operation_needs_the_scope_the_document_says(domain, api, settings
         "aggregate": "a",
         "rule": "run-c",
         "webhook": str(hook),
+        "intake": "pipeline-a",
         "watcher": "w",
     }
     checked = 0

@@ -492,3 +492,17 @@ def test_the_openapi_document_describes_intakes(api):
     } <= paths.keys()
     events_body = paths["/api/domains/{domain}/intakes/{intake}/events"]["post"]
     assert "application/cloudevents-batch+json" in events_body["requestBody"]["content"]
+
+
+def test_each_lists_count_towards_one_requests_thousand_events(api, domain):
+    assert api.post(INTAKES, S3_INTAKE).status_code == 201
+    notification = {"Records": [s3_record(f"a/dt=2026-12-01/{n}") for n in range(600)]}
+    twice = [
+        {**A_DONE, "id": str(n), "data": notification} for n in range(2)
+    ]  # 1,200 records in all
+    response = events(api, twice, BATCH, name="s3")
+    assert response.status_code == 413
+    assert "at most 1000 events" in response.json()["detail"]
+    assert Version.objects.count() == 0
+    listed = api.get(f"{INTAKES}/s3").json()
+    assert (listed["refused"], listed["last_refusal"][:13]) == (1, "the request: ")

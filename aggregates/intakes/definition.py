@@ -8,7 +8,7 @@ from typing import Annotated, Any
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
 from aggregates.intakes import sandbox
-from aggregates.intakes.events import Event, expand
+from aggregates.intakes.events import Event, at_most, expand
 from aggregates.intakes.sandbox import Refused, Template
 from aggregates.models import Intake
 from aggregates.schemas import Key
@@ -140,7 +140,8 @@ class Mapping:
     def sources(
         self, events: list[Event | Refused], headers: dict[str, str]
     ) -> list[NewSource | Refused]:
-        """What each event becomes, in order (with `each`, one per element)."""
+        """What each event becomes, in order (with `each`, one per element).
+        Raises ApiError (413) past MAX_EVENTS in all."""
         results: list[NewSource | Refused] = []
         for event in events:
             if isinstance(event, Refused):
@@ -148,8 +149,9 @@ class Mapping:
             elif not self._matches(event, results):
                 continue
             elif self.each:
-                for item in expand(event, self.each):
-                    results.append(self.source(item, headers))
+                items = expand(event, self.each)
+                at_most(len(results) + len(items), "the request")
+                results.extend(self.source(item, headers) for item in items)
             else:
                 results.append(self.source(event, headers))
         return results

@@ -61,7 +61,11 @@ def read(
             raise ApiError(
                 400, "invalid", "a CloudEvents batch is a JSON array of events"
             )
-        _check_count(len(batch), "a CloudEvents batch")
+        at_most(len(batch), "a CloudEvents batch")
+        if not batch:
+            raise ApiError(
+                400, "invalid", "a CloudEvents batch holds one event or more"
+            )
         return [_structured(element) for element in batch]
     if content_type != "application/json" and not content_type.endswith("+json"):
         raise ApiError(
@@ -138,15 +142,14 @@ def _object(value: Any, what: str) -> dict:
     return value
 
 
-def _check_count(count: int, what: str) -> None:
+def at_most(count: int, what: str) -> None:
+    """At most MAX_EVENTS events in a request, or it is refused whole (413)."""
     if count > MAX_EVENTS:
         raise ApiError(
             413,
             "payload_too_large",
             f"{what} holds at most {MAX_EVENTS} events, not {count}",
         )
-    if count == 0:
-        raise ApiError(400, "invalid", f"{what} must hold at least one event")
 
 
 def expand(event: Event, each: str) -> list[Event | Refused]:
@@ -160,9 +163,9 @@ def expand(event: Event, each: str) -> list[Event | Refused]:
             found = found[int(part)]
         else:
             return [Refused("each", f"the data has no {each!r}")]
-    if not isinstance(found, list):
-        return [Refused("each", f"{each!r} in the data is not a list")]
-    _check_count(len(found), f"{each!r}")
+    if not isinstance(found, list) or not found:
+        return [Refused("each", f"{each!r} in the data is not a list of events")]
+    at_most(len(found), f"{each!r}")
     return [Event(event.attributes, event.data, item) for item in found]
 
 

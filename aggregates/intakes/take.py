@@ -75,11 +75,11 @@ async def take(
     intake_id, mapping = await mappings.get(domain, name)
     try:
         read = events.read(content_type, headers, body)
-    except ApiError as exc:  # no event at all: counted, and shown, as one refused
+        mapped = mapping.sources(read, events.visible_headers(headers))
+    except ApiError as exc:  # no events to take: counted, and shown, as one refused
         tally.add(intake_id, 0, 1, f"the request: {exc.detail}")
         metrics.intake_events(domain, 0, 1)
         raise
-    mapped = mapping.sources(read, events.visible_headers(headers))
     new = [item for item in mapped if isinstance(item, NewSource)]
     if len(new) == 1:
         try:
