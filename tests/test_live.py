@@ -2,6 +2,9 @@
 
 import asyncio
 import json
+import os
+import subprocess
+import sys
 import threading
 
 import httpx
@@ -11,7 +14,7 @@ import websockets
 from aggregates import store
 from aggregates.store import NewSource, register_sources
 from aggregates.tokens import create_token
-from tests.toolkit import Subscriber, post, wait_for
+from tests.toolkit import ROOT, Subscriber, post, wait_for
 
 
 @pytest.fixture
@@ -333,3 +336,54 @@ def test_a_burst_does_not_disconnect_a_reader_that_keeps_up(server, token):
 
     frames = asyncio.run(scenario())
     assert [f["position"] for f in frames] == list(range(1, 2002))
+
+
+def test_commits_of_another_process_arrive_within_a_second_on_sqlite(
+    start_server, tmp_path
+):
+    """The embedded default (SQLite, in-memory layer) and no setting: a version
+    another process commits reaches a subscriber at once, not at the 30 s
+    position check. On its own SQLite file, whatever the suite runs on."""
+    url = f"sqlite:///{tmp_path / 'own.sqlite3'}"
+
+    def manage(*args: str) -> str:
+        env = {
+            **os.environ,
+            "BOTLNEK_DATABASE_URL": url,
+            "BOTLNEK_DATA_DIR": str(tmp_path),
+        }
+        env.pop("BOTLNEK_REDIS_URL", None)
+        return subprocess.run(
+            [sys.executable, "manage.py", *args],
+            cwd=ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+
+    manage("migrate", "--no-input")
+    token = manage("token", "create", "--scope", "write").split()[-1]
+    manage(
+        "shell",
+        "-c",
+        "from aggregates import store; store.create_domain('c-inputs', {})",
+    )
+    server = start_server(BOTLNEK_DATABASE_URL=url)
+    write = (
+        "from aggregates.store import NewSource, register_sources; "
+        "register_sources([NewSource('c-inputs', '2026-12-01', 'A', {'n': '%d'})])"
+    )
+
+    async def scenario():
+        async with Subscriber(server, token) as sub:
+            await sub.subscribe(mode="delta")
+            arrivals = []
+            for n in range(3):
+                await asyncio.to_thread(manage, "shell", "-c", write % n)
+                # 5 s: far from the 30 s the position check would take.
+                (frame,) = await sub.versions(1, timeout=5)
+                arrivals.append(frame["position"])
+            return arrivals
+
+    assert asyncio.run(scenario()) == [1, 2, 3]

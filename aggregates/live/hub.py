@@ -20,8 +20,10 @@ from typing import Any, Protocol
 from asgiref.sync import async_to_sync
 from channels.layers import get_channel_layer
 from django.conf import settings
+from django.db import connection
 
 from aggregates import announcements, db, serving, streams
+from aggregates.live import commits
 
 logger = logging.getLogger("botlnek.live")
 
@@ -152,6 +154,9 @@ class Hub:
                 asyncio.ensure_future(self._receive()),
                 asyncio.ensure_future(self._check_positions()),
             ]
+            if connection.vendor == "sqlite":
+                name = connection.settings_dict["NAME"]
+                self._tasks.append(asyncio.ensure_future(self._watch_commits(name)))
         feed = self.feeds.get(stream)
         if feed is None:
             if not self._domains().get(stream.domain):
@@ -210,13 +215,35 @@ class Hub:
             if not self.feeds:
                 continue
             try:
-                latest = await db.read(streams.latest_of, list(self.feeds))
                 for domain in self._domains():
                     await self.layer.group_add(domain_group(domain), self.channel)
-                for stream, target in latest.items():
-                    self._poke(stream, target)
+                await self._catch_up()
             except Exception as exc:
                 logger.warning("position check failed: %s", exc)
+
+    async def _watch_commits(self, path: str) -> None:
+        """On SQLite: whatever any process commits is followed within a second,
+        with no channel layer between the processes (commits.py)."""
+        watcher = commits.DataVersion(path)
+        seen = None
+        while True:
+            await asyncio.sleep(commits.WATCH_SECONDS)
+            if not self.feeds:
+                continue
+            try:
+                version = await watcher.read()
+                if version != seen:
+                    seen = version
+                    await self._catch_up()
+            except Exception as exc:
+                logger.warning("watching commits failed: %s", exc)
+                await asyncio.sleep(1)
+
+    async def _catch_up(self) -> None:
+        """Every stream listened to, moved to where the database has it."""
+        latest = await db.read(streams.latest_of, list(self.feeds))
+        for stream, target in latest.items():
+            self._poke(stream, target)
 
 
 _hubs: dict[asyncio.AbstractEventLoop, Hub] = {}
