@@ -334,3 +334,75 @@ def test_an_intake_is_tried_by_pasting_an_event(browser, site):
     page.click("button:has-text('Preview')")
     results.get_by_text("no field 'time' here").wait_for(timeout=5000)
     assert errors == []
+
+
+def test_the_quick_starts_server_shows_a_live_demo_in_another_process(
+    browser, start_server, tmp_path
+):
+    """`manage.py serve` on the embedded default and no setting, `demo --live
+    --interval 1` in another process: the open domain page shows each version
+    the demo prints within 3 s of its commit."""
+    import subprocess
+    import sys
+    import threading
+    import time
+
+    url = f"sqlite:///{tmp_path / 'quick-start.sqlite3'}"
+    env = {**os.environ, "BOTLNEK_DATABASE_URL": url, "BOTLNEK_DATA_DIR": str(tmp_path)}
+    env.pop("BOTLNEK_REDIS_URL", None)
+
+    def manage(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [sys.executable, "manage.py", *args],
+            cwd=ROOT,
+            env=env,
+            check=True,
+            capture_output=True,
+            text=True,
+        )
+
+    manage("migrate", "--no-input")
+    manage("demo", "--days", "1")  # the domain, a day, and today's first A
+    user = "from django.contrib.auth.models import User; "
+    user += "User.objects.create_user('ann', password='a long passphrase')"
+    manage("shell", "-c", user)
+    server = start_server(BOTLNEK_DATABASE_URL=url)
+    page, errors = logged_in_page(browser, server, f"/d/{DEMO}/")
+    wait_live(page)
+
+    live = ["demo", "--days", "1", "--live", "--interval", "1"]
+    demo = subprocess.Popen(
+        [sys.executable, "manage.py", *live],
+        cwd=ROOT,
+        env={**env, "PYTHONIOENCODING": "utf-8"},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        encoding="utf-8",
+    )
+    committed: list[tuple[int, float]] = []  # (position, when the demo printed it)
+
+    def read() -> None:
+        for line in demo.stdout:
+            found = re.search(r"→ v\d+, position (\d+)$", line.strip())
+            if found:
+                committed.append((int(found.group(1)), time.monotonic()))
+
+    reader = threading.Thread(target=read)
+    reader.start()
+    try:
+        seen = 0
+        while seen < 4:
+            if len(committed) <= seen:
+                time.sleep(0.05)
+                continue
+            position, at = committed[seen]
+            page.wait_for_selector(
+                f"#domain-summary >> text=latest position {position}", timeout=3000
+            )
+            assert time.monotonic() - at < 3
+            seen += 1
+    finally:
+        demo.terminate()
+        demo.wait(timeout=10)
+        reader.join(timeout=10)
+    assert errors == []
