@@ -41,6 +41,7 @@ from aggregates.errors import (
     ApiError,
     StoreError,
     field_errors,
+    named,
     summary,
 )
 from aggregates.intakes.api import router as intakes_router
@@ -263,7 +264,7 @@ def _validate_sources(payload: Any) -> tuple[list[store.NewSource], bool]:
             )
         )
     if fields:
-        raise ApiError(400, "invalid", summary(fields), fields)
+        raise ApiError(400, "invalid", summary(fields), named(fields))
     return sources, batch
 
 

@@ -21,6 +21,7 @@ from aggregates.errors import (
     StoreError,
     error_response,
     field_errors,
+    named,
     summary,
 )
 from aggregates.models import ApiToken
@@ -117,7 +118,7 @@ def install_error_handlers(api: NinjaAPI) -> None:
     @api.exception_handler(ValidationError)
     def _validation_error(request, exc: ValidationError):
         fields = field_errors(exc.errors)
-        return error_response(400, "invalid", summary(fields), fields)
+        return error_response(400, "invalid", summary(fields), named(fields))
 
     @api.exception_handler(AuthenticationError)
     def _unauthenticated(request, exc: AuthenticationError):

@@ -89,21 +89,42 @@ _MESSAGES = {
     "greater_than_equal": "must be at least {ge}",
     "less_than_equal": "must be at most {le}",
     "string_too_long": "must be at most {max_length} characters",
+    "string_too_short": "must be at least {min_length} characters",
+    "string_pattern_mismatch": "must match {pattern}",
+    "too_long": "must hold at most {max_length} items",
+    "too_short": "must hold at least {min_length} items",
+    "literal_error": "must be {expected}",
+    "enum": "must be {expected}",
+    "bool_type": "must be true or false",
+    "bool_parsing": "must be true or false",
+    "float_type": "must be a number",
+    "float_parsing": "must be a number",
+    "list_type": "must be a JSON array",
+    "int_from_float": "must be a whole number",
+    "none_required": "must be null",
+    "greater_than": "must be more than {gt}",
+    "less_than": "must be less than {lt}",
 }
 
 
 def field_errors(
-    errors: list[dict], *, prefix: str = "", whole: str = "body"
+    errors: list[dict], *, prefix: str = "", whole: str = ""
 ) -> dict[str, str]:
-    """Pydantic's errors as {"field.path": "message"}, the first per field; an
-    error about the whole object is named `whole`."""
+    """Pydantic's errors as {"field.path": "message"}, the first per field, in
+    our words (`events[0]`, "must be 'once' or 'every'"); an error about the
+    whole object is named `whole` ("": its message says which fields)."""
     fields = {}
     for error in errors:
-        loc = [str(part) for part in error.get("loc", ())]
+        loc = list(error.get("loc", ()))
         while loc and loc[0] in {"body", "payload", "query", "path"}:
             loc = loc[1:]
-        name = prefix + ".".join(loc) if loc else (prefix.rstrip(".") or whole)
+        path = "".join(
+            f"[{part}]" if isinstance(part, int) else f".{part}" for part in loc
+        ).lstrip(".")
+        name = prefix + path if path else (prefix.rstrip(".") or whole)
         template = _MESSAGES.get(error.get("type", ""))
+        if error.get("type") == "string_too_short" and error["ctx"]["min_length"] == 1:
+            template = "must not be empty"
         if template:
             message = template.format(**error.get("ctx", {}))
         else:
@@ -116,4 +137,22 @@ def summary(fields: dict[str, str]) -> str:
     """One sentence for `detail`: the first field's message, and how many more."""
     name, message = next(iter(fields.items()))
     more = f" (and {len(fields) - 1} more)" if len(fields) > 1 else ""
-    return f"{name} {message}{more}"
+    return f"{subject(name, message)}{more}"
+
+
+_PREDICATES = ("must ", "is ", "has ", "takes ", "holds ", "renders ", "reads ")
+
+
+def subject(name: str, message: str) -> str:
+    """`message` said of the field `name`: "trigger must be 'once' or 'every'",
+    and for a message that is a sentence of its own, "fallback: a fallback is…"."""
+    if not name:
+        return message
+    joint = " " if message.startswith(_PREDICATES) else ": "
+    return f"{name}{joint}{message}"
+
+
+def named(fields: dict[str, str]) -> dict[str, str] | None:
+    """The `fields` of an error answer: those a field names (an error about the
+    whole object is in `detail` only)."""
+    return {name: message for name, message in fields.items() if name} or None

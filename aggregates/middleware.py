@@ -28,6 +28,16 @@ _REASONS = {
 }
 
 
+def _routine(request: HttpRequest, response: HttpResponse) -> bool:
+    """A watcher's lease taken or renewed (every 10 s per `watch --rule`): logged
+    at debug, so that the log shows what happened rather than that time passed."""
+    return (
+        response.status_code == 200
+        and request.method == "POST"
+        and request.path_info.endswith("/leases")
+    )
+
+
 def needs_token(path: str) -> bool:
     if path.startswith("/api/"):
         return path not in PUBLIC_API_PATHS
@@ -51,7 +61,8 @@ class ApiGatewayMiddleware:
         response = await self._respond(request)
         seconds = time.perf_counter() - started
         metrics.request_served(request, response.status_code, seconds)
-        if request_log.isEnabledFor(logging.INFO):
+        level = logging.DEBUG if _routine(request, response) else logging.INFO
+        if request_log.isEnabledFor(level):
             token = getattr(request, "api_token", None)
             line = {
                 "method": request.method,
@@ -60,7 +71,7 @@ class ApiGatewayMiddleware:
                 "ms": round(seconds * 1000, 2),
                 "token": token.name if token is not None else None,
             }
-            request_log.info(json.dumps(line, ensure_ascii=False))
+            request_log.log(level, json.dumps(line, ensure_ascii=False))
         return response
 
     async def _respond(self, request: HttpRequest) -> HttpResponse:

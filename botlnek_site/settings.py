@@ -246,16 +246,26 @@ WHITENOISE_AUTOREFRESH = DEBUG
 # The API's own limit is 1 MiB (docs/api.md); Django enforces it while reading the body.
 DATA_UPLOAD_MAX_MEMORY_SIZE = 1024 * 1024
 
+LOG_LEVEL = env_str("BOTLNEK_LOG_LEVEL", "INFO").upper()
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
     "handlers": {"console": {"class": "logging.StreamHandler"}},
     "root": {"handlers": ["console"], "level": "WARNING"},
     "loggers": {
-        "botlnek": {"level": env_str("BOTLNEK_LOG_LEVEL", "INFO").upper()},
-        # One JSON line per HTTP request (token names, never secrets).
+        "botlnek": {"level": LOG_LEVEL},
+        # One JSON line per HTTP request (token names, never secrets); routine
+        # ones (lease renewals) at debug.
         "botlnek.requests": {
-            "level": "INFO" if env_bool("BOTLNEK_REQUEST_LOG", True) else "WARNING"
+            "level": (
+                ("DEBUG" if LOG_LEVEL == "DEBUG" else "INFO")
+                if env_bool("BOTLNEK_REQUEST_LOG", True)
+                else "WARNING"
+            )
         },
+        # botlnek.requests has a line for every request already: Django's own
+        # "Bad Request: …" warnings would say each 4xx twice. Its 5xx (with the
+        # traceback) stay.
+        "django.request": {"level": "ERROR"},
     },
 }

@@ -4,6 +4,7 @@ The helpers they build on are in tests/toolkit.py.
 """
 
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -14,7 +15,14 @@ import pytest
 from aggregates import store
 from aggregates.models import Domain
 from aggregates.tokens import create_token
-from tests.toolkit import IN_CI, ApiClient, ServerProcess, free_port
+from tests.toolkit import (
+    ERRORS_SEEN,
+    IN_CI,
+    ROOT,
+    ApiClient,
+    ServerProcess,
+    free_port,
+)
 
 
 def pytest_collection_modifyitems(config, items):
@@ -35,6 +43,46 @@ def pytest_runtest_makereport(item, call):
     if IN_CI and on_postgres and report.skipped:
         report.outcome = "failed"
         report.longrepr = f"skipped in CI on PostgreSQL: {report.longrepr}"
+
+
+# Wording a person should never read in an error: the framework's, not ours.
+FRAMEWORK_WORDING = re.compile(
+    r"Input should|^body |^frame |^query |Value error|pydantic|_type\b|literal_error"
+)
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """Every error message the API answered in this run, in a table
+    (test-artifacts/error-messages.md); the run fails if one is in the
+    framework's words instead of ours."""
+    seen = ERRORS_SEEN.seen
+    if not seen:
+        return
+    rows = sorted(seen.items())
+    lines = [
+        "# Error messages the API answered in this test run",
+        "",
+        "| status | error | message | first seen on |",
+        "|---|---|---|---|",
+        *(
+            f"| {status} | {error} | {_cell(message)} | {where} |"
+            for (status, error, message), where in rows
+        ),
+    ]
+    out = ROOT / "test-artifacts" / "error-messages.md"
+    out.parent.mkdir(exist_ok=True)
+    out.write_text("\n".join(lines) + "\n")
+    wrong = [m for (_, _, m), _ in rows if FRAMEWORK_WORDING.search(m)]
+    if wrong:
+        reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+        reporter.write_line(f"error messages in the framework's words ({out}):")
+        for message in wrong:
+            reporter.write_line(f"  {message}")
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+def _cell(text: str) -> str:
+    return text.replace("|", "\\|").replace("\n", " ")
 
 
 @pytest.fixture

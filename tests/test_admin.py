@@ -309,7 +309,7 @@ def test_the_admin_refuses_a_webhook_the_api_refuses(
     form = {"domain": domain.pk, "url": url, "description": ""}
     for fields, says in [
         ({"events": '["version"]', "rule": rule.pk}, "takes no rule"),
-        ({"events": '["rule.fired"]', "rule": ""}, "need the rule"),
+        ({"events": '["rule.fired"]', "rule": ""}, "the rule they are of"),
         ({"events": '["rule.fired"]', "rule": elsewhere.pk}, "another domain"),
         ({"events": '["everything"]', "rule": ""}, "events"),
     ]:

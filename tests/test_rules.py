@@ -279,7 +279,7 @@ def test_put_keeps_the_log_and_applies_to_what_comes_next(api, domain):
     ("definition", "field", "message"),
     [
         ({"when": "A >= and B"}, "when", "at column 6"),
-        ({"when": ""}, "when", "at least 1"),
+        ({"when": ""}, "when", "must not be empty"),
         ({"name": "bad name"}, "name", "characters from"),
         ({"name": "preview"}, "name", "reserved"),
         ({"when": "A and B@0d..-1d"}, "when", "column 8"),

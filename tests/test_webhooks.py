@@ -153,20 +153,29 @@ def test_a_webhook_is_created_with_its_secret_shown_once(api, domain, loopback_a
 
 
 @pytest.mark.parametrize(
-    ("definition", "field"),
+    ("definition", "field", "says"),
     [
-        ({"url": "ftp://x/y", "events": ["version"]}, "url"),
-        ({"url": "http://x/y", "events": []}, "body"),
-        ({"url": "http://x/y", "events": ["version", "rule.late"]}, "body"),
-        ({"url": "http://x/y", "events": ["rule.fired"]}, "body"),
-        ({"url": "http://x/y", "events": ["version"], "rule": "run-c"}, "body"),
-        ({"url": "http://x/y", "events": ["sometimes"]}, "events.0"),
+        ({"url": "ftp://x/y", "events": ["version"]}, "url", "http"),
+        # About the whole definition: said in `detail`, no field named.
+        ({"url": "http://x/y", "events": []}, None, "at least one"),
+        ({"url": "http://x/y", "events": ["version", "rule.late"]}, None, "or"),
+        ({"url": "http://x/y", "events": ["rule.fired"]}, None, 'need "rule"'),
+        (
+            {"url": "http://x/y", "events": ["version"], "rule": "run-c"},
+            None,
+            "versions takes no rule",
+        ),
+        ({"url": "http://x/y", "events": ["sometimes"]}, "events[0]", "must be"),
     ],
 )
-def test_bad_webhooks_are_400(api, domain, definition, field):
+def test_bad_webhooks_are_400(api, domain, definition, field, says):
     response = api.post(HOOKS, definition)
     assert response.status_code == 400, response.json()
-    assert field in response.json()["fields"]
+    assert says in response.json()["detail"]
+    if field is None:
+        assert "fields" not in response.json()
+    else:
+        assert field in response.json()["fields"]
     assert not Webhook.objects.exists()
 
 

@@ -107,7 +107,40 @@ async def _asgi_request(method, path, params, body, headers) -> httpx.Response:
             method, path, params=params, content=body, headers=headers
         )
         await response.aread()
+        ERRORS_SEEN.note(method, path, response)
         return response
+
+
+class ErrorsSeen:
+    """Every error the API answered in-process during the run: the table of the
+    messages users can get (written by conftest at the end, and checked for
+    framework wording)."""
+
+    def __init__(self) -> None:
+        self.seen: dict[tuple[int, str, str], str] = {}
+
+    def note(self, method: str, path: str, response: httpx.Response) -> None:
+        if "json" not in response.headers.get("content-type", ""):
+            return
+        body = response.json()
+        if not isinstance(body, dict):
+            return
+        answers = [(response.status_code, body)]
+        answers += [
+            (result["status"], result)  # an intake's answer per event
+            for result in body.get("results") or []
+            if isinstance(result, dict) and result.get("status", 0) >= 400
+        ]
+        for status, answer in answers:
+            if status < 400 or "detail" not in answer:
+                continue
+            messages = [answer["detail"], *(answer.get("fields") or {}).values()]
+            for message in messages:
+                key = (status, answer.get("error", ""), str(message))
+                self.seen.setdefault(key, f"{method} {path.split('?')[0]}")
+
+
+ERRORS_SEEN = ErrorsSeen()
 
 
 def post_source(

@@ -10,7 +10,7 @@ from pydantic import ValidationError as PydanticValidationError
 
 from aggregates import db, limits, store
 from aggregates.access import ERRORS, needs, require_read, token_of
-from aggregates.errors import ApiError, field_errors, summary
+from aggregates.errors import ApiError, field_errors, named, summary
 from aggregates.live import sse
 from aggregates.live.subscription import SubscribeIn
 from aggregates.schemas import DomainKey, Error, Key
@@ -60,8 +60,8 @@ async def stream(request: HttpRequest, query: Query[StreamQuery]):
             **cursor,
         )
     except PydanticValidationError as exc:
-        fields = field_errors(exc.errors(), whole="query")
-        raise ApiError(400, "invalid", summary(fields), fields) from None
+        fields = field_errors(exc.errors())
+        raise ApiError(400, "invalid", summary(fields), named(fields)) from None
     holder = limits.holder_of(token_of(request))
     if not limits.connections().open(holder):
         detail = limits.connections().refusal(holder)

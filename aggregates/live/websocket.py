@@ -141,7 +141,7 @@ class SubscribeConsumer(AsyncWebsocketConsumer):
         try:
             request = SubscribeIn.model_validate(message)
         except ValidationError as exc:
-            detail = summary(field_errors(exc.errors(), whole="frame"))
+            detail = summary(field_errors(exc.errors()))
             await self.error("invalid", detail, message.get("id"))
             return
         if request.id in self.subscriptions:

@@ -137,7 +137,7 @@ class RuleIn(BaseModel):
             if value is not None:
                 parse(value)
         except ConditionError as exc:
-            raise ValueError(str(exc)) from None
+            raise ValueError(f"is not a condition: {exc}") from None
         return value
 
     @field_validator("fallback")

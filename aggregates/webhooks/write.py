@@ -58,7 +58,9 @@ def _check_events(events: list[str], rule: str | None) -> None:
             raise ValueError("a webhook of versions takes no rule")
     elif set(events) <= RULE_EVENTS:
         if rule is None:
-            raise ValueError("rule events need the rule they are of")
+            raise ValueError(
+                'events rule.fired and rule.late need "rule": the rule they are of'
+            )
     else:
         raise ValueError('events are ["version"], or rule.fired and/or rule.late')
 
