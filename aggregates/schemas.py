@@ -316,6 +316,11 @@ class WhyOut(Schema):
     error: str | None = Field(
         None, description="why the rule's last evaluation of it failed, if it did"
     )
+    note: str | None = Field(
+        None,
+        description="when the rule has not evaluated the aggregate's latest "
+        "version yet: why, in a sentence (status is null if it never evaluated it)",
+    )
     events: list[RuleEventOut]
     terms: list[TermOut]
     inputs: dict[str, list[InputOut]] = Field(

@@ -203,7 +203,28 @@ def test_why_evaluates_every_comparison_now(api, domain):
     ]
     assert why["terms"][2]["detail"].startswith("age(A) = ")
     assert [e["seq"] for e in why["events"]] == [1]
+    assert why["note"] is None
     assert api.get(f"{RULES}/run-c/aggregates/nope").status_code == 404
+
+
+def test_a_why_before_the_rule_evaluated_says_so(api, domain):
+    register("d1", "A", run="am")
+    define(api, when="A >= 1 and B >= 1")  # start: now, after d1's version 1
+    why = api.get(f"{RULES}/run-c/aggregates/d1").json()
+    assert (why["status"], why["version"]) == (None, 1)
+    assert why["note"].startswith("not evaluated yet")
+    register("d1", "B")
+    engine.catch_up("c-inputs")
+    why = api.get(f"{RULES}/run-c/aggregates/d1").json()
+    assert (why["status"], why["version"], why["note"]) == ("fired", 2, None)
+    register("d1", "A", run="pm")  # the engine has not run since
+    why = api.get(f"{RULES}/run-c/aggregates/d1").json()
+    assert why["note"] == (
+        "evaluated up to version 2; version 3 is being evaluated (the terms "
+        "below are of now)"
+    )
+    engine.catch_up("c-inputs")
+    assert api.get(f"{RULES}/run-c/aggregates/d1").json()["note"] is None
 
 
 def test_preview_equals_what_start_history_records(api, domain):

@@ -141,6 +141,18 @@ def why(domain: str, rule: str, aggregate: str) -> dict[str, Any]:
         status, version = None, target.version
         deadline = compiled.deadline(aggregate, target.created_at)
     error = row.error if row is not None else ""
+    note = None
+    if row is None:
+        note = (
+            f"not evaluated yet: the rule evaluates the versions that come after "
+            f"its start, and has not evaluated version {target.version} of "
+            f"{aggregate!r}; status is null until it does"
+        )
+    elif row.version < target.version:
+        note = (
+            f"evaluated up to version {row.version}; version {target.version} is "
+            "being evaluated (the terms below are of now)"
+        )
     facts = Facts(counts, newest, now, *near)
     terms = compiled.condition.terms(facts)
     events = RuleEvent.objects.filter(rule=found, aggregate=aggregate).order_by("-seq")
@@ -152,6 +164,7 @@ def why(domain: str, rule: str, aggregate: str) -> dict[str, Any]:
         "deadline": isoformat(deadline) if deadline else None,
         "ready": compiled.condition(facts),
         "error": error or None,
+        "note": note,
         "events": [
             event_json(event, rule, domain)
             for event in reversed(events[:EVENTS_PER_AGGREGATE])
