@@ -27,6 +27,10 @@ from aggregates.values import isoformat, key_rule
 from aggregates.webhooks import write as webhook_write
 from aggregates.webhooks.write import WebhookChange, WebhookIn, check_target
 
+admin.site.site_header = "Botlnek administration"
+admin.site.site_title = "Botlnek admin"
+admin.site.index_title = "Domains, rules, webhooks, intakes and tokens"
+
 
 class DomainForm(forms.ModelForm):
     """A domain, checked as the API checks it."""
@@ -346,6 +350,15 @@ class WebhookForm(forms.ModelForm):
 
     # The API's URL rule, not Django's (which refuses hosts without a dot).
     url = forms.CharField(max_length=2000)
+    events = forms.MultipleChoiceField(
+        choices=[
+            ("version", "version: each new version of the domain"),
+            ("rule.fired", "rule.fired: the rule's fired events"),
+            ("rule.late", "rule.late: the rule's late events"),
+        ],
+        widget=forms.CheckboxSelectMultiple,
+        help_text="Versions, or the events of the rule chosen below.",
+    )
 
     class Meta:
         model = Webhook

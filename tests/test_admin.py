@@ -209,12 +209,12 @@ def test_webhooks_are_changed_in_the_admin_as_in_the_api(
         return Webhook.objects.get()
 
     # Another stream: its cursor counts that stream's events, from now on.
-    switched = change(events='["rule.fired"]', rule=rule.pk)
+    switched = change(events=["rule.fired"], rule=rule.pk)
     assert (switched.rule, switched.cursor) == (rule, 3)
-    paused = change(events='["rule.fired"]', rule=rule.pk, paused="on")
+    paused = change(events=["rule.fired"], rule=rule.pk, paused="on")
     assert (paused.paused, paused.paused_reason) == (True, "paused in the admin")
     Webhook.objects.update(attempts=7, paused_reason="HTTP 410 Gone")
-    resumed = change(events='["rule.fired"]', rule=rule.pk)
+    resumed = change(events=["rule.fired"], rule=rule.pk)
     assert (resumed.paused, resumed.paused_reason, resumed.attempts) == (False, "", 0)
     assert resumed.cursor == 3  # where it stopped
 
@@ -272,7 +272,7 @@ def webhook_form(domain) -> dict:
     return {
         "domain": domain.pk,
         "url": "https://hooks.example.com/botlnek",
-        "events": '["version"]',
+        "events": ["version"],
         "rule": "",
         "description": "",
         "format": "standard",
@@ -308,10 +308,10 @@ def test_the_admin_refuses_a_webhook_the_api_refuses(
     assert "takes no rule" in through_api.text
     form = {"domain": domain.pk, "url": url, "description": ""}
     for fields, says in [
-        ({"events": '["version"]', "rule": rule.pk}, "takes no rule"),
-        ({"events": '["rule.fired"]', "rule": ""}, "the rule they are of"),
-        ({"events": '["rule.fired"]', "rule": elsewhere.pk}, "another domain"),
-        ({"events": '["everything"]', "rule": ""}, "events"),
+        ({"events": ["version"], "rule": rule.pk}, "takes no rule"),
+        ({"events": ["rule.fired"], "rule": ""}, "the rule they are of"),
+        ({"events": ["rule.fired"], "rule": elsewhere.pk}, "another domain"),
+        ({"events": ["everything"], "rule": ""}, "events"),
     ]:
         response = admin_client.post(
             "/admin/aggregates/webhook/add/", {**form, **fields}
@@ -346,3 +346,12 @@ def test_a_webhook_saved_in_the_admin_keeps_the_cursor_the_deliverer_moved(
     saved = Webhook.objects.get()
     assert (saved.description, saved.cursor) == ("C's trigger", 12)
     assert told == ["c-inputs", "c-inputs"]  # the delivery worker looks, each time
+
+
+def test_the_admin_speaks_botlnek(admin_client, history):
+    index = admin_client.get("/admin/").content.decode()
+    assert '<div id="site-name"><a href="/admin/">Botlnek administration</a>' in index
+    assert "API tokens" in index and "Webhook deliveries" in index
+    assert "Api tokens" not in index and "deliverys" not in index
+    add = admin_client.get("/admin/aggregates/webhook/add/").content.decode()
+    assert add.count('type="checkbox" name="events"') == 3

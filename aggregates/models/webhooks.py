@@ -69,6 +69,7 @@ class WebhookDelivery(models.Model):
         indexes = [
             models.Index(fields=["webhook", "-id"], name="webhook_delivery_newest_idx")
         ]
+        verbose_name_plural = "webhook deliveries"
 
     def __str__(self) -> str:
         return f"{self.event_id} #{self.attempt}: {self.status_code or self.error}"

@@ -125,8 +125,10 @@ class Command(BaseCommand):
             raise CommandError("--interval must be more than 0 seconds")
         self.fill(domain, days)
         self.stdout.write(
-            f"Demo domain {domain!r} is ready: open /d/{domain}/ (pipeline A posts "
-            f"CloudEvents to /api/domains/{domain}/intakes/pipeline-a/events)"
+            f"Demo domain {domain!r} is ready: open http://127.0.0.1:8000/d/{domain}/ "
+            "(or that path on whichever address `manage.py serve` printed); "
+            f"pipeline A posts CloudEvents to /api/domains/{domain}/intakes/"
+            "pipeline-a/events"
         )
         if live:
             self.stdout.flush()
