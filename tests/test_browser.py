@@ -406,3 +406,21 @@ def test_the_quick_starts_server_shows_a_live_demo_in_another_process(
         demo.wait(timeout=10)
         reader.join(timeout=10)
     assert errors == []
+
+
+def test_times_read_in_utc_or_in_the_viewers_zone_on_request(browser, site):
+    page, errors = logged_in_page(browser, site, timezone_id="Europe/Paris")
+    wait_live(page)
+    first = page.locator("main time:not(.countdown)").first
+    utc = first.inner_text()
+    assert re.fullmatch(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC", utc), utc
+    page.click("#clock")
+    local = first.inner_text()
+    assert re.fullmatch(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC\+01:00", local), local
+    assert page.inner_text("#clock") == "times in your zone"
+    page.reload()  # the choice is kept
+    wait_live(page)
+    assert page.locator("main time:not(.countdown)").first.inner_text() == local
+    page.click("#clock")
+    assert page.locator("main time:not(.countdown)").first.inner_text() == utc
+    assert errors == []

@@ -370,7 +370,7 @@ def test_domain_page_lists_intakes_with_counts_and_the_last_refusal(admin_client
     assert row[0].startswith("pipeline-a POST /api/domains/c-inputs/intakes/pipeline-a")
     assert row[1:3] == ["12", "1"]
     assert row[3] == (
-        "aggregate: no field &#x27;day&#x27; here 2026-12-01T10:00:00.000000Z"
+        "aggregate: no field &#x27;day&#x27; here 2026-12-01 10:00:00 UTC"
     )
 
 
@@ -399,3 +399,13 @@ def test_the_intake_page_previews_a_pasted_event_and_saves_nothing(admin_client,
     broken = admin_client.get(page, {"body": "{nope"}).content.decode()
     assert "The body is not JSON" in broken
     assert admin_client.get("/d/c-inputs/intakes/nope/").status_code == 404
+
+
+@pytest.mark.parametrize("page", PAGES)
+def test_every_time_on_a_page_is_in_one_format_with_its_zone(admin_client, seed, page):
+    html = admin_client.get(page).content.decode()
+    times = re.findall(r"<time([^>]*)>([^<]*)</time>", html)
+    shown = [text for attributes, text in times if "countdown" not in attributes]
+    assert shown, page
+    for text in shown:
+        assert re.fullmatch(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC", text), text

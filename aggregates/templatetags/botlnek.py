@@ -4,6 +4,8 @@ from datetime import datetime
 from django import template
 from django.utils.html import format_html
 
+from aggregates.values import utc
+
 register = template.Library()
 
 
@@ -24,12 +26,17 @@ def pairs(keys: dict) -> str:
 
 
 @register.simple_tag
-def utc_time(moment: datetime) -> str:
-    """A <time> for botlnek.js to localise; one call per cell, not three date
-    filters (a big aggregate's page has dozens of them)."""
+def clock(moment: datetime | str | None) -> str:
+    """A moment as every page shows it: `2026-12-02 16:00:44 UTC` in a <time>
+    (botlnek.js shows it in the browser's zone instead when asked to). Takes a
+    datetime or the API's ISO text."""
+    if not moment:
+        return ""
+    if isinstance(moment, str):
+        moment = datetime.fromisoformat(moment)
+    moment = utc(moment)
     return format_html(
-        '<time datetime="{}" title="{} UTC">{}</time>',
-        moment.isoformat(),
-        moment.strftime("%Y-%m-%d %H:%M:%S.%f"),
+        '<time datetime="{}">{} UTC</time>',
+        moment.isoformat().replace("+00:00", "Z"),
         moment.strftime("%Y-%m-%d %H:%M:%S"),
     )

@@ -1,12 +1,46 @@
-// Show timestamps in the viewer's local time; the title keeps UTC. A countdown
-// (a deadline) reads "in 2h5m" or "3m ago" instead, and keeps counting.
+// One clock on every page: times read "2026-12-02 16:00:44 UTC" as the server
+// renders them, or, once the viewer picks it (the switch in the header, kept in
+// localStorage), in the browser's zone: "2026-12-02 17:00:44 UTC+01:00". A
+// countdown (a deadline) reads "in 2h5m" or "3m ago" instead, and keeps counting;
+// its title has the moment.
+var CLOCK = "botlnek.clock";
+function inLocalZone() {
+  try { return localStorage.getItem(CLOCK) === "local"; } catch (e) { return false; }
+}
+function pad(n) { return (n < 10 ? "0" : "") + n; }
+function clockText(when, local) {
+  if (!local) {
+    return when.getUTCFullYear() + "-" + pad(when.getUTCMonth() + 1) + "-" +
+      pad(when.getUTCDate()) + " " + pad(when.getUTCHours()) + ":" +
+      pad(when.getUTCMinutes()) + ":" + pad(when.getUTCSeconds()) + " UTC";
+  }
+  var offset = -when.getTimezoneOffset();
+  var zone = offset === 0 ? "UTC" : "UTC" + (offset > 0 ? "+" : "-") +
+    pad(Math.floor(Math.abs(offset) / 60)) + ":" + pad(Math.abs(offset) % 60);
+  return when.getFullYear() + "-" + pad(when.getMonth() + 1) + "-" +
+    pad(when.getDate()) + " " + pad(when.getHours()) + ":" +
+    pad(when.getMinutes()) + ":" + pad(when.getSeconds()) + " " + zone;
+}
 function localTimes(root) {
-  root.querySelectorAll("time[datetime]:not(.countdown)").forEach(function (el) {
+  var local = inLocalZone();
+  root.querySelectorAll("time[datetime]").forEach(function (el) {
     var when = new Date(el.getAttribute("datetime"));
-    if (!isNaN(when)) { el.textContent = when.toLocaleString(); }
+    if (isNaN(when)) { return; }
+    if (el.classList.contains("countdown")) { el.title = clockText(when, local); }
+    else { el.textContent = clockText(when, local); }
   });
+  var toggle = document.getElementById("clock");
+  if (toggle) {
+    toggle.textContent = local ? "times in your zone" : "times in UTC";
+    toggle.setAttribute("aria-pressed", local ? "true" : "false");
+  }
   countdowns(root);
 }
+document.addEventListener("click", function (event) {
+  if (!event.target.closest || !event.target.closest("#clock")) { return; }
+  try { localStorage.setItem(CLOCK, inLocalZone() ? "utc" : "local"); } catch (e) { return; }
+  localTimes(document);
+});
 function span(seconds) {
   var units = [["d", 86400], ["h", 3600], ["m", 60], ["s", 1]];
   for (var i = 0; i < units.length - 1; i++) {
