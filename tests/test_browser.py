@@ -165,6 +165,19 @@ def demo_site(start_server, token, django_user_model):
     register_sources(
         [NewSource(DEMO, day, "A", {"run": f"backfill-{i}"}) for i in range(4)]
     )
+    # A failing webhook, whose health a phone must show.
+    from aggregates.models import Domain, Webhook
+
+    Webhook.objects.create(
+        domain=Domain.objects.get(key=DEMO),
+        url="https://hooks.example.com/botlnek/receivers/pipeline-c?team=data",
+        events=["version"],
+        secret="whsec_x",
+        failing_since=timezone.now(),
+        next_attempt_at=timezone.now() + timedelta(minutes=5),
+        last_status=503,
+        last_attempt_at=timezone.now(),
+    )
     django_user_model.objects.create_user("ann", password="a long passphrase")
     server = start_server()
     server.token = token
@@ -277,6 +290,17 @@ def test_pages_read_at_desktop_and_phone_width(browser, demo_site):
             "parseFloat(getComputedStyle(document.querySelector('main')).fontSize)"
         )
         assert font >= 14, name
+        for cell in page.query_selector_all(
+            "td.rule-column, #webhooks td[data-label=Health], #intakes td"
+        ):
+            box = cell.bounding_box()
+            assert box["x"] >= 0 and box["x"] + box["width"] <= PHONE["width"], (
+                name,
+                cell.inner_text(),
+                box,
+            )
+        for time in page.query_selector_all("main time:not(.countdown)"):
+            assert time.inner_text().endswith("UTC"), (name, time.inner_text())
     assert errors == []
 
 

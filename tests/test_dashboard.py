@@ -172,7 +172,7 @@ def cells(html: str, row: str) -> list[str]:
     found = re.search(rf'<tr id="{row}">(.*?)</tr>', html, re.S)
     assert found, row
     return [
-        " ".join(re.sub(r"<[^>]+>", " ", cell).split())
+        " ".join(re.sub(r"<[^>]+>", " ", cell.replace("<wbr>", "")).split())
         for cell in re.findall(r"<td[^>]*>(.*?)</td>", found.group(1), re.S)
     ]
 

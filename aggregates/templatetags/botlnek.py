@@ -1,8 +1,10 @@
 import json
+import re
 from datetime import datetime
 
 from django import template
-from django.utils.html import format_html
+from django.utils.html import escape, format_html
+from django.utils.safestring import mark_safe
 
 from aggregates.values import utc
 
@@ -40,3 +42,13 @@ def clock(moment: datetime | str | None) -> str:
         moment.isoformat().replace("+00:00", "Z"),
         moment.strftime("%Y-%m-%d %H:%M:%S"),
     )
+
+
+_SEPARATORS = re.compile(r"([/?&=.:-])")
+
+
+@register.filter
+def breakable(text: str) -> str:
+    """A URL or path that a narrow screen may break after its separators (/ ? & =
+    . : -), never inside a word."""
+    return mark_safe(_SEPARATORS.sub(r"\1<wbr>", escape(str(text))))
