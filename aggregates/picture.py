@@ -22,6 +22,9 @@ LEFT = RIGHT = 40
 LANE_NAME = 17  # a lane's name sits above its marks
 TOP = 4
 RADIUS = 5  # a version's mark; a receipt's is as wide
+# Around each mark, what a tap finds: 48 units are 27 px where the picture is
+# drawn at a phone's width (0.56 of its size), over the 24 px a finger needs.
+HIT_RADIUS = 24
 GAP = 2 * RADIUS + 3  # closer than this, two marks of a lane go on separate rows
 ROW = 14  # between the rows of a lane
 LANE_PAD = 7
@@ -70,13 +73,23 @@ class _Lane:
     top: float = 0
 
 
-def picture(versions: list[Version], collections: list[str]) -> dict[str, Any]:
+def picture(
+    versions: list[Version],
+    collections: list[str],
+    deadlines: list[tuple[str, datetime]] = (),  # type: ignore[assignment]
+) -> dict[str, Any]:
     """The picture of `versions` (each with its `receipt_list`), a lane for each
-    of `collections` (in that order) and for each watcher that left a receipt."""
+    of `collections` (in that order; empty when none of them came) and for each
+    watcher that left a receipt, and each rule's deadline (rule, moment) on the
+    axis."""
     if not versions:
         return {"width": WIDTH, "height": 0, "marks": []}
     receipts = [r for version in versions for r in version.receipt_list]
-    start, end = _window([v.at for v in versions] + [r.at for r in receipts])
+    start, end = _window(
+        [v.at for v in versions]
+        + [r.at for r in receipts]
+        + [moment for _, moment in deadlines]
+    )
     scale = (WIDTH - LEFT - RIGHT) / (end - start).total_seconds()
 
     def x_of(moment: datetime) -> float:
@@ -98,10 +111,18 @@ def picture(versions: list[Version], collections: list[str]) -> dict[str, Any]:
     marks = [item for lane in lanes.values() for item in lane.items]
     receipt_marks = [item for lane in watchers.values() for item in lane.items]
     by_number = {mark["version"]: mark for mark in marks}
+    watchers_top = next(
+        (lane.top for lane in every_lane if lane.kind == "watcher"), bottom
+    )
     for mark in receipt_marks:
         target = by_number.get(mark["version"])
         if target is not None:
-            mark["to_x"], mark["to_y"] = target["x"], target["y"]
+            # Up to the rule between the lanes, along it, then up to the version:
+            # the join runs through no other mark of the lanes it crosses at
+            # neither end (a straight line would cut through them).
+            mark["link"] = (
+                f"M{mark['x']},{mark['y']}V{watchers_top}H{target['x']}V{target['y']}"
+            )
     axis_y = bottom + 2
     return {
         "width": WIDTH,
@@ -113,12 +134,22 @@ def picture(versions: list[Version], collections: list[str]) -> dict[str, Any]:
         "first": min(v.number for v in versions),
         "last": max(v.number for v in versions),
         "lanes": [_lane_json(lane) for lane in every_lane],
-        "watchers_top": next(
-            (lane.top for lane in every_lane if lane.kind == "watcher"), None
-        ),
+        "watchers_top": watchers_top if watchers else None,
         "ticks": _ticks(start, end, x_of, axis_y),
         "marks": sorted(marks, key=lambda mark: mark["version"]),
         "receipts": receipt_marks,
+        "deadlines": [
+            {
+                "x": x_of(moment),
+                # The label on the side of the line with room for it.
+                "anchor": "end" if x_of(moment) > WIDTH / 2 else "start",
+                "label_x": x_of(moment) + (-4 if x_of(moment) > WIDTH / 2 else 4),
+                "rule": rule,
+                "title": f"deadline of rule {rule}: {_moment(moment)} UTC",
+            }
+            for rule, moment in deadlines
+        ],
+        "hit": HIT_RADIUS,
         "description": _description(versions, receipts, names),
     }
 
@@ -158,8 +189,7 @@ def _receipt_mark(receipt: Receipt, x: float) -> dict:
         "watcher": receipt.watcher,
         "outcome": receipt.outcome,
         "failed": receipt.outcome in FAILED,
-        "to_x": None,  # the version's mark, once laid out
-        "to_y": None,
+        "link": None,  # the path to the version's mark, once laid out
         "title": (
             f"{receipt.watcher} ran on v{receipt.version}: {how} · "
             f"{_moment(receipt.at)} UTC"
@@ -193,6 +223,8 @@ def _lane_json(lane: _Lane) -> dict:
     label = lane.name
     if len(label) > LABEL_CHARS:
         label = label[: LABEL_CHARS - 1] + "…"
+    if lane.kind == "collection" and not lane.items:
+        label += " — none yet"
     return {
         "name": lane.name,
         "label": label,

@@ -35,6 +35,7 @@ from aggregates.models import (
 from aggregates.picture import picture
 from aggregates.rules import read as rules_read
 from aggregates.rules.definition import CompiledRule, definition_json
+from aggregates.values import utc
 from aggregates.webhooks.read import webhook_json
 
 TIMELINE_PAGE = 25
@@ -256,9 +257,11 @@ def _why(found: Aggregate) -> list[dict]:
     whys = []
     rows = {row.rule_id: row for row in found.rule_statuses.all()}
     for rule in Rule.objects.filter(domain=found.domain_id).order_by("name"):
-        if not CompiledRule.of(rule).matches(found.key):
+        compiled = CompiledRule.of(rule)
+        if not compiled.matches(found.key):
             continue
         why = rules_read.why(found.domain.key, rule.name, found.key)
+        why["mentions"] = sorted({ref.collection for ref in compiled.references})
         why["row"] = rows.get(rule.pk)
         why["receipts"] = list(
             found.receipts.filter(rule=rule.name).order_by("-id")[:10]
@@ -281,6 +284,13 @@ def aggregate_context(
     diff = None
     if diff_from is not None and diff_from < as_of:
         diff = _added(found, diff_from, as_of)
+    # Rules speak of the latest version only.
+    whys = _why(found) if as_of == found.version else []
+    # A lane for each collection the aggregate's rules look for, there or not.
+    lanes = list(counts)
+    for why in whys:
+        lanes += [ref for ref in why["mentions"] if ref not in lanes]
+    deadlines = [(why["rule"], utc(why["deadline"])) for why in whys if why["deadline"]]
     return {
         "domain": found.domain,
         "aggregate": found,
@@ -290,13 +300,12 @@ def aggregate_context(
         "collections": [(name, collections.get(name, [])) for name in counts],
         "timeline": timeline,
         "older": timeline[-1].number if timeline and timeline[-1].number > 1 else None,
-        "picture": picture(timeline, list(counts)),
+        "picture": picture(timeline, lanes, deadlines),
         "diff_from": diff_from,
         "diff": diff,
         # Sources added between the two versions beyond the ones listed.
         "diff_more": as_of - diff_from - len(diff) if diff is not None else 0,
-        # Rules speak of the latest version only.
-        "whys": _why(found) if as_of == found.version else [],
+        "whys": whys,
     }
 
 

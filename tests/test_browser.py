@@ -223,7 +223,9 @@ def test_the_picture_has_a_time_axis_and_spreads_marks_of_the_same_second(
     ticks = page.locator("svg.picture .axis text.tick").all_text_contents()
     assert len(ticks) >= 3
     assert all(
-        re.fullmatch(r"\d\d:\d\d(:\d\d)?|[A-Z][a-z]{2} \d{1,2}( · UTC)?", t)
+        re.fullmatch(
+            r"\d\d:\d\d(:\d\d)?|[A-Z][a-z]{2} \d{1,2}( · UTC)?|\d{4}( · UTC)?", t
+        )
         for t in ticks
     )
     assert page.locator("svg.picture .axis text.date").count() >= 1  # the day
@@ -240,7 +242,7 @@ def test_the_picture_has_a_time_axis_and_spreads_marks_of_the_same_second(
         ("success", 2),
     }
     assert all(m["title"].startswith("run-c ran on v2: ") for m in receipts)
-    assert page.locator("svg.picture .links line").count() == len(receipts)
+    assert page.locator("svg.picture .links path").count() == len(receipts)
     for i, a in enumerate(marks):  # no mark hides another
         for b in marks[i + 1 :]:
             assert not overlap(a["box"], b["box"]), (a, b)
@@ -447,4 +449,27 @@ def test_times_read_in_utc_or_in_the_viewers_zone_on_request(browser, site):
     assert page.locator("main time:not(.countdown)").first.inner_text() == local
     page.click("#clock")
     assert page.locator("main time:not(.countdown)").first.inner_text() == utc
+    assert errors == []
+
+
+def test_the_pictures_marks_are_tap_targets_with_details_on_a_phone(browser, demo_site):
+    path = f"/d/{DEMO}/{demo_site.day}/"
+    page, errors = logged_in_page(browser, demo_site, path, viewport=PHONE)
+    wait_live(page)
+    hits = page.query_selector_all("svg.picture .hit")
+    assert len(hits) == len(page.query_selector_all("svg.picture .mark"))
+    for hit in hits:
+        box = hit.bounding_box()
+        assert box["width"] >= 24 and box["height"] >= 24, box
+    popover = page.locator("figure.picture .popover")
+    assert popover.is_hidden()
+    mark = page.locator("svg.picture .mark.version").first
+    mark.scroll_into_view_if_needed()
+    box = mark.bounding_box()
+    # A tap beside the mark, inside its target: the finger need not hit the dot.
+    page.mouse.click(box["x"] + box["width"] / 2 + 6, box["y"] + box["height"] / 2)
+    assert popover.is_visible()
+    assert popover.inner_text().startswith("v") and " UTC" in popover.inner_text()
+    page.click("main h1")  # elsewhere: it goes
+    assert popover.is_hidden()
     assert errors == []

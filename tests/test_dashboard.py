@@ -89,7 +89,7 @@ def test_aggregate_page_shows_state_timeline_picture_and_receipts(admin_client, 
     assert "version 3" in html
     assert "run=pm" in html  # keys readable
     assert "s3://b" in html  # attrs pretty-printed
-    assert html.count("<circle") == 3  # one mark per source
+    assert html.count('<circle class="mark version"') == 3  # one mark per source
     assert "run-c ran on version 2 — success, exit 0, 41.0 s" in html
     picture = html[html.index('<svg class="picture"') : html.index("</svg>")]
     assert '<text class="tick"' in picture  # a time axis
@@ -101,7 +101,7 @@ def test_as_of_version_shows_nothing_newer(admin_client, seed):
     html = admin_client.get("/d/c-inputs/2026-11-26/", {"version": 2}).content.decode()
     assert "version 2 of 3" in html
     assert "run=pm" not in html  # the third source: not in state, timeline, picture
-    assert html.count("<circle") == 2
+    assert html.count('<circle class="mark version"') == 2
 
 
 def test_difference_between_two_versions(admin_client, seed):
@@ -280,7 +280,8 @@ def test_picture_stacks_versions_of_the_same_moment(admin_client, domain):
     html = admin_client.get("/d/c-inputs/batch/").content.decode()
     marks = re.findall(
         r'<circle class="mark version" id="mark-v(\d+)" data-version="\d+" '
-        r'cx="([\d.]+)" cy="([\d.]+)" r="5"><title>([^<]*)</title>',
+        r'data-details="[^"]*" cx="([\d.]+)" cy="([\d.]+)" r="5">'
+        r"<title>([^<]*)</title>",
         html,
     )
     assert sorted(int(number) for number, *_ in marks) == list(range(1, 8))
@@ -409,3 +410,32 @@ def test_every_time_on_a_page_is_in_one_format_with_its_zone(admin_client, seed,
     assert shown, page
     for text in shown:
         assert re.fullmatch(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC", text), text
+
+
+def test_the_picture_draws_what_the_rules_wait_for(admin_client, db):
+    """A day whose B never came: B's lane is there, empty; the rule's deadline is
+    on the axis; a receipt's join runs along the rule between the lanes."""
+    domain = store.create_domain("c-inputs", {})[0]
+    Rule.objects.create(
+        domain=domain,
+        name="run-c",
+        when="A >= 1 and B >= 1",
+        deadline_seconds=3600,
+        deadline_from="first_source",
+    )
+    register_sources([NewSource("c-inputs", "2026-11-26", "A", {"run": "am"})])
+    register_sources([NewSource("c-inputs", "2026-11-26", "A", {"run": "pm"})])
+    engine.catch_up("c-inputs")
+    Receipt.objects.create(
+        aggregate=Aggregate.objects.get(key="2026-11-26"),
+        watcher="c-runner",
+        version=1,
+        outcome="success",
+    )
+    html = admin_client.get("/d/c-inputs/2026-11-26/").content.decode()
+    picture = html[html.index('<svg class="picture"') : html.index("</svg>")]
+    assert ">B — none yet<" in picture
+    assert 'class="deadline-label"' in picture and "run-c deadline" in picture
+    (link,) = re.findall(r'<path class="link" d="([^"]+)"', picture)
+    assert re.fullmatch(r"M[\d.]+,[\d.]+V[\d.]+H[\d.]+V[\d.]+", link), link
+    assert picture.count('class="hit"') == 3  # two versions and a receipt

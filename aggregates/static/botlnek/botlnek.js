@@ -82,3 +82,23 @@ document.addEventListener("htmx:wsClose", function (event) {
     setTimeout(function () { event.detail.socketWrapper.reconnect(); }, 1000);
   }
 });
+
+// The picture's marks: a tap (or click) shows the mark's details in a small
+// popover under the picture; tapping elsewhere hides it. Each mark has a tap
+// target around it (.hit) larger than a finger.
+document.addEventListener("click", function (event) {
+  var target = event.target.closest ? event.target.closest("[data-details]") : null;
+  document.querySelectorAll("figure.picture .popover").forEach(function (box) {
+    if (!target || !box.closest("figure").contains(target)) { box.hidden = true; }
+  });
+  if (!target || !target.closest("svg.picture")) { return; }
+  var figure = target.closest("figure.picture");
+  var box = figure.querySelector(".popover");
+  var where = target.getBoundingClientRect();
+  var frame = figure.getBoundingClientRect();
+  box.textContent = target.getAttribute("data-details");
+  box.hidden = false;
+  var left = where.left + where.width / 2 - frame.left - box.offsetWidth / 2;
+  box.style.left = Math.max(0, Math.min(left, frame.width - box.offsetWidth)) + "px";
+  box.style.top = (where.bottom - frame.top + 4) + "px";
+});
