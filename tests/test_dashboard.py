@@ -439,3 +439,34 @@ def test_the_picture_draws_what_the_rules_wait_for(admin_client, db):
     (link,) = re.findall(r'<path class="link" d="([^"]+)"', picture)
     assert re.fullmatch(r"M[\d.]+,[\d.]+V[\d.]+H[\d.]+V[\d.]+", link), link
     assert picture.count('class="hit"') == 3  # two versions and a receipt
+
+
+def test_the_demo_shows_day_by_day_what_the_docs_say(admin_client, db):
+    """docs/dashboard.md's table of the demo's days against the domain page."""
+    from django.core.management import call_command
+    from django.utils import timezone
+
+    from tests.toolkit import ROOT
+
+    docs = (ROOT / "docs" / "dashboard.md").read_text()
+    rows = re.findall(
+        r"^\| (\d) days? ago \| [^|]+ \| `([^`]+)`(, late)?", docs, re.MULTILINE
+    )
+    assert len(rows) == 7
+    call_command("demo")
+    html = admin_client.get("/d/demo-c-inputs/").content.decode()
+    today = timezone.now().date()
+    for ago, status, late in rows:
+        day = (today - timedelta(days=int(ago))).isoformat()
+        cell = re.search(
+            rf'<tr id="aggregate-{day}">.*?<td class="rule-column">(.*?)</td>',
+            html,
+            re.S,
+        ).group(1)
+        assert f">{status}</span>" in cell, (ago, cell)
+        assert ("was-late" in cell) == bool(late), (ago, cell)
+    assert "today | A (after 06:00 UTC) | `waiting`" in docs
+    today_cell = re.search(
+        rf'<tr id="aggregate-{today}">.*?<td class="rule-column">(.*?)</td>', html, re.S
+    ).group(1)
+    assert ">waiting</span>" in today_cell

@@ -29,6 +29,7 @@ from aggregates.store.read import (
     receipt_json,
 )
 from aggregates.store.records import (
+    backdate,
     create_domain,
     expect_aggregates,
     prune_aggregates,
@@ -48,6 +49,7 @@ __all__ = [
     "aggregate_state",
     "aggregate_state_json",
     "aggregate_versions",
+    "backdate",
     "create_domain",
     "domain_json",
     "domain_versions",

@@ -3,13 +3,21 @@ aggregates, the only deletion there is). Versions and sources are written by
 write.py alone."""
 
 from datetime import datetime
+from itertools import pairwise
 from typing import Any
 
 from django.db import connection, transaction
 
 from aggregates.errors import Conflict, NotFound, StoreError
 from aggregates.keydates import key_date
-from aggregates.models import Aggregate, Domain, Receipt, RuleEvent, RuleStatus
+from aggregates.models import (
+    Aggregate,
+    Domain,
+    Receipt,
+    RuleEvent,
+    RuleStatus,
+    Version,
+)
 from aggregates.store.read import get_aggregate, receipt_json
 from aggregates.store.sql import (
     AGGREGATE,
@@ -48,7 +56,10 @@ def record_receipt(
     detail: str = "",
     rule: str | None = None,
     seq: int | None = None,
+    at: datetime | None = None,
 ) -> dict[str, Any]:
+    """Record a receipt, now (or `at`: for `manage.py demo`, whose story is
+    history; the API always records now)."""
     target = get_aggregate(domain, aggregate)
     if version == 0 and rule is None:
         raise StoreError(
@@ -73,8 +84,32 @@ def record_receipt(
         exit_code=exit_code,
         duration_s=duration_s,
         detail=detail,
+        **({"at": at} if at is not None else {}),
     )
     return receipt_json(receipt, domain, aggregate)
+
+
+def backdate(domain: str, moments: dict[int, datetime]) -> None:
+    """Give versions of `domain` (by position) the moments they happened at, and
+    their aggregates the first and last of them: for `manage.py demo`, which
+    tells a story of days past in a second. The moments must grow with the
+    positions, as commit times do; nothing else may change history."""
+    ordered = sorted(moments.items())
+    if any(a[1] > b[1] for a, b in pairwise(ordered)):
+        raise StoreError("moments must grow with positions", field="moments")
+    found = Domain.objects.get(key=domain)
+    with transaction.atomic():
+        for position, moment in ordered:
+            Version.objects.filter(domain=found, position=position).update(at=moment)
+        touched = Version.objects.filter(
+            domain=found, position__in=list(moments)
+        ).values_list("aggregate_id", flat=True)
+        for aggregate in Aggregate.objects.filter(pk__in=set(touched)):
+            times = list(
+                aggregate.versions.order_by("number").values_list("at", flat=True)
+            )
+            aggregate.created_at, aggregate.updated_at = times[0], times[-1]
+            aggregate.save(update_fields=["created_at", "updated_at"])
 
 
 def _check_rule_event(aggregate: Aggregate, rule: str, seq: int, version: int):

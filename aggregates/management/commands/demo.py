@@ -2,7 +2,7 @@ import contextlib
 import json
 import signal
 import threading
-from datetime import date, timedelta
+from datetime import UTC, date, datetime, time, timedelta
 
 from django.core.management.base import BaseCommand, CommandError
 from django.utils import timezone
@@ -12,6 +12,7 @@ from aggregates.errors import Conflict
 from aggregates.intakes import take as intake
 from aggregates.intakes import write as intake_write
 from aggregates.intakes.definition import IntakeIn
+from aggregates.models import Aggregate
 from aggregates.rules import engine
 from aggregates.rules import write as rule_write
 from aggregates.rules.definition import RuleIn
@@ -82,9 +83,29 @@ def register(source: NewSource) -> Registration:
     return Registration(**fields, at=utc(answer["at"]))
 
 
-def ran_c(domain: str, day: str, version: int, *, failed: bool = False) -> None:
-    """C's watcher reports a run, through the write path's receipts."""
+# When each source comes, in a day of the story (UTC).
+ARRIVALS = {("A", "am"): time(6), ("B", None): time(7, 30), ("A", "pm"): time(15)}
+
+
+def arrival(day: date, source: NewSource) -> datetime:
+    at = ARRIVALS[source.collection, source.keys.get("run")]
+    return datetime.combine(day, at, tzinfo=UTC)
+
+
+def ran_c(
+    domain: str,
+    day: str,
+    version: int,
+    *,
+    failed: bool = False,
+    at: datetime | None = None,
+) -> None:
+    """C's watcher reports a run, through the write path's receipts; in the
+    story's past, when the run ended after the version `at` came."""
+    if at is not None:
+        at += timedelta(seconds=3.2 if failed else 45)
     store.record_receipt(
+        at=at,
         watcher=WATCHER,
         domain=domain,
         aggregate=day,
@@ -94,6 +115,17 @@ def ran_c(domain: str, day: str, version: int, *, failed: bool = False) -> None:
         duration_s=3.2 if failed else 41.0,
         detail="s3: connection reset; retried" if failed else "",
     )
+
+
+def last_day(domain: str) -> date:
+    """The latest day the domain has an aggregate of (date.min: none)."""
+    days = []
+    for key in Aggregate.objects.filter(domain__key=domain).values_list(
+        "key", flat=True
+    ):
+        with contextlib.suppress(ValueError):
+            days.append(date.fromisoformat(key))
+    return max(days, default=date.min)
 
 
 class Command(BaseCommand):
@@ -135,34 +167,51 @@ class Command(BaseCommand):
             self.live(domain, interval)
 
     def fill(self, domain: str, days: int) -> None:
+        """The story of the last `days` days, each source and receipt at the
+        moment of its day it would have come (A at 06:00 and 15:00 UTC, B at
+        07:30, C's run 41 s after B), so that pictures, ages and deadlines read
+        as they did on those days."""
         store.create_domain(domain, {"about": "the A/B/C story: C needs A and B"})
         with contextlib.suppress(Conflict):  # run before: the intake is there
             intake_write.create_intake(domain, A_INTAKE)
-        today = timezone.now().date()
+        now = timezone.now()
+        today = now.date()
         # The days B never came: the first settles for the B of the day before
         # (the rule's fallback), the second has none the day before either: late.
         missing_b = {(today - timedelta(days=n)).isoformat() for n in (5, 4)}
+        moments: dict[int, datetime] = {}
         for offset in range(days, 0, -1):
-            day = (today - timedelta(days=offset)).isoformat()
-            sources = day_sources(domain, day)
-            if day in missing_b:
+            day = today - timedelta(days=offset)
+            sources = day_sources(domain, day.isoformat())
+            if day.isoformat() in missing_b:
                 sources.pop(1)
-            results = [register(source) for source in sources]
-            if day not in missing_b and results[1].created:  # C ran when B came
+            results = []
+            for source in sources:
+                results.append(register(source))
+                if results[-1].created:
+                    moments[results[-1].position] = arrival(day, source)
+            b = results[1]
+            if day.isoformat() not in missing_b and b.created:  # C ran when B came
+                came = arrival(day, sources[1])
                 if offset == days and days > 2:  # the first time, after a retry
-                    ran_c(domain, day, results[1].version, failed=True)
-                ran_c(domain, day, results[1].version)
-        # Today: A has arrived, B not yet, so C is still waiting.
-        register(day_sources(domain, today.isoformat())[0])
+                    ran_c(domain, day.isoformat(), b.version, failed=True, at=came)
+                ran_c(domain, day.isoformat(), b.version, at=came)
+        # Today: A has arrived (if it is past 06:00), B not yet: C is waiting.
+        first = day_sources(domain, today.isoformat())[0]
+        result = register(first)
+        if result.created:
+            moments[result.position] = min(arrival(today, first), now)
+        store.backdate(domain, moments)
         with contextlib.suppress(Conflict):  # run before: the rule is there
-            first = (today - timedelta(days=days)).isoformat()
-            rule_write.create_rule(domain, demo_rule(first))
+            start = (today - timedelta(days=days)).isoformat()
+            rule_write.create_rule(domain, demo_rule(start))
         engine.catch_up(domain)
 
     def live(self, domain: str, interval: float) -> None:
-        """A simulated day every `interval` seconds, from today on: its three
-        sources a third of the interval apart, then C's run (every fourth day
-        it fails once first). Sources already there are skipped without waiting,
+        """A simulated day every `interval` seconds, from today on (or from the
+        last day an earlier run got to): its three sources a third of the
+        interval apart, and C's run as B comes (every fourth day it fails once
+        first). Sources already there are skipped, unsaid and without waiting,
         so running it again carries on where it stopped."""
         stop = threading.Event()
         previous = {
@@ -174,7 +223,7 @@ class Command(BaseCommand):
             "Ctrl-C stops."
         )
         try:
-            day = timezone.now().date()
+            day = max(timezone.now().date(), last_day(domain))
             while not stop.is_set():
                 self.post_day(domain, day, interval / 3, stop)
                 day += timedelta(days=1)
@@ -191,11 +240,11 @@ class Command(BaseCommand):
             if stop.is_set():
                 return
             result = register(source)
+            if not result.created:
+                continue  # an earlier run posted it
             engine.catch_up(domain)
             self.say(self.describe(source, result))
-            if not result.created:
-                continue
-            if source.keys.get("run") == "pm":  # A twice and B once: C runs
+            if source.collection == "B":  # a recent A and today's B: C runs
                 if day.toordinal() % 4 == 0:
                     ran_c(domain, key, result.version, failed=True)
                     self.say(f"{key} {WATCHER} ran on v{result.version}: failure")
