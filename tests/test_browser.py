@@ -270,11 +270,15 @@ def test_the_picture_has_a_time_axis_and_spreads_marks_of_the_same_second(
 
 def test_pages_read_at_desktop_and_phone_width(browser, demo_site):
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    today = timezone.now().date()
     pages = {
         "home": "/",
-        "domain": f"/d/{DEMO}/",
-        "aggregate": f"/d/{DEMO}/{demo_site.day}/",
+        "domain": f"/d/{DEMO}/",  # with the webhook's health and the intake
+        "aggregate": f"/d/{DEMO}/{demo_site.day}/",  # with receipts, one failed
+        "aggregate-on-time": f"/d/{DEMO}/{today - timedelta(days=1)}/",
+        "aggregate-today": f"/d/{DEMO}/{today}/",  # waiting, B's lane empty
         "rule": f"/d/{DEMO}/rules/run-c/",
+        "intake": f"/d/{DEMO}/intakes/pipeline-a/",
     }
     page, errors = logged_in_page(browser, demo_site, "/", viewport=DESKTOP)
     for name, path in pages.items():

@@ -60,7 +60,8 @@ def test_an_age_bound_past_ten_years_is_refused(api, domain, when, column):
     response = api.post(RULES, {"name": "r", "when": when})
     assert response.status_code == 400, response.text
     assert response.json()["fields"]["when"] == (
-        f"an age is compared with at most 3650d (ten years) at column {column}"
+        "is not a condition: an age is compared with at most 3650d (ten years) "
+        f"at column {column}"
     )
     assert api.post(RULES, {"name": "r", "when": "age(A) < 3650d"}).status_code == 201
 
@@ -85,7 +86,9 @@ def test_conditions_nest_32_levels_and_more_but_not_without_end(api, domain):
         response = api.post(RULES, {"name": "deeper", "when": when})
         assert response.status_code == 400, response.text
         message = response.json()["fields"]["when"]
-        assert message.startswith("nested more than 50 levels deep at column "), message
+        assert message.startswith(
+            "is not a condition: nested more than 50 levels deep at column "
+        ), message
     assert not Rule.objects.filter(name="deeper").exists()
 
 

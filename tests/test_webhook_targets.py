@@ -172,7 +172,7 @@ def test_the_admin_refuses_what_the_api_refuses(admin_client, domain):
     form = {"domain": domain.pk, "url": "http://10.1.2.3/hook"}
     response = admin_client.post(
         "/admin/aggregates/webhook/add/",
-        {**form, "events": '["version"]', "rule": "", "description": ""},
+        {**form, "events": ["version"], "rule": "", "description": ""},
     )
     assert response.status_code == 200  # the form again, with the error
     assert "BOTLNEK_WEBHOOK_ALLOWED_HOSTS" in response.content.decode()
