@@ -281,14 +281,17 @@ def test_pages_read_at_desktop_and_phone_width(browser, demo_site):
         "intake": f"/d/{DEMO}/intakes/pipeline-a/",
     }
     page, errors = logged_in_page(browser, demo_site, "/", viewport=DESKTOP)
+    still = {"intake"}  # a page with no live parts: no socket to wait for
     for name, path in pages.items():
         page.set_viewport_size(DESKTOP)
         page.goto(f"{demo_site.url}{path}")
-        wait_live(page)
+        if name not in still:
+            wait_live(page)
         page.screenshot(path=SCREENSHOTS / f"{name}-desktop.png", full_page=True)
         page.set_viewport_size(PHONE)
         page.goto(f"{demo_site.url}{path}")
-        wait_live(page)
+        if name not in still:
+            wait_live(page)
         page.screenshot(path=SCREENSHOTS / f"{name}-phone.png", full_page=True)
         width = page.evaluate("document.documentElement.scrollWidth")
         assert width <= PHONE["width"], f"{name} is {width} px wide on a phone"
