@@ -11,6 +11,7 @@ subscribers — and the hub reads where its streams stand only when it moved.
 """
 
 import asyncio
+import functools
 import sqlite3
 from concurrent.futures import ThreadPoolExecutor
 
@@ -33,3 +34,9 @@ class DataVersion:
 
     async def read(self) -> int:
         return await asyncio.get_running_loop().run_in_executor(self.thread, self._read)
+
+
+@functools.cache
+def of(path: str) -> DataVersion:
+    """The one watcher of a file in this process, whichever event loops ask."""
+    return DataVersion(path)

@@ -224,7 +224,7 @@ class Hub:
     async def _watch_commits(self, path: str) -> None:
         """On SQLite: whatever any process commits is followed within a second,
         with no channel layer between the processes (commits.py)."""
-        watcher = commits.DataVersion(path)
+        watcher = commits.of(path)
         seen = None
         while True:
             await asyncio.sleep(commits.WATCH_SECONDS)
