@@ -140,7 +140,16 @@ def summary(fields: dict[str, str]) -> str:
     return f"{subject(name, message)}{more}"
 
 
-_PREDICATES = ("must ", "is ", "has ", "takes ", "holds ", "renders ", "reads ")
+_PREDICATES = (
+    "must ",
+    "is ",
+    "has ",
+    "takes ",
+    "holds ",
+    "renders ",
+    "reads ",
+    "uses ",
+)
 
 
 def subject(name: str, message: str) -> str:

@@ -480,3 +480,29 @@ def test_the_pictures_marks_are_tap_targets_with_details_on_a_phone(browser, dem
     page.click("main h1")  # elsewhere: it goes
     assert popover.is_hidden()
     assert errors == []
+
+
+def test_a_late_day_reads_at_desktop_and_phone_width(
+    browser, start_server, django_user_model
+):
+    """The week's demo: the day B never came two days running is late; its page,
+    with B's empty lane and the deadline, fits a phone."""
+    call_command("demo")
+    django_user_model.objects.create_user("ann", password="a long passphrase")
+    server = start_server()
+    late = (timezone.now().date() - timedelta(days=4)).isoformat()
+    path = f"/d/{DEMO}/{late}/"
+    page, errors = logged_in_page(browser, server, path, viewport=DESKTOP)
+    wait_live(page)
+    assert page.inner_text("#why-run-c .status") == "late"
+    page.screenshot(path=SCREENSHOTS / "aggregate-late-desktop.png", full_page=True)
+    page.set_viewport_size(PHONE)
+    page.goto(f"{server.url}{path}")
+    wait_live(page)
+    page.screenshot(path=SCREENSHOTS / "aggregate-late-phone.png", full_page=True)
+    assert page.evaluate("document.documentElement.scrollWidth") <= PHONE["width"]
+    # An SVG text's content includes its <title>: "B — none yetcollection B".
+    lanes = page.locator("svg.picture .lane-name").all_text_contents()
+    assert any(lane.startswith("B — none yet") for lane in lanes), lanes
+    assert page.locator("svg.picture .deadline").count() == 1
+    assert errors == []
