@@ -506,3 +506,27 @@ def test_a_late_day_reads_at_desktop_and_phone_width(
     assert any(lane.startswith("B — none yet") for lane in lanes), lanes
     assert page.locator("svg.picture .deadline").count() == 1
     assert errors == []
+
+
+def test_a_home_page_opened_before_any_domain_shows_the_first_one(
+    browser, start_server, django_user_model
+):
+    from aggregates.tokens import create_token
+
+    django_user_model.objects.create_user("ann", password="a long passphrase")
+    token = create_token(name="writer", scope="write")[1]
+    server = start_server()
+    page, errors = logged_in_page(browser, server, "/")
+    wait_live(page)  # its first push re-renders the hint, with no request
+    page.wait_for_timeout(500)
+    hint = page.inner_text("#domains pre")
+    assert hint.startswith(f"curl -X POST {server.url}/api/domains"), hint
+    auth = {"Authorization": f"Bearer {token}"}
+    created = httpx.post(
+        f"{server.url}/api/domains", json={"key": "c-inputs"}, headers=auth
+    )
+    assert created.status_code == 201
+    post_via_http(server, token, "2026-12-01", "A", run="am")
+    page.wait_for_selector("#domains a >> text=c-inputs", timeout=10000)
+    page.wait_for_selector("#feed >> text=2026-12-01", timeout=10000)
+    assert errors == []

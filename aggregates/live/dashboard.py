@@ -3,7 +3,8 @@
 The socket names the page it serves by the page's own URL; resolving it gives the
 view, whose @live_parts renderer (aggregates.views) re-renders the live parts. A
 page of a domain listens to that domain's versions (for an aggregate's page, only
-that aggregate's) and rule events; a page of no domain listens to every domain.
+that aggregate's) and rule events; a page of no domain listens to every domain,
+and looks for new ones every DOMAINS_EVERY seconds.
 """
 
 import asyncio
@@ -28,6 +29,7 @@ class DashboardConsumer(AsyncWebsocketConsumer):
 
     channel_layer_alias = SubscribeConsumer.channel_layer_alias
     RENDER_EVERY = 0.25  # seconds: at most four renders a second per page
+    DOMAINS_EVERY = 2  # seconds: how soon a page of every domain sees a new one
 
     async def connect(self) -> None:
         user = self.scope.get("user")
@@ -78,6 +80,28 @@ class DashboardConsumer(AsyncWebsocketConsumer):
             await self.disconnect(1011)  # Channels will not: connect() failed
             raise
         self.renderer = asyncio.ensure_future(self._render())
+        self.finder = None
+        if "domain" not in self.kwargs:  # every domain: also those made later
+            self.finder = asyncio.ensure_future(self._find_new_domains())
+
+    async def _find_new_domains(self) -> None:
+        """A page of every domain listens to a domain created after it opened
+        (within DOMAINS_EVERY seconds), and shows it."""
+        while True:
+            await asyncio.sleep(self.DOMAINS_EVERY)
+            try:
+                known = await db.read(store.latest_positions_all)
+            except Exception:
+                continue  # the database is away: the next look
+            for domain in sorted(set(known) - set(self.domains)):
+                self.domains.append(domain)
+                for feed in (
+                    streams.DomainVersions(domain),
+                    streams.DomainRules(domain),
+                ):
+                    self.feeds.append(feed)
+                    await hub.hub().listen(feed, self)
+                self.dirty.set()
 
     def offer(self, frame: streams.Frame | None) -> None:
         """A version of the domain, or None: some rule of it recorded events."""
@@ -104,8 +128,8 @@ class DashboardConsumer(AsyncWebsocketConsumer):
         if getattr(self, "counted", False):
             self.counted = False
             limits.connections().close(self.holder)
-        renderer = getattr(self, "renderer", None)
-        if renderer is not None:
-            renderer.cancel()
+        for task in (getattr(self, "renderer", None), getattr(self, "finder", None)):
+            if task is not None:
+                task.cancel()
         for feed in getattr(self, "feeds", []):
             await hub.hub().unlisten(feed, self)

@@ -22,6 +22,8 @@ function clockText(when, local) {
     pad(when.getMinutes()) + ":" + pad(when.getSeconds()) + " " + zone;
 }
 function localTimes(root) {
+  // A part re-rendered live has no request to say the server's address: this page's.
+  root.querySelectorAll(".origin").forEach(function (el) { el.textContent = location.origin; });
   var local = inLocalZone();
   root.querySelectorAll("time[datetime]").forEach(function (el) {
     var when = new Date(el.getAttribute("datetime"));
