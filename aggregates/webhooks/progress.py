@@ -175,10 +175,10 @@ def _keep_newest(webhook_id: int) -> None:
 
 
 def backoff(attempts: int) -> float:
-    """Seconds before attempt `attempts` + 1: doubling from 1 s, capped at 10 min,
-    plus up to 20% jitter."""
-    base = min(BACKOFF_CAP_SECONDS, 2 ** min(attempts - 1, 20))
-    return base * (1 + random.uniform(0, 0.2))
+    """Seconds before attempt `attempts` + 1: doubling from 1 s, plus up to 20%
+    jitter, never more than 10 min (the jitter spreads the waits below the cap)."""
+    base = 2 ** min(attempts - 1, 20)
+    return min(BACKOFF_CAP_SECONDS, base * (1 + random.uniform(0, 0.2)))
 
 
 def _outcome(attempt: WebhookDelivery) -> str:
