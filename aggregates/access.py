@@ -23,6 +23,18 @@ class Page(BaseModel):
     limit: int = Field(100, ge=1, le=1000)
 
 
+class NamePage(Page):
+    """A list of definitions in name order: the next page is `after` the last name."""
+
+    after: str | None = Field(None, max_length=200)
+
+
+class IdPage(Page):
+    """A list of definitions in id order: the next page is `after` the last id."""
+
+    after: int = Field(0, ge=0)
+
+
 def token_of(request: HttpRequest) -> ApiToken:
     return request.auth  # type: ignore[attr-defined]
 

@@ -21,6 +21,7 @@ from aggregates import db, idempotency, store
 from aggregates.access import (
     ERRORS,
     WRITE_ERRORS,
+    NamePage,
     Page,
     json_response,
     needs,
@@ -101,9 +102,12 @@ async def create_domain(request: HttpRequest, payload: DomainIn):
     summary="List domains",
     openapi_extra=needs("read"),
 )
-async def list_domains(request: HttpRequest):
+async def list_domains(request: HttpRequest, query: Query[NamePage]):
     only = token_of(request).domains
-    return json_response({"domains": await db.read(store.list_domains, only)})
+    domains = await db.read(
+        store.list_domains, only, limit=query.limit, after=query.after
+    )
+    return json_response({"domains": domains})
 
 
 @api.get(

@@ -147,3 +147,48 @@ def test_a_forged_cursor_is_a_400_naming_the_cursor(api, domain, payload):
     response = api.get("/api/domains/c-inputs/aggregates", cursor=cursor)
     assert response.status_code == 400, response.content
     assert "cursor" in response.json()["fields"]
+
+
+def test_lists_of_definitions_page_by_limit_and_after(api, domain, settings):
+    from aggregates.webhooks.targets import AllowList
+
+    settings.BOTLNEK_WEBHOOK_ALLOWED_HOSTS = AllowList.parse("loopback")
+    base = "/api/domains/c-inputs"
+    for name in ["r-c", "r-a", "r-b"]:
+        store.create_domain(f"d-{name}", {})
+        created = [
+            api.post(f"{base}/rules", {"name": name, "when": "A >= 1"}),
+            api.post(
+                f"{base}/intakes", {"name": name, "aggregate": "x", "collection": "A"}
+            ),
+            api.post(
+                f"{base}/webhooks",
+                {"url": "http://127.0.0.1:9/", "events": ["version"]},
+            ),
+        ]
+        assert [r.status_code for r in created] == [201] * 3, [r.text for r in created]
+
+    def pages(path: str, field: str, key: str) -> list[list]:
+        found, after = [], None
+        for _ in range(5):
+            params = {"limit": 2} | ({"after": after} if after is not None else {})
+            page = api.get(path, **params)
+            assert page.status_code == 200, page.text
+            keys = [item[key] for item in page.json()[field]]
+            found.append(keys)
+            if len(keys) < 2:
+                return found
+            after = keys[-1]
+        raise AssertionError(f"{path} pages without end: {found}")
+
+    assert pages("/api/domains", "domains", "key") == [
+        ["c-inputs", "d-r-a"],
+        ["d-r-b", "d-r-c"],
+        [],
+    ]
+    assert pages(f"{base}/rules", "rules", "name") == [["r-a", "r-b"], ["r-c"]]
+    assert pages(f"{base}/intakes", "intakes", "name") == [["r-a", "r-b"], ["r-c"]]
+    ids = [w["id"] for w in api.get(f"{base}/webhooks").json()["webhooks"]]
+    assert pages(f"{base}/webhooks", "webhooks", "id") == [ids[:2], ids[2:]]
+    too_many = api.get(f"{base}/rules", limit=1001)
+    assert too_many.status_code == 400 and "limit" in too_many.json()["fields"]

@@ -3,13 +3,14 @@
 from typing import Any
 
 from django.http import HttpRequest, HttpResponse
-from ninja import Router
+from ninja import Query, Router
 from pydantic import BaseModel, ConfigDict, Field
 
 from aggregates import db, idempotency
 from aggregates.access import (
     ERRORS,
     WRITE_ERRORS,
+    NamePage,
     json_response,
     needs,
     require_publish,
@@ -79,10 +80,13 @@ async def create_intake(request: HttpRequest, domain: str, payload: IntakeIn):
     summary="A domain's intakes, with their counts and last refusal",
     openapi_extra=needs("read"),
 )
-async def list_intakes(request: HttpRequest, domain: str):
+async def list_intakes(request: HttpRequest, domain: str, query: Query[NamePage]):
     require_read(request, domain)
     await tally.save()
-    return json_response({"intakes": await db.read(read.list_intakes, domain)})
+    intakes = await db.read(
+        read.list_intakes, domain, limit=query.limit, after=query.after
+    )
+    return json_response({"intakes": intakes})
 
 
 @router.get(

@@ -33,10 +33,11 @@ def intake_json(intake: Intake) -> dict[str, Any]:
     }
 
 
-def list_intakes(domain: str) -> list[dict[str, Any]]:
-    found = get_domain(domain)
-    rows = Intake.objects.filter(domain=found).order_by("name")
-    return [intake_json(intake) for intake in rows]
+def list_intakes(domain: str, *, limit: int, after: str | None) -> list[dict[str, Any]]:
+    rows = Intake.objects.filter(domain=get_domain(domain)).order_by("name")
+    if after is not None:
+        rows = rows.filter(name__gt=after)
+    return [intake_json(intake) for intake in rows[:limit]]
 
 
 def read_intake(domain: str, name: str) -> dict[str, Any]:

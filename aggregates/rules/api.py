@@ -10,6 +10,7 @@ from aggregates import db, idempotency, leases
 from aggregates.access import (
     ERRORS,
     WRITE_ERRORS,
+    NamePage,
     Page,
     json_response,
     needs,
@@ -71,9 +72,10 @@ async def create_rule(request: HttpRequest, domain: str, payload: RuleIn):
     summary="A domain's rules",
     openapi_extra=needs("read"),
 )
-async def list_rules(request: HttpRequest, domain: str):
+async def list_rules(request: HttpRequest, domain: str, query: Query[NamePage]):
     require_read(request, domain)
-    return json_response({"rules": await db.read(read.list_rules, domain)})
+    rules = await db.read(read.list_rules, domain, limit=query.limit, after=query.after)
+    return json_response({"rules": rules})
 
 
 @router.get(

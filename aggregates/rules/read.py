@@ -56,8 +56,11 @@ def rule_json(rule: Rule, counts: dict[str, int]) -> dict[str, Any]:
     return {**definition_json(rule), "latest_seq": rule.latest_seq, "counts": counts}
 
 
-def list_rules(domain: str) -> list[dict[str, Any]]:
-    rules = list(Rule.objects.filter(domain=get_domain(domain)).order_by("name"))
+def list_rules(domain: str, *, limit: int, after: str | None) -> list[dict[str, Any]]:
+    rows = Rule.objects.filter(domain=get_domain(domain)).order_by("name")
+    if after is not None:
+        rows = rows.filter(name__gt=after)
+    rules = list(rows[:limit])
     counts = status_counts(rules)
     return [rule_json(rule, counts[rule.pk]) for rule in rules]
 

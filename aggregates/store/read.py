@@ -47,12 +47,17 @@ def domain_json(domain: Domain) -> dict[str, Any]:
     }
 
 
-def list_domains(only: list[str] | None = None) -> list[dict[str, Any]]:
-    """Every domain, or only those with these keys, as the API lists them."""
-    domains = Domain.objects.all()
+def list_domains(
+    only: list[str] | None = None, *, limit: int = 1000, after: str | None = None
+) -> list[dict[str, Any]]:
+    """Domains in key order (only those with these keys, if given), as the API
+    lists them: at most `limit`, after the key `after`."""
+    domains = Domain.objects.order_by("key")
     if only:
         domains = domains.filter(key__in=only)
-    return [domain_json(domain) for domain in domains]
+    if after is not None:
+        domains = domains.filter(key__gt=after)
+    return [domain_json(domain) for domain in domains[:limit]]
 
 
 def list_aggregates(

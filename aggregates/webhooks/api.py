@@ -8,6 +8,7 @@ from aggregates import db, idempotency
 from aggregates.access import (
     ERRORS,
     WRITE_ERRORS,
+    IdPage,
     Page,
     json_response,
     needs,
@@ -50,9 +51,12 @@ async def create_webhook(request: HttpRequest, domain: str, payload: WebhookIn):
     summary="Webhooks",
     openapi_extra=needs("read"),
 )
-async def list_webhooks(request: HttpRequest, domain: str):
+async def list_webhooks(request: HttpRequest, domain: str, query: Query[IdPage]):
     require_read(request, domain)
-    return json_response({"webhooks": await db.read(read.list_webhooks, domain)})
+    webhooks = await db.read(
+        read.list_webhooks, domain, limit=query.limit, after=query.after
+    )
+    return json_response({"webhooks": webhooks})
 
 
 @router.get(

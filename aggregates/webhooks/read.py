@@ -49,10 +49,11 @@ def webhook_json(webhook: Webhook) -> dict[str, Any]:
     }
 
 
-def list_webhooks(domain: str) -> list[dict[str, Any]]:
+def list_webhooks(domain: str, *, limit: int, after: int) -> list[dict[str, Any]]:
     found = get_domain(domain)
-    rows = Webhook.objects.filter(domain=found).select_related("domain", "rule")
-    return [webhook_json(webhook) for webhook in rows.order_by("id")]
+    rows = Webhook.objects.filter(domain=found, id__gt=after)
+    rows = rows.select_related("domain", "rule").order_by("id")[:limit]
+    return [webhook_json(webhook) for webhook in rows]
 
 
 def read_webhook(domain: str, webhook_id: int) -> dict[str, Any]:
