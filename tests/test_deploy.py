@@ -182,6 +182,11 @@ def test_nginx_passes_host_and_scheme_and_refuses_large_bodies(
     posts = [requests_logged(b, "POST", "/api/sources") for b in backends]
     assert sum(len(lines) for lines in posts) == 1, posts
 
+    # Metrics are scraped per process, never through the proxy.
+    response = httpx.get(f"{proxy.url}/metrics", headers=auth)
+    assert response.status_code == 404 and "directly" in response.json()["detail"]
+    assert httpx.get(f"{backends[0].url}/metrics", headers=auth).status_code == 200
+
     # With no process left, the proxy answers in the API's error shape too.
     for backend in backends:
         backend.stop()
