@@ -1,6 +1,6 @@
 """The documentation documents this repository, in its own words: every link in the
-README and docs/ resolves inside the repository (files, and headings for #anchors),
-and nothing points to files outside it."""
+top-level Markdown files and docs/ resolves inside the repository (files, and
+headings for #anchors), and nothing points to files outside it."""
 
 import re
 from pathlib import Path
@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-DOCUMENTS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+DOCUMENTS = [*sorted(ROOT.glob("*.md")), *sorted((ROOT / "docs").glob("*.md"))]
 DOCUMENTS += [p for p in [ROOT / "deploy" / "README.md"] if p.exists()]
 LINK = re.compile(r"\[[^\]]*\]\(([^)\s]+)\)")
 OUTSIDE = re.compile(r"shared/|SPEC §|PERFORMANCE-NOTES")
