@@ -413,11 +413,19 @@ def test_a_move_from_sqlite_to_postgresql_goes_on_where_it_stopped(
     finally:
         before.stop()
 
-    backup = tmp_path / "move.jsonl"
-    manage(sqlite, tmp_path, "export", "--output", str(backup))
+    moved = tmp_path / "move.jsonl"
+    manage(sqlite, tmp_path, "export", "--output", str(moved))
     manage(fresh_postgres, tmp_path, "migrate", "--no-input")
-    said = manage(fresh_postgres, tmp_path, "import", str(backup))
+    said = manage(fresh_postgres, tmp_path, "import", str(moved))
     assert "Restored domain 'c-inputs'" in said and "Tokens: 1 restored" in said
+    # Exported again from PostgreSQL, every row is the same (PostgreSQL keeps
+    # the keys of JSON objects in an order of its own).
+    again = [
+        json.loads(line)
+        for line in manage(fresh_postgres, tmp_path, "export").splitlines()
+    ]
+    rows = [json.loads(line) for line in moved.read_text().splitlines()]
+    assert again[1:] == rows[1:] and again[0]["database"] == "postgresql"
 
     after = start_server(BOTLNEK_DATABASE_URL=fresh_postgres, **serve)
     new = Remote(after, token)
