@@ -6,7 +6,8 @@
     intakes.py   intakes: publishers' events mapped to sources
     access.py    API tokens, leases, idempotent answers
 
-Rows of Aggregate, Version and Source are written only by aggregates.store.
+Rows of Aggregate, Version and Source are written only by aggregates.store, and
+by a restore of a backup (aggregates/management/restore.py).
 """
 
 from aggregates.models.access import ApiToken, IdempotentRequest, Lease

@@ -1,6 +1,7 @@
 """Domains, aggregates, their append-only versions and sources, and receipts.
 
-Rows of Aggregate, Version and Source are written only by aggregates.store.
+Rows of Aggregate, Version and Source are written only by aggregates.store, and
+by a restore of a backup (aggregates/management/restore.py).
 """
 
 from django.core.validators import RegexValidator

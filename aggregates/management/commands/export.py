@@ -1,51 +1,73 @@
-import json
+import os
 
 from django.core.management.base import BaseCommand, CommandError
 
-from aggregates import store
-from aggregates.errors import NotFound
+from aggregates.management import backup
 from aggregates.management.progress import done, progress
-from aggregates.models import Version
-
-PAGE = 2000
+from aggregates.models import Domain
 
 
 class Command(BaseCommand):
     help = (
-        "Write a domain as JSON lines: the domain first, then every source in "
-        "position order. `import` replays it (a backup, or a move between databases)."
+        "Write a backup as JSON lines: one domain with --domain, else the whole "
+        "database (with its API tokens). `import` restores it exactly "
+        "(docs/backup.md)."
     )
 
     def add_arguments(self, parser):
-        parser.add_argument("--domain", required=True)
+        parser.add_argument(
+            "--domain", help="only this domain (default: every domain, and tokens)"
+        )
+        parser.add_argument(
+            "--output",
+            metavar="FILE",
+            help="write to FILE, created with mode 0600 (default: standard output)",
+        )
 
-    def handle(self, *args, domain, **options):
-        try:
-            found = store.get_domain(domain)
-        except NotFound as exc:
-            raise CommandError(exc.detail) from None
-        self.stdout.write(json.dumps({"domain": found.key, "attrs": found.attrs}))
-        total, written, after = found.latest_position, 0, 0
-        while True:
-            rows = list(
-                Version.objects.filter(domain=found, position__gt=after)
-                .order_by("position")
-                .values_list(
-                    "position",
-                    "aggregate__key",
-                    "source__collection",
-                    "source__keys",
-                    "source__attrs",
-                )[:PAGE]
-            )
-            for position, aggregate, collection, keys, attrs in rows:
-                line = {"aggregate": aggregate, "collection": collection, "keys": keys}
-                self.stdout.write(
-                    json.dumps({**line, "attrs": attrs}, ensure_ascii=False)
-                )
-                after = position
-            written += len(rows)
-            progress(written, total, "sources exported")
-            if len(rows) < PAGE:
-                break
-        done()
+    def handle(self, *args, domain=None, output=None, **options):
+        if domain is not None and not Domain.objects.filter(key=domain).exists():
+            raise CommandError(f"domain {domain!r} does not exist")
+        if output:
+            try:
+                # O_EXCL: never write secrets into a file someone else made.
+                fd = os.open(output, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            except OSError as exc:
+                raise CommandError(f"--output {output}: {exc.strerror}") from None
+            try:
+                with os.fdopen(fd, "w", encoding="utf-8") as out:
+                    written = self._export(out, domain)
+            except BaseException:
+                os.unlink(output)  # half a backup is no backup
+                raise
+        else:
+            written = self._export(self.stdout, domain)
+        self.stderr.write(f"Exported {summary(written)}.")
+
+    def _export(self, out, key: str | None) -> dict[str, int]:
+        with backup.snapshot():
+            domains = list(Domain.objects.order_by("id"))
+            if key is not None:
+                domains = [d for d in domains if d.key == key]
+                if not domains:
+                    raise CommandError(f"domain {key!r} does not exist")
+            head = backup.header(domains, whole_database=key is None)
+            out.write(backup.dump(head) + "\n")
+            total, written = sum(head["records"].values()), 0
+            for found in domains:
+                for kind in backup.DOMAIN_KINDS:
+                    for line in backup.lines(kind, found.pk):
+                        out.write(line + "\n")
+                        written += 1
+                        if written % backup.PAGE == 0:
+                            progress(written, total, "records exported")
+            if key is None:
+                for line in backup.lines(backup.TOKEN, None):
+                    out.write(line + "\n")
+                    written += 1
+            progress(written, total, "records exported")
+            done()
+        return head["records"]
+
+
+def summary(records: dict[str, int]) -> str:
+    return ", ".join(f"{count} {kind}" for kind, count in records.items() if count)
