@@ -99,12 +99,30 @@ MIDDLEWARE = [
 ROOT_URLCONF = "botlnek_site.urls"
 ASGI_APPLICATION = "botlnek_site.asgi.application"
 
+
+def _site_templates() -> Path:
+    """The site's own templates (base layout, error pages, login, admin branding):
+    the top-level templates/, which setup.py makes the package botlnek_site.templates.
+    Found through the import system when installed (a wheel, or a checkout installed
+    editable), else beside this package in a checkout."""
+    try:
+        from botlnek_site import templates
+    except ImportError:
+        checkout = Path(__file__).resolve().parent.parent / "templates"
+        if checkout.is_dir():
+            return checkout
+        raise ImproperlyConfigured(
+            "the site's templates (botlnek_site.templates) are not installed"
+        ) from None
+    return Path(templates.__file__).parent
+
+
 TEMPLATES = [
     {
         "BACKEND": "django.template.backends.django.DjangoTemplates",
-        # Every template ships inside its app (aggregates/templates/), so an
-        # installed package finds them where the code is.
-        "DIRS": [],
+        # The site's templates first (they also override the admin's
+        # base_site.html); the app's pages ship inside it (aggregates/templates/).
+        "DIRS": [_site_templates()],
         "APP_DIRS": True,
         "OPTIONS": {
             "context_processors": [

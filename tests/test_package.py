@@ -1,5 +1,5 @@
 """What an installed package relies on: the client without Django, ./data under the
-working directory, templates and static files inside the app.
+working directory, the app's templates and static files inside the app.
 
 .ci/wheel-smoke checks the same from a built wheel installed into a fresh venv.
 """
@@ -96,8 +96,10 @@ def test_data_dir_variable_overrides_the_working_directory(tmp_path):
     assert sorted(p.name for p in (tmp_path / "run").iterdir()) == ["elsewhere"]
 
 
-def test_templates_and_static_files_are_found_inside_the_app():
-    for name in ("dashboard/base.html", "registration/login.html"):
+def test_the_apps_templates_and_static_files_are_found_inside_the_app():
+    """The app's pages and files; the site's own templates are the top-level
+    templates/ (tests/test_site_templates.py), shipped inside botlnek_site."""
+    for name in ("dashboard/domain.html", "dashboard/partials/picture.html"):
         origin = Path(get_template(name).origin.name)
         assert origin.is_relative_to(APP_DIR / "templates"), origin
     for name in ("botlnek/botlnek.css", "botlnek/vendor/htmx-2.0.11.min.js"):
