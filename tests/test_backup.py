@@ -7,8 +7,6 @@ import io
 import json
 import os
 import stat
-import subprocess
-import sys
 import uuid
 from datetime import timedelta
 from pathlib import Path
@@ -28,10 +26,10 @@ from aggregates.tokens import create_token
 from aggregates.webhooks.targets import AllowList
 from tests.test_webhooks import Receiver
 from tests.toolkit import (
-    ROOT,
     ApiClient,
     ServerProcess,
     Subscriber,
+    manage,
     wait_for,
 )
 
@@ -311,22 +309,6 @@ def test_a_truncated_file_is_refused(history, tmp_path):
 
 
 # The move: SQLite → PostgreSQL, with real servers
-
-
-def manage(database: str, data_dir, *args: str) -> str:
-    """`python manage.py ARGS` on a database, as an operator runs it; its stdout."""
-    env = {**os.environ, "BOTLNEK_DATABASE_URL": database}
-    env["BOTLNEK_DATA_DIR"] = str(data_dir)
-    done = subprocess.run(
-        [sys.executable, "manage.py", *args],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert done.returncode == 0, done.stderr
-    return done.stdout
 
 
 @pytest.fixture

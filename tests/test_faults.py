@@ -7,7 +7,6 @@ import glob
 import os
 import shutil
 import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -18,7 +17,15 @@ import psycopg
 import pytest
 
 from aggregates.models import Receipt, Source, Version
-from tests.toolkit import IN_CI, ROOT, Follower, Writer, free_port, post, wait_for
+from tests.toolkit import (
+    IN_CI,
+    Follower,
+    Writer,
+    free_port,
+    manage,
+    post,
+    wait_for,
+)
 
 
 def source(n: int, writer: int = 0) -> dict:
@@ -274,19 +281,6 @@ def private_postgres():
     yield Private()
     run([*control, "-m", "immediate", "stop"], check=False, capture_output=True)
     shutil.rmtree(home, ignore_errors=True)
-
-
-def manage(url: str, data_dir: Path, *args: str) -> str:
-    env = {**os.environ, "BOTLNEK_DATABASE_URL": url, "BOTLNEK_DATA_DIR": str(data_dir)}
-    result = subprocess.run(
-        [sys.executable, "manage.py", *args],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    return result.stdout
 
 
 @pytest.mark.postgres

@@ -453,3 +453,19 @@ class Follower:
             assert ("state" in frame) == (self.mode == "full"), frame
             self.seen.append(frame["position"])
             budget -= 1
+
+
+def manage(database: str, data_dir, *args: str, timeout: float = 120) -> str:
+    """`python manage.py ARGS` on a database, as an operator runs it; its stdout."""
+    env = {**os.environ, "BOTLNEK_DATABASE_URL": database}
+    env["BOTLNEK_DATA_DIR"] = str(data_dir)
+    done = subprocess.run(
+        [sys.executable, "manage.py", *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    assert done.returncode == 0, done.stderr
+    return done.stdout
