@@ -258,32 +258,36 @@ class Frame:
 
 
 class RuleFrame:
-    """One event of a rule as sent to subscribers, with the aggregate's state as of
-    the event's version (null once the aggregate was pruned); built once."""
+    """One event of a rule as sent to subscribers: in full mode with the
+    aggregate's state as of the event's version (null once the aggregate was
+    pruned), in delta mode without it; each built at most once."""
 
-    __slots__ = ("_text", "aggregate", "body", "seq", "version")
+    __slots__ = ("_full", "aggregate", "body", "seq", "version")
 
     def __init__(self, event: dict[str, Any]):
         self.body = event
         self.seq: int = event["seq"]
         self.aggregate: str = event["aggregate"]
         self.version: int = event["version"]
-        self._text: asyncio.Future | None = None
+        self._full: asyncio.Future | None = None
 
     @property
     def cursor(self) -> int:
         return self.seq
 
     async def text(self, mode: str = "full", subscription: str | None = None) -> str:
-        if self._text is None:
-            self._text = asyncio.ensure_future(self._build())
-        tail = await asyncio.shield(self._text)
+        if mode == "delta":
+            tail = json.dumps(self.body, ensure_ascii=False)[1:]
+        else:
+            if self._full is None:
+                self._full = asyncio.ensure_future(self._build_full())
+            tail = await asyncio.shield(self._full)
         head = '{"type":"rule_event",'
         if subscription is not None:
             head += '"subscription":' + json.dumps(subscription) + ","
         return head + tail
 
-    async def _build(self) -> str:
+    async def _build_full(self) -> str:
         try:
             state = await db.read(
                 store.state_json_as_of,
@@ -318,8 +322,10 @@ class Runner(Generic[K]):
 
     A key starts when poked (after a commit: poke_threadsafe from the committing
     thread) or when the clock's `look()` — every `every` seconds, or sooner when
-    woken — names it; each round of work waits `delay` seconds first (commits
-    arriving together then share one round). A key poked while its task runs
+    woken — names it; a round of work waits `delay` seconds first (commits
+    arriving together then share one round), except one that follows a round
+    which said there was more to do now: a backlog is worked off without pauses
+    between its rounds. A key poked while its task runs
     goes round again once the round in progress is done if `again` (the engine:
     a commit came in during a step); else the running task is left to find the
     news itself (the deliverer's tasks watch for it).
@@ -374,9 +380,10 @@ class Runner(Generic[K]):
         return key in self.running
 
     async def _run(self, key: K) -> None:
+        more = False
         try:
             while not self.stopping:
-                if self.delay:
+                if self.delay and not more:
                     await asyncio.sleep(self.delay)
                 self.poked.discard(key)
                 try:

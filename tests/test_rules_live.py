@@ -107,9 +107,27 @@ def test_rule_events_over_websockets_and_sse(start_server, token):
             resumed = await sub.next(timeout=15)
             post(server, token, "d2", "A")  # the very next one: nothing twice
             following = await sub.next(timeout=15)
-        return live, resumed, following
+        async with Subscriber(server, token) as sub:
+            await sub.subscribe(rule="each", after_seq=0, mode="delta")
+            delta = [await sub.next(timeout=15) for _ in range(3)]
+            await sub.send(type="subscribe", id="s2", domain="c-inputs", rule="each")
+            await sub.send(
+                type="subscribe", id="s3", domain="c-inputs", rule="each", mode="all"
+            )
+            refused = [await sub.next() for _ in range(2)]
+        return live, resumed, following, delta, refused
 
-    live, resumed, following = asyncio.run(scenario())
+    live, resumed, following, delta, refused = asyncio.run(scenario())
+    # Delta mode: the same events, without the state.
+    assert [(f["seq"], f["version"], "state" in f) for f in delta] == [
+        (1, 1, False),
+        (2, 2, False),
+        (3, 1, False),
+    ]
+    assert {key: value for key, value in live[1].items() if key != "state"} == delta[1]
+    error = next(frame for frame in refused if frame["type"] == "error")
+    assert (error["error"], error["id"]) == ("invalid", "s3")
+    assert "mode" in error["detail"]
     assert [(f["type"], f["seq"], f["version"]) for f in live] == [
         ("rule_event", 1, 1),
         ("rule_event", 2, 2),
@@ -132,6 +150,19 @@ def test_rule_events_over_websockets_and_sse(start_server, token):
                 event[field] = value
     assert (event["id"], event["event"]) == ("2", "rule_event")
     assert json.loads(event["data"])["seq"] == 2
+    assert json.loads(event["data"])["state"]["version"] == 2
+
+    params["mode"] = "delta"
+    with httpx.stream(
+        "GET", f"{server.url}/api/stream", params=params, headers=headers, timeout=10
+    ) as response:
+        data = next(line for line in response.iter_lines() if line.startswith("data: "))
+    unsent = ("subscription", "state")
+    expected = {key: value for key, value in live[1].items() if key not in unsent}
+    assert json.loads(data.removeprefix("data: ")) == expected
+    params["mode"] = "all"
+    refused = httpx.get(f"{server.url}/api/stream", params=params, headers=headers)
+    assert refused.status_code == 400 and "mode" in refused.json()["fields"]
 
 
 @pytest.mark.postgres

@@ -165,6 +165,38 @@ def test_restart_fires_what_became_due_once_and_never_twice(
     assert aggregates == ["early", "d1", "d2", "sentinel"]
 
 
+def test_killed_after_frames_that_ran_nothing_repeats_no_run(
+    start_server, token, tmp_path
+):
+    # The progress is saved at once after a run, and only now and then after
+    # frames that ran nothing: those are evaluated again after a kill, to no run.
+    server = start_server()
+    when = ("--every", "--when", "B >= 1")
+    watch = Watch(server, token, tmp_path, *when)
+    post(server, token, "d1", "A")
+    post(server, token, "d1", "B")
+    watch.runs(1)
+    for n in range(3):
+        post(server, token, "d2", "A", n=str(n))
+    watch.process.kill()
+    watch.process.wait(timeout=10)
+    saved = json.loads(watch.state_file.read_text())["position"]
+    assert 2 <= saved <= 5
+    watch = Watch(server, token, tmp_path, *when)
+    try:
+        post(server, token, "sentinel", "B")
+        runs = watch.runs(2)
+    finally:
+        watch.stop()
+    assert [
+        (r["env"]["BOTLNEK_AGGREGATE"], r["env"]["BOTLNEK_VERSION"]) for r in runs
+    ] == [
+        ("d1", "2"),
+        ("sentinel", "1"),
+    ]
+    assert json.loads(watch.state_file.read_text())["position"] == 6  # saved at stop
+
+
 def test_failing_command_is_retried_on_the_next_version(start_server, token, tmp_path):
     server = start_server()
     watch = Watch(server, token, tmp_path, "--when", "A >= 1", env={"EXIT": "3"})

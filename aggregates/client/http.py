@@ -2,14 +2,17 @@
 websocket that reconnects and resumes by itself."""
 
 import asyncio
+import http.client
 import json
 import logging
 import math
 import os
+import shutil
 import time
 import urllib.error
 import urllib.request
 from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 from typing import Any
 
 import websockets
@@ -19,6 +22,7 @@ logger = logging.getLogger("botlnek.client")
 DEFAULT_URL = "http://127.0.0.1:8000"
 # A 429 answer is waited out (its Retry-After) and retried this many times.
 RATE_LIMIT_RETRIES = 5
+CHUNK = 1 << 16  # bytes a download copies at a time
 
 
 class BotlnekError(Exception):
@@ -91,13 +95,14 @@ class Client:
         rule: str,
         *,
         after_seq: int | None = None,
+        mode: str = "full",
         max_backoff: float = 30.0,
         on_subscribed: Callable[[int], None] | None = None,
     ) -> AsyncIterator[dict[str, Any]]:
-        """A rule's events (`rule_event` frames, each with the aggregate's state as
-        of the event's version), in seq order, each exactly once; resumed after
-        the last seq yielded whenever the connection drops."""
-        request = {"domain": domain, "rule": rule}
+        """A rule's events (`rule_event` frames; in full mode each with the
+        aggregate's state as of the event's version), in seq order, each exactly
+        once; resumed after the last seq yielded whenever the connection drops."""
+        request = {"domain": domain, "rule": rule, "mode": mode}
         return self._follow(request, "seq", after_seq, max_backoff, on_subscribed)
 
     async def _follow(
@@ -160,24 +165,48 @@ class Client:
         """Send a request; its JSON answer. With `idempotency_key`, a retry of a
         write whose answer was lost writes nothing more (the server answers the
         first answer)."""
-        headers = {"Accept": "application/json"}
-        if self.token:
-            headers["Authorization"] = f"Bearer {self.token}"
+        headers = {}
         if idempotency_key is not None:
             headers["Idempotency-Key"] = idempotency_key
         data = None
         if body is not None:
             data = json.dumps(body).encode()
             headers["Content-Type"] = "application/json"
+        with self._open(method, path, data, headers, rate_limit_retries) as response:
+            answer = response.read()
+        return json.loads(answer) if answer else None
+
+    def download(self, path: str, destination: Path) -> None:
+        """GET `path` into the file `destination` as it arrives: an answer of any
+        size (an aggregate's whole state, say) without holding it in memory."""
+        with self._open("GET", path, None, {}, RATE_LIMIT_RETRIES) as response:
+            try:
+                with destination.open("wb") as file:
+                    shutil.copyfileobj(response, file, CHUNK)
+            except (OSError, http.client.HTTPException) as exc:
+                destination.unlink(missing_ok=True)  # never half a file
+                raise BotlnekError(f"could not download {path}: {exc!r}") from None
+
+    def _open(
+        self,
+        method: str,
+        path: str,
+        data: bytes | None,
+        headers: dict[str, str],
+        rate_limit_retries: int,
+    ) -> Any:
+        """The response to a request, once it is not a 429 (waited out and sent
+        again, at most `rate_limit_retries` times); an error answer raises."""
+        headers = {"Accept": "application/json", **headers}
+        if self.token:
+            headers["Authorization"] = f"Bearer {self.token}"
         request = urllib.request.Request(
             self.url + path, data=data, headers=headers, method=method
         )
         retries = 0
         while True:
             try:
-                with urllib.request.urlopen(request, timeout=self.timeout) as response:
-                    body = response.read()
-                    return json.loads(body) if body else None
+                return urllib.request.urlopen(request, timeout=self.timeout)
             except urllib.error.HTTPError as exc:
                 if exc.code != 429 or retries == rate_limit_retries:
                     raise _error_from(exc) from None

@@ -2,6 +2,8 @@
 
 It runs CMD for each `fired` event of the rule, in seq order, retrying a failing
 CMD with backoff, then posts one receipt carrying the rule and the event's seq.
+Events come in delta mode (no state in the frame, whatever the aggregate's size);
+the state as of the event's version is fetched over HTTP for each run.
 It keeps no local state: it resumes after the highest seq that has a receipt
 under its name, so a watcher restarted anywhere neither skips nor repeats a
 firing (a crash between CMD's end and its receipt can repeat that one run).
@@ -19,13 +21,15 @@ import os
 import signal
 import socket
 import sys
+import tempfile
 import time
 import uuid
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from aggregates.client.http import BotlnekError, Client
-from aggregates.client.watch import Run, run_command
+from aggregates.client.watch import Run, run_with_state
 
 LEASE_SECONDS = 30
 
@@ -150,6 +154,7 @@ class RuleWatcher:
             self.domain,
             self.rule,
             after_seq=after,
+            mode="delta",
             on_subscribed=lambda latest: self.log(
                 f"watch: following rule {self.rule} of {self.domain} after seq "
                 f"{after} (latest {latest})"
@@ -186,9 +191,17 @@ class RuleWatcher:
         }
         attempt = 0
         while True:
-            run = await run_command(
-                self.command, event, environment, timeout=self.timeout, log=self.log
-            )
+            # Every try has the state afresh, whatever the last one did to it.
+            with tempfile.TemporaryDirectory(prefix="botlnek-") as directory:
+                run = await run_with_state(
+                    self.client,
+                    self.command,
+                    event,
+                    environment,
+                    Path(directory) / "state.json",
+                    timeout=self.timeout,
+                    log=self.log,
+                )
             self.log(
                 f"watch: {event['aggregate']} v{event['version']} (seq {event['seq']})"
                 f": {run.outcome} (exit {run.exit_code}, {run.duration_s:.1f} s)"
@@ -209,6 +222,7 @@ class RuleWatcher:
             "outcome": run.outcome,
             "exit_code": run.exit_code,
             "duration_s": round(run.duration_s, 3),
+            "detail": run.detail,
             "rule": self.rule,
             "seq": event["seq"],
         }

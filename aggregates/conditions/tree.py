@@ -4,7 +4,7 @@ comparisons and the moments time alone may change its answer."""
 
 import math
 import re
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -81,7 +81,7 @@ class Facts:
     the same summed over the aggregates it covers."""
 
     counts: dict[str, int]
-    newest: dict[str, datetime]  # collection → time of its newest source
+    newest: Mapping[str, datetime]  # collection → time of its newest source
     now: datetime
     near_counts: dict[str, int] = field(default_factory=dict)
     near_newest: dict[str, datetime] = field(default_factory=dict)
