@@ -463,10 +463,19 @@ def test_the_pictures_marks_are_tap_targets_with_details_on_a_phone(browser, dem
     path = f"/d/{DEMO}/{demo_site.day}/"
     page, errors = logged_in_page(browser, demo_site, path, viewport=PHONE)
     wait_live(page)
-    hits = page.query_selector_all("svg.picture .hit")
-    assert len(hits) == len(page.query_selector_all("svg.picture .mark"))
-    for hit in hits:
-        box = hit.bounding_box()
+    # Measured in one go in the page: a live re-render may replace the picture
+    # at any moment, and a handle to a replaced element has no box.
+    hits, marks = page.evaluate(
+        """() => [
+            [...document.querySelectorAll("svg.picture .hit")].map((hit) => {
+                const box = hit.getBoundingClientRect();
+                return {width: box.width, height: box.height};
+            }),
+            document.querySelectorAll("svg.picture .mark").length,
+        ]"""
+    )
+    assert hits and len(hits) == marks
+    for box in hits:
         assert box["width"] >= 24 and box["height"] >= 24, box
     popover = page.locator("figure.picture .popover")
     assert popover.is_hidden()
