@@ -313,30 +313,15 @@ async def run_with_state(
     timeout: float | None,
     log: Callable[[str], None],
 ) -> Run:
-    """Run `command` for a frame with the aggregate's state as of its version in
-    `state_file`, fetched first unless it is there already."""
+    """Run `command` for a frame: its facts in the environment, the aggregate's
+    state as of its version in `state_file` (fetched first unless it is there
+    already); killed with what it started after `timeout` seconds."""
     if not state_file.exists():
         started = time.monotonic()
         try:
             await asyncio.to_thread(fetch_state, client, frame, state_file)
         except BotlnekError as exc:
             return fetch_failed(frame, exc, started, log)
-    return await run_command(
-        command, frame, extra_env, state_file, timeout=timeout, log=log
-    )
-
-
-async def run_command(
-    command: list[str],
-    frame: dict[str, Any],
-    extra_env: dict[str, str],
-    state_file: Path,
-    *,
-    timeout: float | None,
-    log: Callable[[str], None],
-) -> Run:
-    """Run `command` for a frame: its facts in the environment, the aggregate's
-    state in `state_file`; killed with what it started after `timeout` seconds."""
     env = {
         **os.environ,
         "BOTLNEK_DOMAIN": frame["domain"],
