@@ -13,7 +13,7 @@ from django.utils import timezone
 from aggregates import store
 from aggregates.models import Aggregate
 from aggregates.store import NewSource, register_sources
-from tests.toolkit import IN_CI, ROOT
+from tests.toolkit import IN_CI, ROOT, wait_for
 from tests.toolkit import post as post_via_http
 
 CHROMIUM = os.environ.get("BOTLNEK_TEST_CHROMIUM", "/usr/bin/chromium")
@@ -180,6 +180,16 @@ def demo_site(start_server, token, django_user_model):
     )
     django_user_model.objects.create_user("ann", password="a long passphrase")
     server = start_server()
+    # The new server's rules engine evaluates the sources above in its first
+    # seconds, and its events re-render the pages live: begin once it has.
+    from aggregates.models import Rule
+
+    latest = Domain.objects.get(key=DEMO).latest_position
+    wait_for(
+        lambda: all(rule.position >= latest for rule in Rule.objects.all()),
+        30,
+        "the rules to catch up",
+    )
     server.token = token
     server.day = day
     return server
